@@ -1,0 +1,105 @@
+// Builds the actor_kind_specs of the kinds this build implements.
+#include "actors/registry.hpp"
+
+#include <algorithm>
+#include <memory>
+#include <variant>
+
+#include "actors/django_client.hpp"
+#include "actors/escrow.hpp"
+#include "actors/notifier.hpp"
+#include "actors/providers.hpp"
+#include "actors/templates.hpp"
+
+namespace klynaa::actors {
+namespace {
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+bool calls_django(const std::vector<std::string>& kinds) {
+  return contains(kinds, "notifier") || contains(kinds, "escrow") || contains(kinds, "geo") ||
+         contains(kinds, "scheduler");
+}
+
+int workers_of(int64_t configured) {
+  return configured > 0 ? static_cast<int>(std::min<int64_t>(configured, 1024)) : 1;
+}
+
+nodes::actor_kind_spec notifier_spec(const protocol::config& cfg, provider_factory providers) {
+  auto texts = std::make_shared<const templates>(cfg.notifications.templates);
+  auto django_cfg = cfg.django;
+  nodes::actor_kind_spec s;
+  s.kind = "notifier";
+  s.functions = {"sendPickupNotification"};
+  s.workers = workers_of(cfg.node.notifier_workers);
+  s.make_handler = [django_cfg, providers, texts]() -> std::unique_ptr<nodes::job_handler> {
+    return std::make_unique<notifier_handler>(std::make_unique<django_client>(django_cfg),
+                                              providers(), texts);
+  };
+  return s;
+}
+
+nodes::actor_kind_spec escrow_spec(const protocol::config& cfg) {
+  auto django_cfg = cfg.django;
+  nodes::actor_kind_spec s;
+  s.kind = "escrow";
+  s.functions = {"processEscrowRelease"};
+  s.workers = workers_of(cfg.node.escrow_workers);
+  s.make_handler = [django_cfg]() -> std::unique_ptr<nodes::job_handler> {
+    return std::make_unique<escrow_handler>(std::make_unique<django_client>(django_cfg));
+  };
+  return s;
+}
+
+/// check_actor_config, also handing back the provider factory it had to make
+/// (making it twice would open the outbox twice).
+std::optional<std::string> check(const protocol::config& cfg, const std::string& data_dir,
+                                 const std::vector<std::string>& kinds,
+                                 provider_factory* providers) {
+  for (const auto& k : kinds)
+    if (!contains(known_actor_kinds(), k))
+      return "--actors: unknown actor kind \"" + k + "\"; expected notifier, escrow, geo or scheduler";
+  if (calls_django(kinds) && cfg.django.url.empty())
+    return "[django] url: not set (nor DJANGO_API_URL); the actors call Django and need its base URL";
+  if (!contains(kinds, "notifier")) return std::nullopt;
+  auto problems = templates::check_overrides(cfg.notifications.templates);
+  if (!problems.empty()) return problems.front();
+  auto made = make_provider(cfg, data_dir);
+  if (auto* err = std::get_if<provider_error>(&made)) return err->message;
+  if (providers) *providers = std::get<provider_factory>(std::move(made));
+  return std::nullopt;
+}
+
+}  // namespace
+
+const std::vector<std::string>& known_actor_kinds() {
+  static const std::vector<std::string> kinds{"notifier", "escrow", "geo", "scheduler"};
+  return kinds;
+}
+
+std::optional<std::string> check_actor_config(const protocol::config& cfg,
+                                              const std::string& data_dir,
+                                              const std::vector<std::string>& kinds) {
+  return check(cfg, data_dir, kinds, nullptr);
+}
+
+std::vector<nodes::actor_kind_spec> make_actor_kinds(const protocol::config& cfg,
+                                                     const std::string& data_dir,
+                                                     const std::vector<std::string>& kinds) {
+  provider_factory providers;
+  if (auto err = check(cfg, data_dir, kinds, &providers)) throw actor_config_error(*err);
+  std::vector<nodes::actor_kind_spec> specs;
+  std::vector<std::string> done;
+  for (const auto& k : kinds) {
+    if (contains(done, k)) continue;
+    done.push_back(k);
+    if (k == "notifier") specs.push_back(notifier_spec(cfg, providers));
+    if (k == "escrow") specs.push_back(escrow_spec(cfg));
+    // "geo", "scheduler": not built yet; their jobs wait in the broker.
+  }
+  return specs;
+}
+
+}  // namespace klynaa::actors

@@ -1,0 +1,170 @@
+#include "broker/admin.hpp"
+
+#include <httplib.h>
+
+#include <sstream>
+
+#include "protocol/log.hpp"
+
+namespace klynaa::broker {
+
+struct admin_server::impl {
+  httplib::Server server;
+  std::thread thread;
+  std::string host;
+  int port = 0;
+};
+
+admin_server::admin_server() : impl_(std::make_unique<impl>()) {}
+admin_server::~admin_server() { stop(); }
+
+namespace {
+
+bool is_loopback(const std::string& host) {
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+std::string label(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string render_metrics(const nlohmann::json& s) {
+  std::ostringstream o;
+  const auto& functions = s.contains("functions") ? s["functions"] : nlohmann::json::object();
+  o << "# HELP klynaa_jobs_total Job attempts that ended, by function and outcome (ok, retry, dead).\n"
+    << "# TYPE klynaa_jobs_total counter\n";
+  for (auto& [fn, f] : functions.items())
+    if (f.contains("outcomes"))
+      for (auto& [outcome, n] : f["outcomes"].items())
+        o << "klynaa_jobs_total{function=\"" << label(fn) << "\",outcome=\"" << label(outcome)
+          << "\"} " << n.get<int64_t>() << "\n";
+  o << "# HELP klynaa_queue_depth Jobs waiting to run (ready or waiting to retry), by function.\n"
+    << "# TYPE klynaa_queue_depth gauge\n";
+  for (auto& [fn, f] : functions.items())
+    o << "klynaa_queue_depth{function=\"" << label(fn) << "\"} "
+      << f.value("ready", int64_t{0}) + f.value("retry_wait", int64_t{0}) << "\n";
+  o << "# HELP klynaa_jobs_running Jobs leased to a node, by function.\n"
+    << "# TYPE klynaa_jobs_running gauge\n";
+  for (auto& [fn, f] : functions.items())
+    o << "klynaa_jobs_running{function=\"" << label(fn) << "\"} " << f.value("running", int64_t{0})
+      << "\n";
+  o << "# HELP klynaa_job_duration_seconds Duration of job attempts, by function.\n"
+    << "# TYPE klynaa_job_duration_seconds histogram\n";
+  if (s.contains("durations"))
+    for (auto& [fn, h] : s["durations"].items()) {
+      int64_t cumulative = 0;
+      auto& buckets = h["buckets"];
+      auto& bounds = h["bounds"];
+      for (size_t i = 0; i < bounds.size(); ++i) {
+        cumulative += buckets[i].get<int64_t>();
+        o << "klynaa_job_duration_seconds_bucket{function=\"" << label(fn) << "\",le=\""
+          << bounds[i].get<double>() << "\"} " << cumulative << "\n";
+      }
+      o << "klynaa_job_duration_seconds_bucket{function=\"" << label(fn) << "\",le=\"+Inf\"} "
+        << h["count"].get<int64_t>() << "\n";
+      o << "klynaa_job_duration_seconds_sum{function=\"" << label(fn) << "\"} "
+        << h["sum"].get<double>() << "\n";
+      o << "klynaa_job_duration_seconds_count{function=\"" << label(fn) << "\"} "
+        << h["count"].get<int64_t>() << "\n";
+    }
+  o << "# HELP klynaa_dead_letters Jobs in the dead-letter queue.\n"
+    << "# TYPE klynaa_dead_letters gauge\n"
+    << "klynaa_dead_letters " << s.value("dead_letters", int64_t{0}) << "\n";
+  o << "# HELP klynaa_nodes Nodes connected to the broker.\n"
+    << "# TYPE klynaa_nodes gauge\n"
+    << "klynaa_nodes " << (s.contains("nodes") ? s["nodes"].size() : 0) << "\n";
+  o << "# HELP klynaa_ingress_requests_total Ingress requests by reply status.\n"
+    << "# TYPE klynaa_ingress_requests_total counter\n";
+  if (s.contains("ingress"))
+    for (auto& [status, n] : s["ingress"].items())
+      o << "klynaa_ingress_requests_total{status=\"" << label(status) << "\"} " << n.get<int64_t>()
+        << "\n";
+  o << "# HELP klynaa_downstream_requests_total Calls to Django and push providers, by service and outcome.\n"
+    << "# TYPE klynaa_downstream_requests_total counter\n";
+  if (s.contains("downstream"))
+    for (auto& [key, n] : s["downstream"].items()) {
+      auto slash = key.find('/');
+      o << "klynaa_downstream_requests_total{service=\"" << label(key.substr(0, slash))
+        << "\",outcome=\"" << label(slash == std::string::npos ? "" : key.substr(slash + 1))
+        << "\"} " << n.get<int64_t>() << "\n";
+    }
+  return o.str();
+}
+
+bool admin_server::start(const std::string& bind, const std::string& token, admin_handlers h,
+                         std::string& err) {
+  auto colon = bind.rfind(':');
+  if (colon == std::string::npos) {
+    err = "admin.bind must be HOST:PORT, got '" + bind + "'";
+    return false;
+  }
+  impl_->host = bind.substr(0, colon);
+  int port = 0;
+  try {
+    port = std::stoi(bind.substr(colon + 1));
+  } catch (...) {
+    err = "admin.bind must be HOST:PORT, got '" + bind + "'";
+    return false;
+  }
+  if (token.empty() && !is_loopback(impl_->host)) {
+    err = "admin.bind " + bind + " is beyond loopback: set admin.token (a bearer token) first";
+    return false;
+  }
+  auto& srv = impl_->server;
+  if (!token.empty()) {
+    srv.set_pre_routing_handler([token](const httplib::Request& req, httplib::Response& res) {
+      if (req.get_header_value("Authorization") == "Bearer " + token)
+        return httplib::Server::HandlerResponse::Unhandled;
+      res.status = 401;
+      res.set_content(R"({"error":"unauthorized","message":"send Authorization: Bearer <admin.token>"})",
+                      "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    });
+  }
+  srv.Get("/metrics", [h](const httplib::Request&, httplib::Response& res) {
+    res.set_content(render_metrics(h.stats()), "text/plain; version=0.0.4");
+  });
+  srv.Get("/stats", [h](const httplib::Request&, httplib::Response& res) {
+    res.set_content(h.stats().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                    "application/json");
+  });
+  srv.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(R"({"status":"ok"})", "application/json");
+  });
+  if (port == 0)
+    port = srv.bind_to_any_port(impl_->host);
+  else if (!srv.bind_to_port(impl_->host, port))
+    port = -1;
+  if (port <= 0) {
+    err = "cannot bind the admin endpoint to " + bind + " (admin.bind)";
+    return false;
+  }
+  impl_->port = port;
+  impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
+  log::info("admin", "listening", {{"address", address()}});
+  return true;
+}
+
+void admin_server::stop() {
+  if (impl_->thread.joinable()) {
+    impl_->server.stop();
+    impl_->thread.join();
+  }
+}
+
+std::string admin_server::address() const {
+  return impl_->host + ":" + std::to_string(impl_->port);
+}
+
+}  // namespace klynaa::broker

@@ -1,0 +1,42 @@
+// The broker's admin endpoint (contract §5, §7): an HTTP server on admin.bind
+// with /metrics (Prometheus text), /stats (JSON for `klynaa stats` and the
+// dashboard) and /healthz. Runs its own threads (cpp-httplib); reads the broker
+// only through the thread-safe callbacks it is given.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+namespace klynaa::broker {
+
+struct admin_handlers {
+  std::function<nlohmann::json()> stats;  ///< the broker's snapshot (broker_core::stats)
+};
+
+class admin_server {
+ public:
+  admin_server();
+  ~admin_server();
+
+  /// Binds `bind` ("127.0.0.1:9464"; port 0 = ephemeral). `token`: bearer token
+  /// required on every request when not empty. False and `err` naming the
+  /// setting when the address cannot be bound.
+  bool start(const std::string& bind, const std::string& token, admin_handlers h, std::string& err);
+  void stop();
+
+  /// "127.0.0.1:9464" as bound.
+  std::string address() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+/// Renders the Prometheus text exposition of a stats snapshot (exposed for tests).
+std::string render_metrics(const nlohmann::json& stats);
+
+}  // namespace klynaa::broker

@@ -1,0 +1,325 @@
+// The broker loop (core.hpp): polls the ingress, the cluster socket and the
+// writer's notifications; keeps one batch open while the previous one commits.
+#include "broker/core_impl.hpp"
+
+#include <climits>
+
+#include "protocol/log.hpp"
+#include "protocol/schema.hpp"
+
+namespace klynaa::broker {
+
+namespace {
+constexpr const char* component = "broker";
+std::atomic<int> instance_counter{0};
+}  // namespace
+
+broker_core::impl::impl(zmq::context_t& c, broker_options o, std::unique_ptr<store> s)
+    : ctx(c), opts(std::move(o)), st(std::move(s)),
+      ingress(c, zmq::socket_type::router), cluster(c, zmq::socket_type::router),
+      writer_notify(c, zmq::socket_type::pull) {}
+
+bool broker_core::impl::open(std::string& err) {
+  const auto& cfg = opts.cfg;
+  try {
+    ingress.set(zmq::sockopt::linger, 0);
+    ingress.set(zmq::sockopt::router_mandatory, 1);
+    ingress.set(zmq::sockopt::maxmsgsize, cfg.ingress.max_bytes * 16);
+    ingress.set(zmq::sockopt::rcvhwm, 100000);
+    ingress.set(zmq::sockopt::sndhwm, 100000);
+    ingress.bind(opts.ingress_bind);
+    ingress_endpoint = ingress.get(zmq::sockopt::last_endpoint);
+  } catch (const zmq::error_t& e) {
+    err = "cannot bind the ingress to " + opts.ingress_bind + " (ingress.bind / --ingress): " + e.what();
+    return false;
+  }
+  try {
+    cluster.set(zmq::sockopt::linger, 0);
+    cluster.set(zmq::sockopt::router_mandatory, 1);
+    cluster.set(zmq::sockopt::sndhwm, 100000);
+    cluster.set(zmq::sockopt::rcvhwm, 100000);
+    for (auto& e : opts.cluster_binds) {
+      cluster.bind(e);
+      cluster_endpoints.push_back(cluster.get(zmq::sockopt::last_endpoint));
+    }
+  } catch (const zmq::error_t& e) {
+    err = "cannot bind the cluster endpoint (cluster.bind / --cluster): " + std::string(e.what());
+    return false;
+  }
+  writer_endpoint = "inproc://klynaa-writer-" + std::to_string(++instance_counter);
+  writer_notify.set(zmq::sockopt::linger, 0);
+  writer_notify.bind(writer_endpoint);
+
+  store_error serr;
+  const int64_t now = wall_ms();
+  size_t loaded = 0;
+  bool ok = st->load_unfinished([&](job_record&& r) {
+    add_live(r, now);
+    ++loaded;
+  }, serr);
+  if (!ok) {
+    err = "cannot read the store: " + serr.message;
+    return false;
+  }
+  seq_ = st->max_seq();
+  for (auto& [fn, state, n] : st->count_by_function())
+    if (state == job_state::dead) dead_letters += n;
+  writer = std::make_unique<commit_writer>(*st, ctx, writer_endpoint);
+  writer->start();
+  log::info(component, "started", {{"ingress", ingress_endpoint}, {"cluster", cluster_endpoints},
+                                   {"unfinished_jobs", loaded}});
+  return true;
+}
+
+void broker_core::impl::add_live(const job_record& r, int64_t now) {
+  live_job j;
+  j.id = r.id;
+  j.request_id = r.request_id;
+  j.function = r.function;
+  j.kind = std::string(protocol::actor_of(r.function));
+  j.data_json = r.data_json;
+  j.okey = r.ordering_key;
+  j.seq = r.seq;
+  j.due_ms = r.due_ms;
+  j.ts_ms = r.ts_ms;
+  j.attempts = r.attempts;
+  j.state = r.state;
+  j.auto_release = r.auto_release;
+  queue.add(std::move(j), now);
+}
+
+void broker_core::impl::record(const live_job& j, job_state s, const std::string& outcome,
+                               const std::string& error_json, const std::string& result_json,
+                               int64_t duration_ms) {
+  job_update u;
+  u.id = j.id;
+  u.state = s;
+  u.attempts = j.attempts;
+  u.due_ms = j.due_ms;
+  u.seq = j.seq;
+  u.last_error_json = error_json;
+  u.result_json = result_json;
+  u.node = j.node_name;
+  u.outcome = outcome;
+  u.duration_ms = duration_ms;
+  current.b.updates.push_back(std::move(u));
+}
+
+int broker_core::impl::run(const std::atomic<int>& ph) {
+  int64_t last_tick = 0;
+  for (;;) {
+    int64_t now = wall_ms();
+    auto p = static_cast<phase>(ph.load());
+    if (p != phase::running && !draining) {
+      draining = true;
+      drain_deadline = now + opts.cfg.shutdown.grace_seconds * 1000;
+      log::info(component, "draining", {{"grace_seconds", opts.cfg.shutdown.grace_seconds}});
+    }
+    if (draining) {
+      int64_t running = queue.counts().empty() ? 0 : 0;
+      for (auto& [fn, per] : queue.counts()) {
+        auto it = per.find(job_state::running);
+        if (it != per.end()) running += it->second;
+      }
+      bool done_waiting = running == 0 || now >= drain_deadline || p == phase::stopping;
+      if (done_waiting && current.empty() && !writer->busy()) break;
+    }
+
+    int64_t timeout = 100;
+    int64_t due = queue.next_due();
+    if (due != INT64_MAX) timeout = std::max<int64_t>(0, std::min<int64_t>(timeout, due - now));
+    zmq::pollitem_t items[] = {
+        {static_cast<void*>(ingress), 0, ZMQ_POLLIN, 0},
+        {static_cast<void*>(cluster), 0, ZMQ_POLLIN, 0},
+        {static_cast<void*>(writer_notify), 0, ZMQ_POLLIN, 0},
+    };
+    try {
+      zmq::poll(items, 3, std::chrono::milliseconds(timeout));
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;
+    }
+    if (items[2].revents & ZMQ_POLLIN) on_commit();
+    if (items[0].revents & ZMQ_POLLIN) on_ingress();
+    if (items[1].revents & ZMQ_POLLIN) on_cluster();
+    now = wall_ms();
+    if (now - last_tick >= 50 || queue.next_due() <= now) {
+      tick(now);
+      last_tick = now;
+    }
+    if (!draining) dispatch(now);
+    maybe_submit();
+  }
+  // Say goodbye so nodes reconnect to the next broker at once.
+  protocol::cluster::message bye = protocol::cluster::bye{};
+  auto frame = protocol::cluster::encode(bye);
+  for (auto& [id, n] : nodes) send_node(id, frame);
+  writer->stop();
+  log::info(component, "stopped", {});
+  return 0;
+}
+
+void broker_core::impl::tick(int64_t now) {
+  for (auto& id : queue.fire_timers(now, [this] { return next_seq(); })) {
+    if (auto* j = queue.find(id)) record(*j, j->state);
+  }
+  check_nodes(now);
+  expire_waiters(now);
+  if (now - last_stats >= 250) publish_stats(now);
+}
+
+void broker_core::impl::maybe_submit() {
+  if (writer->busy() || committing || current.empty()) return;
+  committing = std::move(current);
+  current = open_batch{};
+  writer->submit(committing->b);  // copy: the batch stays for the replies and a retry
+}
+
+void broker_core::impl::on_commit() {
+  zmq::message_t m;
+  while (writer_notify.recv(m, zmq::recv_flags::dontwait)) {
+  }
+  auto r = writer->take();
+  if (!r || !committing) return;
+  open_batch ob = std::move(*committing);
+  committing.reset();
+  if (r->outcome)
+    apply_commit(ob, *r->outcome);
+  else
+    fail_commit(ob, r->error);
+}
+
+void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) {
+  const int64_t now = wall_ms();
+  for (size_t i = 0; i < ob.reqs.size() && i < out.requests.size(); ++i) {
+    auto& p = ob.reqs[i];
+    auto& o = out.requests[i];
+    for (auto& id : o.cancelled) queue.finish(id, job_state::cancelled);
+    if (o.duplicate) {
+      answer_duplicate(p, o);
+      continue;
+    }
+    for (auto& j : o.created) add_live(j, now);
+    ++ingress_counts["accepted"];
+    if (p.op == protocol::op::invoke && !o.job_ids.empty()) {
+      add_waiter(p, o.job_ids.front());
+      continue;
+    }
+    protocol::reply rep;
+    rep.id = p.id;
+    rep.status = protocol::reply_status::accepted;
+    rep.jobs = o.job_ids;
+    send_reply(p.client, rep);
+  }
+  for (size_t i = 0; i < ob.b.children.size() && i < out.children_inserted.size(); ++i)
+    if (out.children_inserted[i]) add_live(ob.b.children[i], now);
+  for (auto& n : ob.finished) notify_waiters(n);
+}
+
+void broker_core::impl::fail_commit(open_batch& ob, const store_error& err) {
+  log::error(component, "store commit failed; requests of the batch are rejected",
+             {{"error", err.message}, {"requests", ob.reqs.size()}});
+  for (auto& p : ob.reqs) {
+    auto rep = protocol::rejection(p.id, protocol::error_code::overloaded,
+                                   "the broker cannot write to its store (" + err.message +
+                                       "); nothing was stored, retry later");
+    rep.retry_after_ms = 1000;
+    ++ingress_counts["rejected"];
+    send_reply(p.client, rep);
+  }
+  // State changes of jobs are not lost: they go again with the next batch.
+  auto& nb = current.b;
+  nb.updates.insert(nb.updates.begin(), ob.b.updates.begin(), ob.b.updates.end());
+  nb.children.insert(nb.children.begin(), ob.b.children.begin(), ob.b.children.end());
+  current.finished.insert(current.finished.begin(), ob.finished.begin(), ob.finished.end());
+}
+
+void broker_core::impl::notify_waiters(const finished_note& n) {
+  auto range = waiters.equal_range(n.job_id);
+  for (auto it = range.first; it != range.second; ++it) {
+    protocol::reply rep;
+    rep.id = it->second.request_id;
+    rep.status = n.status;
+    if (n.status == protocol::reply_status::ok)
+      rep.result = nlohmann::json::parse(n.result_json.empty() ? "{}" : n.result_json, nullptr, false);
+    rep.error = n.error;
+    send_reply(it->second.client, rep);
+  }
+  waiters.erase(n.job_id);
+}
+
+void broker_core::impl::expire_waiters(int64_t now) {
+  for (auto it = waiters.begin(); it != waiters.end();) {
+    if (it->second.deadline <= now) {
+      protocol::reply rep;
+      rep.id = it->second.request_id;
+      rep.status = protocol::reply_status::timeout;
+      rep.jobs = {it->first};
+      send_reply(it->second.client, rep);
+      it = waiters.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+nlohmann::json broker_core::impl::durations_json() const {
+  nlohmann::json out = nlohmann::json::object();
+  for (auto& [fn, h] : durations) {
+    auto& j = out[fn];
+    j["bounds"] = nlohmann::json::array();
+    j["buckets"] = nlohmann::json::array();
+    for (size_t i = 0; i < sizeof(h.counts) / sizeof(h.counts[0]); ++i) {
+      j["bounds"].push_back(duration_histogram::bounds[i]);
+      j["buckets"].push_back(h.counts[i]);
+    }
+    j["sum"] = h.sum;
+    j["count"] = h.count;
+  }
+  return out;
+}
+
+void broker_core::impl::publish_stats(int64_t now) {
+  last_stats = now;
+  nlohmann::json functions = nlohmann::json::object();
+  for (auto& [fn, per] : queue.counts()) {
+    auto& f = functions[fn];
+    for (auto& [s, n] : per) f[to_string(s)] = n;
+  }
+  for (auto& [fn, per] : outcomes)
+    for (auto& [o, n] : per) functions[fn]["outcomes"][o] = n;
+  nlohmann::json ns = nlohmann::json::array();
+  for (auto& [id, n] : nodes)
+    ns.push_back({{"name", n.name}, {"kinds", n.kinds}, {"credit", n.credit}, {"running", n.running},
+                  {"last_heartbeat_ms", n.last_seen}, {"stats", n.stats}});
+  nlohmann::json s = {{"ts_ms", now},
+                      {"pending", queue.size()},
+                      {"functions", functions},
+                      {"nodes", ns},
+                      {"ingress", ingress_counts},
+                      {"dead_total", dead_total},
+                      {"dead_letters", dead_letters},
+                      {"durations", durations_json()},
+                      {"draining", draining}};
+  std::lock_guard<std::mutex> lk(snapshot_mu);
+  snapshot = std::move(s);
+}
+
+broker_core::broker_core(zmq::context_t& ctx, broker_options opts, std::unique_ptr<store> st)
+    : impl_(std::make_unique<impl>(ctx, std::move(opts), std::move(st))) {}
+
+broker_core::~broker_core() = default;
+
+bool broker_core::open(std::string& err) { return impl_->open(err); }
+
+int broker_core::run(const std::atomic<int>& ph) { return impl_->run(ph); }
+
+nlohmann::json broker_core::bound_endpoints() const {
+  return {{"ingress", impl_->ingress_endpoint}, {"cluster", impl_->cluster_endpoints}};
+}
+
+nlohmann::json broker_core::stats() const {
+  std::lock_guard<std::mutex> lk(impl_->snapshot_mu);
+  return impl_->snapshot;
+}
+
+}  // namespace klynaa::broker

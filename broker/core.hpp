@@ -1,0 +1,76 @@
+// The broker: one loop thread that owns the ingress ROUTER (contract §1), the
+// cluster ROUTER (docs/cluster-protocol.md), the live queue and the invoke
+// waiters; a writer thread that commits batches to the store (writer.hpp).
+//
+// Message order, in one place:
+//   request -> validated -> added to the open batch -> batch committed
+//   -> reply `accepted` and jobs enter the live queue -> dispatched to a node
+//   -> `done` -> state change added to the open batch -> committed
+//   -> invoke waiters answered.
+// Nothing is acknowledged, and no job runs, before the commit that holds it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+
+#include "broker/store.hpp"
+#include "protocol/config.hpp"
+
+namespace klynaa::broker {
+
+/// Where the broker listens. Endpoints may use port `*`; the bound ones are
+/// reported by bound_endpoints().
+struct broker_options {
+  protocol::config cfg;
+  std::string ingress_bind;                ///< default cfg.ingress.bind
+  std::vector<std::string> cluster_binds;  ///< e.g. {"inproc://klynaa-cluster"}
+  std::string data_dir = "klynaa-data";
+};
+
+/// Lifecycle requested from outside (signal handlers), read by the loop.
+enum class phase : int {
+  running = 0,
+  draining = 1,  ///< answer `shutting_down`, dispatch nothing new, wait for in-flight jobs
+  stopping = 2,  ///< flush the last batch, say bye to nodes and return
+};
+
+/// A snapshot of the broker's state for the admin endpoint, refreshed by the loop.
+struct broker_snapshot {
+  nlohmann::json stats = nlohmann::json::object();
+};
+
+class broker_core {
+ public:
+  broker_core(zmq::context_t& ctx, broker_options opts, std::unique_ptr<store> st);
+  ~broker_core();
+  broker_core(const broker_core&) = delete;
+  broker_core& operator=(const broker_core&) = delete;
+
+  /// Binds the sockets and loads the unfinished jobs. False and `err` (a sentence
+  /// naming the endpoint or file) on failure.
+  bool open(std::string& err);
+
+  /// Runs the loop in the calling thread until `ph` reaches `stopping` (or the
+  /// drain ends after `draining` + grace). Returns the process exit code.
+  int run(const std::atomic<int>& ph);
+
+  /// Endpoints actually bound: {"ingress": ..., "cluster": [...]}.
+  nlohmann::json bound_endpoints() const;
+
+  /// Thread-safe copy of the latest stats (see docs/operations.md).
+  nlohmann::json stats() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace klynaa::broker

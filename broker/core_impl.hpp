@@ -1,0 +1,167 @@
+// Private to the broker: the state of broker_core (core.hpp), shared by the
+// files that implement its parts: core.cpp (loop, batches, timers), ingress.cpp
+// (client requests), sessions.cpp (nodes and dispatch).
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <unordered_map>
+
+#include "broker/core.hpp"
+#include "broker/queue.hpp"
+#include "broker/writer.hpp"
+#include "protocol/cluster.hpp"
+#include "protocol/message.hpp"
+
+namespace klynaa::broker {
+
+inline int64_t wall_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+/// Where to send a client's reply.
+struct client_ref {
+  std::string identity;   ///< ROUTER routing id
+  bool delimited = false; ///< the request had an empty delimiter frame
+};
+
+/// A request waiting for the commit of its batch.
+struct pending_request {
+  client_ref client;
+  std::string id;
+  protocol::op op = protocol::op::publish;
+  int64_t timeout_ms = 0;
+};
+
+/// A job that ended, to be told to invoke waiters once its end is committed.
+struct finished_note {
+  std::string job_id;
+  protocol::reply_status status = protocol::reply_status::ok;
+  std::string result_json;
+  std::optional<protocol::error_info> error;
+};
+
+/// An invoke waiting for its job's end.
+struct waiter {
+  client_ref client;
+  std::string request_id;
+  int64_t deadline = 0;
+};
+
+/// A node connected to the cluster socket.
+struct node_session {
+  std::string identity;
+  std::string name;
+  std::set<std::string> kinds;
+  int64_t credit = 0;
+  int64_t last_seen = 0;
+  int64_t last_sent = 0;
+  int64_t running = 0;
+  nlohmann::json stats = nlohmann::json::object();
+};
+
+struct open_batch {
+  batch b;
+  std::vector<pending_request> reqs;    ///< parallel to b.requests
+  std::vector<finished_note> finished;
+  bool empty() const { return b.empty() && finished.empty(); }
+};
+
+/// Durations of job attempts for one function (Prometheus histogram buckets, seconds).
+struct duration_histogram {
+  static constexpr double bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  int64_t counts[sizeof(bounds) / sizeof(bounds[0])] = {};
+  double sum = 0;
+  int64_t count = 0;
+  void observe(double seconds) {
+    sum += seconds;
+    ++count;
+    for (size_t i = 0; i < sizeof(bounds) / sizeof(bounds[0]); ++i)
+      if (seconds <= bounds[i]) {
+        ++counts[i];
+        return;
+      }
+  }
+};
+
+struct broker_core::impl {
+  impl(zmq::context_t& c, broker_options o, std::unique_ptr<store> s);
+
+  // core.cpp
+  bool open(std::string& err);
+  int run(const std::atomic<int>& ph);
+  void tick(int64_t now);
+  void maybe_submit();
+  void on_commit();
+  void apply_commit(open_batch& ob, const commit_outcome& out);
+  void fail_commit(open_batch& ob, const store_error& err);
+  void add_live(const job_record& r, int64_t now);
+  void record(const live_job& j, job_state s, const std::string& outcome = {},
+              const std::string& error_json = {}, const std::string& result_json = {},
+              int64_t duration_ms = 0);
+  void notify_waiters(const finished_note& n);
+  void expire_waiters(int64_t now);
+  void publish_stats(int64_t now);
+  nlohmann::json durations_json() const;
+  int64_t next_seq() { return ++seq_; }
+
+  // ingress.cpp
+  void on_ingress();
+  void handle_frames(std::vector<zmq::message_t>& frames, int64_t now);
+  void handle_request(const client_ref& c, protocol::request&& req, int64_t now);
+  void send_reply(const client_ref& c, const protocol::reply& r);
+  void answer_duplicate(const pending_request& p, const request_outcome& o);
+  void add_waiter(const pending_request& p, const std::string& job_id);
+  protocol::reply outcome_reply(const std::string& request_id, const job_record& j) const;
+
+  // sessions.cpp
+  void on_cluster();
+  void handle_node_message(const std::string& identity, const zmq::message_t& frame, int64_t now);
+  void dispatch(int64_t now);
+  void on_done(node_session& n, const protocol::cluster::done& d, int64_t now);
+  void lose_job(const std::string& job_id, const std::string& why, int64_t now);
+  void drop_node(const std::string& identity, const std::string& why, int64_t now);
+  void check_nodes(int64_t now);
+  bool send_node(const std::string& identity, const std::string& frame);
+  int64_t retry_delay(const std::string& function, int64_t attempts, int64_t retry_after_ms);
+
+  zmq::context_t& ctx;
+  broker_options opts;
+  std::unique_ptr<store> st;
+  std::unique_ptr<commit_writer> writer;
+  zmq::socket_t ingress;
+  zmq::socket_t cluster;
+  zmq::socket_t writer_notify;
+  std::string writer_endpoint;
+  std::string ingress_endpoint;
+  std::vector<std::string> cluster_endpoints;
+
+  job_queue queue;
+  int64_t seq_ = 0;
+  int64_t lease_counter = 0;
+  open_batch current;
+  std::optional<open_batch> committing;
+  std::unordered_multimap<std::string, waiter> waiters;  ///< job id -> waiters
+  std::map<std::string, node_session> nodes;            ///< identity -> session
+  bool draining = false;
+  int64_t drain_deadline = 0;
+  std::mt19937_64 rng{std::random_device{}()};
+
+  // counters for stats and metrics
+  std::map<std::string, int64_t> ingress_counts;                 ///< status -> n
+  std::map<std::string, std::map<std::string, int64_t>> outcomes; ///< function -> outcome -> n
+  int64_t dead_total = 0;    ///< jobs that went dead since start
+  int64_t dead_letters = 0;  ///< jobs in the dead-letter queue now
+  std::map<std::string, duration_histogram> durations;
+  int64_t last_stats = 0;
+
+  mutable std::mutex snapshot_mu;
+  nlohmann::json snapshot = nlohmann::json::object();
+};
+
+}  // namespace klynaa::broker

@@ -1,0 +1,267 @@
+// The broker's side of the cluster protocol (docs/cluster-protocol.md): node
+// sessions, credit, heartbeats, leases, dispatch and results.
+#include "broker/core_impl.hpp"
+
+#include <algorithm>
+
+#include "protocol/jobs.hpp"
+#include "protocol/log.hpp"
+
+namespace klynaa::broker {
+
+namespace cl = protocol::cluster;
+
+namespace {
+constexpr const char* component = "broker";
+constexpr size_t max_per_poll = 4096;
+
+std::string error_json(const std::string& kind, const std::string& code, const std::string& message,
+                       int64_t http_status) {
+  nlohmann::json e = {{"kind", kind}, {"code", code}, {"message", message}};
+  if (http_status > 0) e["http_status"] = http_status;
+  return e.dump();
+}
+}  // namespace
+
+void broker_core::impl::on_cluster() {
+  const int64_t now = wall_ms();
+  for (size_t n = 0; n < max_per_poll; ++n) {
+    zmq::message_t id;
+    if (!cluster.recv(id, zmq::recv_flags::dontwait)) return;
+    std::vector<zmq::message_t> rest;
+    bool more = id.more();
+    while (more) {
+      zmq::message_t part;
+      if (!cluster.recv(part, zmq::recv_flags::dontwait)) break;
+      more = part.more();
+      rest.push_back(std::move(part));
+    }
+    if (rest.size() != 1) {
+      log::warning(component, "cluster message with wrong frame count ignored",
+                   {{"frames", rest.size()}});
+      continue;
+    }
+    handle_node_message(id.to_string(), rest[0], now);
+  }
+}
+
+bool broker_core::impl::send_node(const std::string& identity, const std::string& frame) {
+  try {
+    if (!cluster.send(zmq::buffer(identity), zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+      return false;
+    cluster.send(zmq::buffer(frame), zmq::send_flags::none);
+    auto it = nodes.find(identity);
+    if (it != nodes.end()) it->second.last_sent = wall_ms();
+    return true;
+  } catch (const zmq::error_t&) {
+    return false;  // EHOSTUNREACH: the node is gone
+  }
+}
+
+void broker_core::impl::handle_node_message(const std::string& identity, const zmq::message_t& frame,
+                                            int64_t now) {
+  std::string err;
+  auto msg = cl::decode(frame.data(), frame.size(), &err);
+  if (!msg) {
+    log::warning(component, "undecodable cluster message ignored", {{"error", err}});
+    return;
+  }
+  if (auto* r = std::get_if<cl::ready>(&*msg)) {
+    if (nodes.count(identity)) drop_node(identity, "re-registered", now);
+    node_session s;
+    s.identity = identity;
+    s.name = r->node;
+    s.kinds.insert(r->kinds.begin(), r->kinds.end());
+    s.credit = r->credit;
+    s.last_seen = now;
+    nodes[identity] = std::move(s);
+    cl::welcome w;
+    w.heartbeat_ms = opts.cfg.cluster.heartbeat_ms;
+    w.lease_ms = opts.cfg.cluster.lease_ms;
+    send_node(identity, cl::encode(cl::message(w)));
+    log::info(component, "node registered", {{"node", r->node}, {"kinds", r->kinds}, {"credit", r->credit}});
+    return;
+  }
+  auto it = nodes.find(identity);
+  if (it == nodes.end()) {
+    // A node we do not know (we restarted, or dropped it): ask it to register.
+    send_node(identity, cl::encode(cl::message(cl::bye{})));
+    return;
+  }
+  auto& n = it->second;
+  n.last_seen = now;
+  if (auto* d = std::get_if<cl::done>(&*msg)) {
+    on_done(n, *d, now);
+  } else if (auto* c = std::get_if<cl::credit>(&*msg)) {
+    n.credit += std::max<int64_t>(0, c->n);
+  } else if (auto* b = std::get_if<cl::bye>(&*msg)) {
+    log::info(component, "node left", {{"node", n.name}, {"handed_back", b->jobs.size()}});
+    drop_node(identity, "said bye", now);
+  } else if (auto* s = std::get_if<cl::node_stats>(&*msg)) {
+    auto j = nlohmann::json::parse(s->json, nullptr, false);
+    if (j.is_object()) n.stats = std::move(j);
+  }
+  // heartbeat: last_seen is enough
+}
+
+int64_t broker_core::impl::retry_delay(const std::string& function, int64_t attempts,
+                                       int64_t retry_after_ms) {
+  auto p = opts.cfg.retry_for(function);
+  // Full jitter (AWS architecture blog): uniform in [0, min(max, base * 2^(n-1))].
+  int64_t cap = p.base_delay_ms;
+  for (int64_t i = 1; i < attempts && cap < p.max_delay_ms; ++i) cap *= 2;
+  cap = std::min(cap, p.max_delay_ms);
+  std::uniform_int_distribution<int64_t> dist(0, std::max<int64_t>(0, cap));
+  int64_t d = dist(rng);
+  if (retry_after_ms > 0) d = std::max(d, std::min(retry_after_ms, p.max_delay_ms));
+  return d;
+}
+
+void broker_core::impl::on_done(node_session& n, const cl::done& d, int64_t now) {
+  auto* j = queue.find(d.job_id);
+  if (!j || j->state != job_state::running || j->lease != d.lease) {
+    log::warning(component, "late result ignored: the job's lease was taken back",
+                 {{"job_id", d.job_id}, {"node", n.name}, {"lease", d.lease}});
+    return;
+  }
+  if (n.running > 0) --n.running;
+  const auto policy = opts.cfg.retry_for(j->function);
+  const std::string function = j->function;
+  finished_note note;
+  note.job_id = j->id;
+  std::string outcome;
+  if (d.outcome == "ok") {
+    outcome = "ok";
+    note.status = protocol::reply_status::ok;
+    note.result_json = d.result_json;
+    for (auto& c : d.children) {
+      job_record r;
+      r.id = c.job_id;
+      r.request_id = j->request_id;
+      r.function = c.function;
+      r.data_json = c.data_json;
+      auto data = nlohmann::json::parse(c.data_json, nullptr, false);
+      r.ordering_key = data.is_object() ? protocol::ordering_key_of(data) : std::string();
+      r.seq = next_seq();
+      r.due_ms = c.due_ms;
+      r.ts_ms = j->ts_ms;
+      r.created_ms = now;
+      current.b.children.push_back(std::move(r));
+    }
+    record(*j, job_state::done, "ok", "", d.result_json, d.duration_ms);
+    queue.finish(j->id, job_state::done);
+  } else {
+    const bool permanent = d.outcome == "permanent";
+    const bool exhausted = !permanent && j->attempts >= policy.max_attempts;
+    const std::string kind = permanent ? "permanent" : (exhausted ? "exhausted" : "transient");
+    auto err = error_json(kind, d.error_code, d.error_message, d.http_status);
+    if (permanent || exhausted) {
+      outcome = "dead";
+      note.status = protocol::reply_status::failed;
+      protocol::error_info e;
+      e.code = permanent ? "permanent" : "exhausted";
+      e.message = exhausted ? "gave up after " + std::to_string(j->attempts) +
+                                  " attempts; last error: " + d.error_message
+                            : d.error_message;
+      if (d.http_status > 0) e.http_status = static_cast<int>(d.http_status);
+      note.error = e;
+      record(*j, job_state::dead, "dead", err, "", d.duration_ms);
+      ++dead_total;
+      ++dead_letters;
+      log::warning(component, "job dead", {{"job_id", j->id}, {"function", j->function},
+                                           {"attempt", j->attempts}, {"error", d.error_message}});
+      queue.finish(j->id, job_state::dead);
+    } else {
+      outcome = "retry";
+      int64_t due = now + retry_delay(j->function, j->attempts, d.retry_after_ms);
+      queue.retry_later(j->id, due);
+      record(*j, job_state::retry_wait, "retry", err, "", d.duration_ms);
+    }
+  }
+  ++outcomes[function][outcome];
+  durations[function].observe(static_cast<double>(d.duration_ms) / 1000.0);
+  if (outcome != "retry") current.finished.push_back(std::move(note));
+}
+
+void broker_core::impl::lose_job(const std::string& job_id, const std::string& why, int64_t now) {
+  auto* j = queue.find(job_id);
+  if (!j || j->state != job_state::running) return;
+  const auto policy = opts.cfg.retry_for(j->function);
+  auto err = error_json("transient", "lost", why, 0);
+  if (j->attempts >= policy.max_attempts) {
+    finished_note note;
+    note.job_id = j->id;
+    note.status = protocol::reply_status::failed;
+    note.error = protocol::error_info{"exhausted", "gave up after " + std::to_string(j->attempts) +
+                                                       " attempts; last: " + why, "", std::nullopt};
+    record(*j, job_state::dead, "dead", error_json("exhausted", "lost", why, 0));
+    ++dead_total;
+    ++dead_letters;
+    ++outcomes[j->function]["dead"];
+    queue.finish(job_id, job_state::dead);
+    current.finished.push_back(std::move(note));
+    return;
+  }
+  log::warning(component, "job lease lost; it runs again", {{"job_id", job_id}, {"reason", why}});
+  ++outcomes[j->function]["retry"];
+  queue.retry_now(job_id);
+  record(*queue.find(job_id), job_state::ready, "lost", err);
+  (void)now;
+}
+
+void broker_core::impl::drop_node(const std::string& identity, const std::string& why, int64_t now) {
+  auto it = nodes.find(identity);
+  if (it == nodes.end()) return;
+  std::vector<std::string> held;
+  // Collect first: lose_job changes the queue.
+  for (auto& id : queue.expired_leases(INT64_MAX)) {
+    auto* j = queue.find(id);
+    if (j && j->node == identity) held.push_back(id);
+  }
+  log::info(component, "node dropped", {{"node", it->second.name}, {"reason", why},
+                                        {"jobs_returned", held.size()}});
+  nodes.erase(it);
+  for (auto& id : held) lose_job(id, "node " + why, now);
+}
+
+void broker_core::impl::check_nodes(int64_t now) {
+  std::vector<std::string> dead;
+  for (auto& [id, n] : nodes) {
+    if (now - n.last_seen > opts.cfg.cluster.node_timeout_ms) dead.push_back(id);
+    else if (now - n.last_sent >= opts.cfg.cluster.heartbeat_ms)
+      send_node(id, cl::encode(cl::message(cl::heartbeat{})));
+  }
+  for (auto& id : dead) drop_node(id, "timed out", now);
+  for (auto& id : queue.expired_leases(now)) lose_job(id, "lease expired", now);
+}
+
+void broker_core::impl::dispatch(int64_t now) {
+  bool progress = true;
+  while (progress) {
+    progress = false;
+    for (auto& [identity, n] : nodes) {
+      if (n.credit <= 0) continue;
+      auto* j = queue.next_runnable(n.kinds);
+      if (!j) continue;
+      cl::job m;
+      m.job_id = j->id;
+      m.function = j->function;
+      m.data_json = j->data_json;
+      m.attempt = j->attempts + 1;
+      m.lease = ++lease_counter;
+      m.ts_ms = j->ts_ms;
+      if (!send_node(identity, cl::encode(cl::message(m)))) {
+        queue.retry_now(j->id);
+        drop_node(identity, "unreachable", now);
+        return;  // nodes changed under the loop
+      }
+      queue.set_running(*j, identity, n.name, m.lease, now + opts.cfg.cluster.lease_ms, now);
+      record(*j, job_state::running);
+      --n.credit;
+      ++n.running;
+      progress = true;
+    }
+  }
+}
+
+}  // namespace klynaa::broker

@@ -1,0 +1,434 @@
+// SQLite implementation of the store (store.hpp): WAL, synchronous=FULL, one
+// transaction per batch, prepared statements reused across batches.
+#include <sqlite3.h>
+
+#include <chrono>
+#include <map>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+
+#include "broker/store.hpp"
+
+namespace klynaa::broker {
+
+const char* to_string(job_state s) {
+  switch (s) {
+    case job_state::ready: return "ready";
+    case job_state::running: return "running";
+    case job_state::retry_wait: return "retry_wait";
+    case job_state::done: return "done";
+    case job_state::dead: return "dead";
+    case job_state::cancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr int schema_version = 1;
+
+const char* const schema_sql = R"sql(
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS requests(
+  id TEXT PRIMARY KEY, op INTEGER NOT NULL, type TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+  accepted_ms INTEGER NOT NULL, jobs TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs(
+  id TEXT PRIMARY KEY, request_id TEXT NOT NULL, function TEXT NOT NULL, data TEXT NOT NULL,
+  okey TEXT NOT NULL, seq INTEGER NOT NULL, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,
+  attempts INTEGER NOT NULL, ts_ms INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+  updated_ms INTEGER NOT NULL, auto_release INTEGER NOT NULL,
+  last_error TEXT NOT NULL DEFAULT '', result TEXT NOT NULL DEFAULT '') WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(seq) WHERE state < 3;
+CREATE INDEX IF NOT EXISTS jobs_dead ON jobs(updated_ms) WHERE state = 4;
+CREATE INDEX IF NOT EXISTS jobs_auto_release ON jobs(okey) WHERE auto_release = 1 AND state < 3;
+CREATE TABLE IF NOT EXISTS closed_pickups(pickup_id INTEGER PRIMARY KEY, closed_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts(
+  job_id TEXT NOT NULL, attempt INTEGER NOT NULL, node TEXT NOT NULL, outcome TEXT NOT NULL,
+  error TEXT NOT NULL, duration_ms INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+  PRIMARY KEY(job_id, attempt)) WITHOUT ROWID;
+)sql";
+
+int64_t now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+/// Thrown inside this file only; commit() turns it into a store_error.
+struct sqlite_failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// A prepared statement, reset after each use.
+class stmt {
+ public:
+  stmt() = default;
+  stmt(sqlite3* db, const char* sql) : db_(db) {
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s_, nullptr) != SQLITE_OK)
+      throw sqlite_failure(std::string("prepare: ") + sqlite3_errmsg(db));
+  }
+  stmt(const stmt&) = delete;
+  stmt& operator=(const stmt&) = delete;
+  stmt(stmt&& o) noexcept : db_(o.db_), s_(o.s_) { o.s_ = nullptr; }
+  stmt& operator=(stmt&& o) noexcept {
+    std::swap(db_, o.db_);
+    std::swap(s_, o.s_);
+    return *this;
+  }
+  ~stmt() { sqlite3_finalize(s_); }
+
+  stmt& bind(int i, int64_t v) { check(sqlite3_bind_int64(s_, i, v)); return *this; }
+  /// Binds without copying (SQLITE_STATIC): `v` must outlive the step, hence no temporaries.
+  stmt& bind(int i, const std::string& v) {
+    check(sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC));
+    return *this;
+  }
+  stmt& bind(int i, std::string&& v) = delete;
+  /// Steps once: true when a row is available.
+  bool step() {
+    int rc = sqlite3_step(s_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    std::string msg = sqlite3_errmsg(db_);
+    reset();  // else the failed statement refuses every later bind (SQLITE_MISUSE)
+    throw sqlite_failure(msg);
+  }
+  void run() {
+    step();
+    reset();
+  }
+  void reset() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  int64_t i64(int col) const { return sqlite3_column_int64(s_, col); }
+  std::string text(int col) const {
+    auto p = reinterpret_cast<const char*>(sqlite3_column_text(s_, col));
+    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(s_, col))) : std::string();
+  }
+
+ private:
+  void check(int rc) {
+    if (rc != SQLITE_OK) throw sqlite_failure(sqlite3_errmsg(db_));
+  }
+  sqlite3* db_ = nullptr;
+  sqlite3_stmt* s_ = nullptr;
+};
+
+constexpr const char* job_columns =
+    "id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms, created_ms, "
+    "updated_ms, auto_release, last_error, result";
+
+job_record read_job(const stmt& s) {
+  job_record j;
+  j.id = s.text(0);
+  j.request_id = s.text(1);
+  j.function = s.text(2);
+  j.data_json = s.text(3);
+  j.ordering_key = s.text(4);
+  j.seq = s.i64(5);
+  j.state = static_cast<job_state>(s.i64(6));
+  j.due_ms = s.i64(7);
+  j.attempts = s.i64(8);
+  j.ts_ms = s.i64(9);
+  j.created_ms = s.i64(10);
+  j.updated_ms = s.i64(11);
+  j.auto_release = s.i64(12) != 0;
+  j.last_error_json = s.text(13);
+  j.result_json = s.text(14);
+  return j;
+}
+
+class sqlite_store final : public store {
+ public:
+  sqlite_store(const sqlite_options& opts) {
+    int flags = opts.read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    flags |= SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(opts.path.c_str(), &db_, flags, nullptr) != SQLITE_OK) {
+      std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+      sqlite3_close(db_);
+      db_ = nullptr;
+      throw sqlite_failure("cannot open " + opts.path + ": " + msg);
+    }
+    sqlite3_busy_timeout(db_, 5000);
+    try {
+      if (!opts.read_only) {
+        exec("PRAGMA journal_mode=WAL");
+        exec(opts.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+        exec(schema_sql);
+      }
+      check_version(!opts.read_only);  // readers too: a newer layout would be misread
+      exec("PRAGMA temp_store=MEMORY");
+      exec("PRAGMA cache_size=-65536");
+      prepare();
+    } catch (...) {
+      // No destructor runs for a half-built object: close here, or the handle leaks.
+      stmts_.clear();
+      sqlite3_close(db_);
+      db_ = nullptr;
+      throw;
+    }
+  }
+
+  ~sqlite_store() override {
+    stmts_.clear();
+    sqlite3_close(db_);
+  }
+
+  std::optional<commit_outcome> commit(const batch& b, store_error& err) override {
+    try {
+      exec("BEGIN IMMEDIATE");
+      commit_outcome out;
+      out.requests.reserve(b.requests.size());
+      for (auto& r : b.requests) out.requests.push_back(apply_request(r));
+      for (auto& u : b.updates) apply_update(u);
+      out.children_inserted.reserve(b.children.size());
+      for (auto& c : b.children) out.children_inserted.push_back(insert_job(c));
+      exec("COMMIT");
+      return out;
+    } catch (const std::exception& e) {
+      err.message = e.what();
+      for (auto& [name, s] : stmts_) s.reset();  // none may hold the transaction open
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+      return std::nullopt;
+    }
+  }
+
+  bool load_unfinished(const std::function<void(job_record&&)>& sink, store_error& err) override {
+    try {
+      auto& s = get("load");
+      while (s.step()) sink(read_job(s));
+      s.reset();
+      return true;
+    } catch (const std::exception& e) {
+      err.message = e.what();
+      return false;
+    }
+  }
+
+  int64_t max_seq() override {
+    auto& s = get("max_seq");
+    int64_t v = s.step() ? s.i64(0) : 0;
+    s.reset();
+    return v;
+  }
+
+  std::optional<job_record> find_job(const std::string& id) override {
+    auto& s = get("find_job");
+    s.bind(1, id);
+    std::optional<job_record> r;
+    if (s.step()) r = read_job(s);
+    s.reset();
+    return r;
+  }
+
+  std::vector<job_record> list_jobs(job_state state, size_t limit) override {
+    auto& s = get("list_jobs");
+    s.bind(1, static_cast<int64_t>(state)).bind(2, static_cast<int64_t>(limit));
+    std::vector<job_record> out;
+    while (s.step()) out.push_back(read_job(s));
+    s.reset();
+    return out;
+  }
+
+  std::string history_json(const std::string& id) override {
+    auto& s = get("history");
+    s.bind(1, id);
+    auto arr = nlohmann::json::array();
+    while (s.step()) {
+      nlohmann::json e = {{"attempt", s.i64(0)}, {"node", s.text(1)}, {"outcome", s.text(2)},
+                          {"duration_ms", s.i64(4)}, {"at_ms", s.i64(5)}};
+      auto err = s.text(3);
+      e["error"] = err.empty() ? nlohmann::json() : nlohmann::json::parse(err, nullptr, false);
+      arr.push_back(std::move(e));
+    }
+    s.reset();
+    return arr.dump();
+  }
+
+  std::vector<std::tuple<std::string, job_state, int64_t>> count_by_function() override {
+    auto& s = get("count");
+    std::vector<std::tuple<std::string, job_state, int64_t>> out;
+    while (s.step()) out.emplace_back(s.text(0), static_cast<job_state>(s.i64(1)), s.i64(2));
+    s.reset();
+    return out;
+  }
+
+  int64_t prune(int64_t before_ms) override {
+    exec("BEGIN IMMEDIATE");
+    int64_t n = 0;
+    try {
+      for (const char* name : {"prune_attempts", "prune_jobs", "prune_requests"}) {
+        auto& s = get(name);
+        s.bind(1, before_ms).run();
+        n += sqlite3_changes(db_);
+      }
+      exec("COMMIT");
+    } catch (...) {
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+      throw;
+    }
+    return n;
+  }
+
+ private:
+  void exec(const char* sql) {
+    char* msg = nullptr;
+    if (sqlite3_exec(db_, sql, nullptr, nullptr, &msg) != SQLITE_OK) {
+      std::string m = msg ? msg : "unknown error";
+      sqlite3_free(msg);
+      throw sqlite_failure(m);
+    }
+  }
+
+  void check_version(bool may_write) {
+    stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'");
+    if (s.step()) {
+      int v = std::stoi(s.text(0));
+      if (v > schema_version)
+        throw sqlite_failure("the store has schema version " + std::to_string(v) +
+                             ", newer than this klynaa understands (" +
+                             std::to_string(schema_version) + "); upgrade klynaa");
+    } else if (may_write) {
+      exec(("INSERT INTO meta(key, value) VALUES('schema_version', '" +
+            std::to_string(schema_version) + "')").c_str());
+    }
+  }
+
+  void prepare() {
+    std::string cols = job_columns;
+    add("find_request", "SELECT op, jobs FROM requests WHERE id = ?1");
+    add("insert_request",
+        "INSERT INTO requests(id, op, type, ts_ms, accepted_ms, jobs) VALUES(?1, ?2, ?3, ?4, ?5, ?6)");
+    add("insert_job", "INSERT OR IGNORE INTO jobs(" + cols +
+                          ") VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
+    add("update_job",
+        "UPDATE jobs SET state = ?2, attempts = ?3, due_ms = ?4, seq = ?5, last_error = ?6, "
+        "result = ?7, updated_ms = ?8 WHERE id = ?1");
+    add("insert_attempt",
+        "INSERT OR REPLACE INTO attempts(job_id, attempt, node, outcome, error, duration_ms, at_ms) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    add("is_closed", "SELECT 1 FROM closed_pickups WHERE pickup_id = ?1");
+    add("close_pickup", "INSERT OR IGNORE INTO closed_pickups(pickup_id, closed_ms) VALUES(?1, ?2)");
+    add("pending_auto_release",
+        "SELECT id FROM jobs WHERE okey = ?1 AND auto_release = 1 AND state < 3 AND state <> 1");
+    add("cancel_job", "UPDATE jobs SET state = 5, updated_ms = ?2 WHERE id = ?1");
+    add("find_job", "SELECT " + cols + " FROM jobs WHERE id = ?1");
+    add("load", "SELECT " + cols + " FROM jobs WHERE state < 3 ORDER BY seq");
+    add("max_seq", "SELECT COALESCE(MAX(seq), 0) FROM jobs");
+    add("list_jobs", "SELECT " + cols + " FROM jobs WHERE state = ?1 ORDER BY updated_ms DESC LIMIT ?2");
+    add("history",
+        "SELECT attempt, node, outcome, error, duration_ms, at_ms FROM attempts WHERE job_id = ?1 "
+        "ORDER BY attempt");
+    add("count", "SELECT function, state, COUNT(*) FROM jobs GROUP BY function, state");
+    add("prune_attempts",
+        "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE state IN (3, 5) AND "
+        "updated_ms < ?1)");
+    add("prune_jobs", "DELETE FROM jobs WHERE state IN (3, 5) AND updated_ms < ?1");
+    add("prune_requests", "DELETE FROM requests WHERE accepted_ms < ?1");
+  }
+
+  void add(const std::string& name, const std::string& sql) {
+    stmts_.emplace(name, stmt(db_, sql.c_str()));
+  }
+  stmt& get(const char* name) { return stmts_.at(name); }
+
+  request_outcome apply_request(const new_request& r) {
+    request_outcome out;
+    auto& find = get("find_request");
+    find.bind(1, r.id);
+    if (find.step()) {
+      out.duplicate = true;
+      out.original_op = static_cast<int>(find.i64(0));
+      auto ids = nlohmann::json::parse(find.text(1), nullptr, false);
+      find.reset();
+      if (ids.is_array())
+        for (auto& id : ids)
+          if (id.is_string()) out.job_ids.push_back(id.get<std::string>());
+      for (auto& id : out.job_ids)
+        if (auto j = find_job(id)) out.existing.push_back(std::move(*j));
+      return out;
+    }
+    find.reset();
+
+    const int64_t now = now_ms();
+    if (r.closes_pickup) {
+      out.cancelled = cancel_auto_release(*r.closes_pickup, now);
+      get("close_pickup").bind(1, *r.closes_pickup).bind(2, now).run();
+    }
+    for (auto& j : r.jobs) {
+      if (j.auto_release && pickup_closed(j)) continue;  // confirmed/disputed first: no auto-release
+      if (insert_job(j)) {
+        out.job_ids.push_back(j.id);
+        out.created.push_back(j);
+      }
+    }
+    auto ids = nlohmann::json(out.job_ids).dump();
+    get("insert_request").bind(1, r.id).bind(2, r.op).bind(3, r.type).bind(4, r.ts_ms)
+        .bind(5, r.accepted_ms).bind(6, ids).run();
+    return out;
+  }
+
+  bool pickup_closed(const job_record& j) {
+    auto& s = get("is_closed");
+    s.bind(1, pickup_of(j.ordering_key));
+    bool closed = s.step();
+    s.reset();
+    return closed;
+  }
+
+  static int64_t pickup_of(const std::string& okey) {
+    constexpr const char prefix[] = "pickup:";
+    if (okey.rfind(prefix, 0) != 0) return -1;
+    return std::stoll(okey.substr(sizeof(prefix) - 1));
+  }
+
+  std::vector<std::string> cancel_auto_release(int64_t pickup_id, int64_t now) {
+    std::vector<std::string> ids;
+    const std::string okey = "pickup:" + std::to_string(pickup_id);
+    auto& s = get("pending_auto_release");
+    s.bind(1, okey);
+    while (s.step()) ids.push_back(s.text(0));
+    s.reset();
+    for (auto& id : ids) get("cancel_job").bind(1, id).bind(2, now).run();
+    return ids;
+  }
+
+  bool insert_job(const job_record& j) {
+    auto& s = get("insert_job");
+    const int64_t now = now_ms();
+    s.bind(1, j.id).bind(2, j.request_id).bind(3, j.function).bind(4, j.data_json)
+        .bind(5, j.ordering_key).bind(6, j.seq).bind(7, static_cast<int64_t>(j.state))
+        .bind(8, j.due_ms).bind(9, j.attempts).bind(10, j.ts_ms)
+        .bind(11, j.created_ms ? j.created_ms : now).bind(12, now)
+        .bind(13, j.auto_release ? 1 : 0).bind(14, j.last_error_json).bind(15, j.result_json);
+    s.run();
+    return sqlite3_changes(db_) > 0;
+  }
+
+  void apply_update(const job_update& u) {
+    const int64_t now = now_ms();
+    get("update_job").bind(1, u.id).bind(2, static_cast<int64_t>(u.state)).bind(3, u.attempts)
+        .bind(4, u.due_ms).bind(5, u.seq).bind(6, u.last_error_json).bind(7, u.result_json)
+        .bind(8, now).run();
+    if (!u.outcome.empty())
+      get("insert_attempt").bind(1, u.id).bind(2, u.attempts).bind(3, u.node).bind(4, u.outcome)
+          .bind(5, u.last_error_json).bind(6, u.duration_ms).bind(7, now).run();
+  }
+
+  sqlite3* db_ = nullptr;
+  std::map<std::string, stmt> stmts_;
+};
+
+}  // namespace
+
+std::unique_ptr<store> open_sqlite_store(const sqlite_options& opts, store_error& err) {
+  try {
+    return std::make_unique<sqlite_store>(opts);
+  } catch (const std::exception& e) {
+    err.message = e.what();
+    return nullptr;
+  }
+}
+
+}  // namespace klynaa::broker

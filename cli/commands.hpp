@@ -1,0 +1,27 @@
+// The `klynaa` commands (contract §5). Each returns the process exit code:
+// 0 success, 1 runtime failure, 2 bad usage or bad config (the message names the
+// flag, key or file).
+#pragma once
+
+#include <string>
+
+#include "cli/args.hpp"
+#include "protocol/config.hpp"
+
+namespace klynaa::cli {
+
+int cmd_run(int argc, char** argv);      ///< broker + one node in one process
+int cmd_broker(int argc, char** argv);   ///< the broker alone
+int cmd_node(int argc, char** argv);     ///< a node connecting to --broker
+int cmd_publish(int argc, char** argv);  ///< publish one event
+int cmd_invoke(int argc, char** argv);   ///< invoke one function and wait
+int cmd_config(int argc, char** argv);   ///< check a config or print the example
+
+/// Reads --config (or no file: embedded defaults) and the environment. False
+/// with `error` naming the file, key or variable.
+bool load_config(const parsed_args& args, protocol::config& cfg, std::string& error);
+
+/// The shared usage text.
+std::string usage();
+
+}  // namespace klynaa::cli

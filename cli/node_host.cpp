@@ -1,0 +1,65 @@
+#include "cli/node_host.hpp"
+
+#include <unistd.h>
+
+#include <sstream>
+
+#include "actors/registry.hpp"
+#include "nodes/runtime.hpp"
+
+namespace klynaa::cli {
+
+namespace {
+const std::vector<std::string> all_kinds = {"notifier", "escrow", "geo", "scheduler"};
+}
+
+node_host::node_host() = default;
+node_host::~node_host() { stop(); }
+
+bool node_host::configure(const protocol::config& cfg, const std::string& data_dir,
+                          const std::string& actors, const std::string& name, std::string& err) {
+  cfg_ = cfg;
+  data_dir_ = data_dir;
+  kinds_.clear();
+  if (actors.empty()) {
+    kinds_ = all_kinds;
+  } else {
+    std::stringstream ss(actors);
+    std::string k;
+    while (std::getline(ss, k, ',')) {
+      if (std::find(all_kinds.begin(), all_kinds.end(), k) == all_kinds.end()) {
+        err = "unknown actor kind '" + k + "' in --actors (use notifier, escrow, geo, scheduler)";
+        return false;
+      }
+      kinds_.push_back(k);
+    }
+  }
+  if (auto problem = actors::check_actor_config(cfg, data_dir, kinds_)) {
+    err = *problem;
+    return false;
+  }
+  if (name.empty()) {
+    char host[256] = {0};
+    gethostname(host, sizeof(host) - 1);
+    name_ = std::string(host) + "-" + std::to_string(getpid());
+  } else {
+    name_ = name;
+  }
+  return true;
+}
+
+void node_host::start(zmq::context_t& ctx, const std::string& broker_endpoint) {
+  nodes::node_options o;
+  o.broker_endpoint = broker_endpoint;
+  o.name = name_;
+  o.kinds = actors::make_actor_kinds(cfg_, data_dir_, kinds_);
+  o.shutdown_grace_ms = cfg_.shutdown.grace_seconds * 1000;
+  runtime_ = std::make_unique<nodes::node_runtime>(ctx, std::move(o));
+  runtime_->start();
+}
+
+void node_host::stop() {
+  if (runtime_) runtime_->stop();
+}
+
+}  // namespace klynaa::cli

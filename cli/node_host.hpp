@@ -1,0 +1,41 @@
+// A node's actor kinds and runtime, as `klynaa run` and `klynaa node` host them:
+// picks the kinds from --actors, checks what they need from the config, and
+// starts/stops the CAF runtime (nodes/runtime.hpp).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <zmq.hpp>
+
+#include "protocol/config.hpp"
+
+namespace klynaa::nodes {
+class node_runtime;
+}
+
+namespace klynaa::cli {
+
+class node_host {
+ public:
+  node_host();
+  ~node_host();
+
+  /// `actors`: comma-separated kinds ("" = all); `name`: "" = hostname-pid.
+  /// False with `err` (exit 2) on an unknown kind or a missing django.url.
+  bool configure(const protocol::config& cfg, const std::string& data_dir, const std::string& actors,
+                 const std::string& name, std::string& err);
+
+  void start(zmq::context_t& ctx, const std::string& broker_endpoint);
+  /// Graceful; idempotent.
+  void stop();
+
+ private:
+  protocol::config cfg_;
+  std::string data_dir_;
+  std::vector<std::string> kinds_;
+  std::string name_;
+  std::unique_ptr<nodes::node_runtime> runtime_;
+};
+
+}  // namespace klynaa::cli

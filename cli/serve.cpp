@@ -1,0 +1,224 @@
+// `klynaa run`, `klynaa broker`, `klynaa node`: the long-running roles.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "broker/admin.hpp"
+#include "broker/core.hpp"
+#include "cli/commands.hpp"
+#include "cli/node_host.hpp"
+#include "protocol/log.hpp"
+
+namespace klynaa::cli {
+
+namespace {
+
+std::atomic<int> g_phase{0};
+
+void on_signal(int) {
+  // First signal: drain; second: stop now.
+  int p = g_phase.load();
+  g_phase.store(p == 0 ? 1 : 2);
+}
+
+void install_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+const std::vector<flag_spec> serve_flags = {
+    {"config", true, "TOML config file"},
+    {"data-dir", true, "directory for the store and local files (default ./klynaa-data)"},
+    {"ingress", true, "ingress endpoint (default ingress.bind)"},
+    {"cluster", true, "cluster endpoint nodes connect to (broker only)"},
+    {"broker", true, "broker cluster endpoint(s) (node only)"},
+    {"actors", true, "actor kinds to host: notifier,escrow,geo,scheduler"},
+    {"name", true, "node name"},
+};
+
+struct prepared {
+  parsed_args args;
+  protocol::config cfg;
+  std::string data_dir;
+  int lock_fd = -1;
+};
+
+/// Parses flags and config, creates the data dir. Returns an exit code or -1 to go on.
+int prepare(int argc, char** argv, const char* cmd, const std::set<std::string>& allowed,
+            prepared& p) {
+  std::vector<flag_spec> specs;
+  for (auto& f : serve_flags)
+    if (allowed.count(f.name)) specs.push_back(f);
+  std::string err;
+  if (!parse_args(argc, argv, 2, specs, p.args, err)) {
+    std::cerr << "klynaa " << cmd << ": " << err << "\n";
+    return 2;
+  }
+  if (!p.args.positional.empty()) {
+    std::cerr << "klynaa " << cmd << ": unexpected argument '" << p.args.positional[0] << "'\n";
+    return 2;
+  }
+  if (!load_config(p.args, p.cfg, err)) {
+    std::cerr << "klynaa: " << err << "\n";
+    return 2;
+  }
+  log::level lvl;
+  if (log::parse_level(p.cfg.log.level, lvl)) log::init(lvl);
+  p.data_dir = p.args.get("data-dir").value_or("klynaa-data");
+  std::error_code ec;
+  std::filesystem::create_directories(p.data_dir, ec);
+  if (ec) {
+    std::cerr << "klynaa: cannot create data dir " << p.data_dir << " (--data-dir): " << ec.message()
+              << "\n";
+    return 2;
+  }
+  return -1;
+}
+
+/// One broker per data dir: a second one would corrupt the queue's order.
+bool lock_data_dir(prepared& p, std::string& err) {
+  auto path = p.data_dir + "/broker.lock";
+  p.lock_fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  if (p.lock_fd < 0 || ::flock(p.lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    err = "another broker is using the data dir " + p.data_dir + " (--data-dir)";
+    return false;
+  }
+  return true;
+}
+
+void write_endpoints(const std::string& data_dir, nlohmann::json j) {
+  j["pid"] = ::getpid();
+  auto tmp = data_dir + "/broker.json.tmp";
+  {
+    std::ofstream out(tmp);
+    out << j.dump() << "\n";
+  }
+  std::filesystem::rename(tmp, data_dir + "/broker.json");
+}
+
+/// Runs a broker (and, for `run`, one node in the same process over inproc).
+int serve_broker(prepared& p, bool with_node) {
+  std::string err;
+  if (!lock_data_dir(p, err)) {
+    std::cerr << "klynaa: " << err << "\n";
+    return 1;
+  }
+  std::unique_ptr<node_host> node;
+  if (with_node) {
+    node = std::make_unique<node_host>();
+    if (!node->configure(p.cfg, p.data_dir, "", "", err)) {
+      std::cerr << "klynaa: " << err << "\n";
+      return 2;
+    }
+  }
+  broker::store_error serr;
+  broker::sqlite_options so;
+  so.path = p.data_dir + "/broker.db";
+  so.synchronous_full = p.cfg.store.synchronous != "normal";
+  auto st = broker::open_sqlite_store(so, serr);
+  if (!st) {
+    std::cerr << "klynaa: cannot open the store: " << serr.message << "\n";
+    return 1;
+  }
+  zmq::context_t ctx;
+  broker::broker_options bo;
+  bo.cfg = p.cfg;
+  bo.ingress_bind = p.args.get("ingress").value_or(p.cfg.ingress.bind);
+  bo.data_dir = p.data_dir;
+  const std::string inproc = "inproc://klynaa-cluster";
+  if (with_node)
+    bo.cluster_binds = {inproc};
+  else
+    bo.cluster_binds = {p.args.get("cluster").value_or(p.cfg.cluster.bind)};
+  broker::broker_core core(ctx, bo, std::move(st));
+  if (!core.open(err)) {
+    std::cerr << "klynaa: " << err << "\n";
+    return 1;
+  }
+  broker::admin_server admin;
+  broker::admin_handlers handlers;
+  handlers.stats = [&core] { return core.stats(); };
+  if (!admin.start(p.cfg.admin.bind, p.cfg.admin.token, handlers, err)) {
+    std::cerr << "klynaa: " << err << "\n";
+    return 1;
+  }
+  auto endpoints = core.bound_endpoints();
+  endpoints["admin"] = admin.address();
+  write_endpoints(p.data_dir, endpoints);
+  install_signals();
+
+  // The node runs beside the broker loop; on a signal it drains first, while the
+  // broker still takes its results, then the broker stops.
+  std::atomic<int> broker_phase{0};
+  std::atomic<bool> loop_done{false};
+  if (node) node->start(ctx, inproc);
+  std::thread watcher([&] {
+    auto wait_until = [&](auto pred) {
+      while (!pred() && !loop_done.load()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    };
+    wait_until([] { return g_phase.load() != 0; });
+    broker_phase.store(static_cast<int>(broker::phase::draining));
+    if (node) node->stop();  // finishes or hands back its jobs while the loop still runs
+    else wait_until([] { return g_phase.load() >= 2; });  // a second signal: stop now
+    broker_phase.store(static_cast<int>(broker::phase::stopping));
+  });
+  int rc = core.run(broker_phase);
+  loop_done.store(true);
+  watcher.join();
+  if (node) node->stop();
+  admin.stop();
+  return rc;
+}
+
+}  // namespace
+
+int cmd_run(int argc, char** argv) {
+  prepared p;
+  int rc = prepare(argc, argv, "run", {"config", "data-dir", "ingress"}, p);
+  if (rc >= 0) return rc;
+  return serve_broker(p, true);
+}
+
+int cmd_broker(int argc, char** argv) {
+  prepared p;
+  int rc = prepare(argc, argv, "broker", {"config", "data-dir", "ingress", "cluster"}, p);
+  if (rc >= 0) return rc;
+  return serve_broker(p, false);
+}
+
+int cmd_node(int argc, char** argv) {
+  prepared p;
+  int rc = prepare(argc, argv, "node", {"config", "data-dir", "broker", "actors", "name"}, p);
+  if (rc >= 0) return rc;
+  auto broker_ep = p.args.get("broker");
+  if (!broker_ep) {
+    std::cerr << "klynaa node: --broker is required (the broker's cluster endpoint)\n";
+    return 2;
+  }
+  node_host node;
+  std::string err;
+  if (!node.configure(p.cfg, p.data_dir, p.args.get("actors").value_or(""),
+                      p.args.get("name").value_or(""), err)) {
+    std::cerr << "klynaa: " << err << "\n";
+    return 2;
+  }
+  install_signals();
+  zmq::context_t ctx;
+  node.start(ctx, *broker_ep);
+  while (g_phase.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  node.stop();
+  return 0;
+}
+
+}  // namespace klynaa::cli

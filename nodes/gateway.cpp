@@ -1,0 +1,313 @@
+// See gateway.hpp. One handler per message; the timers all live in on_tick so
+// that there is a single pending delayed message at any time, and it is gone
+// within 250 ms after the gateway stops.
+#include "nodes/gateway.hpp"
+
+#include <algorithm>
+
+#include <caf/actor_cast.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/send.hpp>
+#include <caf/stateful_actor.hpp>
+
+#include "nodes/atoms.hpp"
+#include "nodes/pool.hpp"
+#include "nodes/wire.hpp"
+#include "protocol/cluster.hpp"
+#include "protocol/log.hpp"
+
+namespace klynaa::nodes {
+
+namespace cl = protocol::cluster;
+
+using gateway_ptr = caf::stateful_actor<gateway_state>*;
+using clock = gateway_state::clock;
+using std::chrono::milliseconds;
+
+gateway_state::~gateway_state() {
+  for (auto& p : pools)
+    caf::anon_send_exit(p, caf::exit_reason::user_shutdown);
+  push.reset();
+}
+
+namespace {
+
+/// A broker silent for this many heartbeats is presumed gone (restarted).
+constexpr int64_t silent_heartbeats = 3;
+
+int64_t elapsed_ms(clock::time_point since, clock::time_point now) {
+  return std::chrono::duration_cast<milliseconds>(now - since).count();
+}
+
+nlohmann::json node_field(gateway_ptr self) {
+  return {{"node", self->state.cfg.node}};
+}
+
+// -- outgoing ------------------------------------------------------------------
+
+void send_frame(gateway_ptr self, const std::string& frame) {
+  auto& st = self->state;
+  if (!st.push->send(zmq::buffer(frame), zmq::send_flags::dontwait))
+    log::error("node", "could not queue a frame for the broker", node_field(self));
+  st.last_tx = clock::now();
+}
+
+void send_msg(gateway_ptr self, const cl::message& m) {
+  send_frame(self, cl::encode(m));
+}
+
+void send_ready(gateway_ptr self) {
+  auto& st = self->state;
+  cl::ready r;
+  r.node = st.cfg.node;
+  for (const auto& k : st.cfg.kinds)
+    r.kinds.push_back(k.kind);
+  // Jobs this node still holds (from a previous session) count against the
+  // credit, so it never holds more than it granted.
+  r.credit = std::max<int64_t>(0, st.capacity - static_cast<int64_t>(st.held.size()));
+  st.last_ready = clock::now();
+  log::info("node", "registering with the broker",
+            {{"node", r.node}, {"kinds", r.kinds}, {"credit", r.credit}, {"endpoint", st.cfg.broker_endpoint}});
+  send_msg(self, r);
+}
+
+void send_stats(gateway_ptr self) {
+  auto& st = self->state;
+  nlohmann::json jobs = nlohmann::json::object();
+  for (const auto& [function, c] : st.jobs_by_function)
+    jobs[function] = {{"ok", c.ok}, {"retry", c.retry}, {"dead", c.dead}};
+  nlohmann::json kinds = nlohmann::json::array();
+  for (const auto& k : st.cfg.kinds)
+    kinds.push_back({{"kind", k.kind}, {"workers", k.workers}});
+  nlohmann::json stats = {{"node", st.cfg.node}, {"kinds", kinds}, {"capacity", st.capacity},
+                          {"held", st.held.size()}, {"running", st.cfg.busy->load()}, {"jobs", jobs}};
+  st.last_stats = clock::now();
+  send_msg(self, cl::node_stats{stats.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)});
+}
+
+// -- stopping -------------------------------------------------------------------
+
+void finish_stop(gateway_ptr self) {
+  auto& st = self->state;
+  cl::bye b;
+  b.jobs = st.handed_back;
+  for (const auto& [lease, h] : st.held)
+    b.jobs.push_back(h.job_id);
+  send_msg(self, b);
+  log::info("node", "said bye to the broker", {{"node", st.cfg.node}, {"handed_back", b.jobs}});
+  st.lf = gateway_state::life::stopped;
+  st.held.clear();
+  st.handed_back.clear();
+  if (st.stop_promise.pending())
+    st.stop_promise.deliver(caf::ok_atom::value);
+}
+
+void maybe_finish_stop(gateway_ptr self) {
+  if (self->state.lf == gateway_state::life::stopping && self->state.held.empty())
+    finish_stop(self);
+}
+
+// -- incoming -------------------------------------------------------------------
+
+void on_job(gateway_ptr self, const cl::job& j, std::string frame) {
+  auto& st = self->state;
+  using life = gateway_state::life;
+  if (st.lf == life::stopped) {
+    // BYE already went out: hand this one back the same way.
+    send_msg(self, cl::bye{{j.job_id}});
+    return;
+  }
+  if (st.lf == life::stopping) {
+    st.handed_back.push_back(j.job_id);
+    return;
+  }
+  auto pool = st.pool_of.find(j.function);
+  if (pool == st.pool_of.end()) {
+    log::error("node", "the broker sent a job of a function this node does not host",
+               {{"job_id", j.job_id}, {"function", j.function}, {"attempt", j.attempt}, {"node", st.cfg.node},
+                {"outcome", "dead"}});
+    send_msg(self, failure_done(j, outcome::permanent, "not_hosted",
+                                "node " + st.cfg.node + " hosts no actor kind that runs " + j.function));
+    send_msg(self, cl::credit{1});
+    return;
+  }
+  st.held[j.lease] = {j.job_id, j.function};
+  if (static_cast<int64_t>(st.held.size()) > st.capacity)
+    log::warning("node", "the broker sent more jobs than this node granted; queueing them",
+                 {{"node", st.cfg.node}, {"held", st.held.size()}, {"capacity", st.capacity}});
+  self->send(pool->second, run_atom::value, j.lease, j.job_id, std::move(frame));
+}
+
+void on_welcome(gateway_ptr self, const cl::welcome& w) {
+  auto& st = self->state;
+  if (st.sess != gateway_state::session::registered)
+    log::info("node", "registered with the broker",
+              {{"node", st.cfg.node}, {"heartbeat_ms", w.heartbeat_ms}, {"lease_ms", w.lease_ms}});
+  st.sess = gateway_state::session::registered;
+  st.heartbeat_ms = w.heartbeat_ms;
+  st.lease_ms = w.lease_ms;
+}
+
+void on_broker_bye(gateway_ptr self) {
+  auto& st = self->state;
+  log::info("node", "the broker is shutting down; registering again", node_field(self));
+  st.sess = gateway_state::session::registering;
+  if (st.lf == gateway_state::life::running)
+    send_ready(self);  // waits in the DEALER until the broker is back
+}
+
+void on_frame(gateway_ptr self, std::string frame) {
+  auto& st = self->state;
+  st.last_rx = clock::now();  // any message proves the broker alive
+  std::string error;
+  auto msg = cl::decode(frame.data(), frame.size(), &error);
+  if (!msg) {
+    log::warning("node", "ignored an invalid frame from the broker", {{"node", st.cfg.node}, {"error", error}});
+    return;
+  }
+  if (auto* j = std::get_if<cl::job>(&*msg))
+    on_job(self, *j, std::move(frame));
+  else if (auto* w = std::get_if<cl::welcome>(&*msg))
+    on_welcome(self, *w);
+  else if (std::holds_alternative<cl::bye>(*msg))
+    on_broker_bye(self);
+  else if (!std::holds_alternative<cl::heartbeat>(*msg))
+    log::warning("node", "ignored a message the broker does not send",
+                 {{"node", st.cfg.node}, {"type", cl::name_of(*msg)}});
+}
+
+void count_outcome(gateway_ptr self, const std::string& function, const std::string& frame) {
+  auto msg = cl::decode(frame.data(), frame.size());
+  if (!msg || !std::holds_alternative<cl::done>(*msg))
+    return;
+  auto& c = self->state.jobs_by_function[function];
+  const auto& o = std::get<cl::done>(*msg).outcome;
+  (o == "ok" ? c.ok : o == "permanent" ? c.dead : c.retry) += 1;
+}
+
+void on_done(gateway_ptr self, int64_t lease, const std::string& frame) {
+  auto& st = self->state;
+  using life = gateway_state::life;
+  auto h = st.held.find(lease);
+  if (st.lf == life::stopped) {
+    // Already handed back in BYE: the broker has given it to someone else.
+    log::warning("node", "a job finished after bye; dropping its result",
+                 {{"node", st.cfg.node}, {"job_id", h != st.held.end() ? h->second.job_id : std::string{}}});
+    return;
+  }
+  if (h != st.held.end()) {
+    count_outcome(self, h->second.function, frame);
+    st.held.erase(h);
+  }
+  if (!frame.empty())
+    send_frame(self, frame);
+  if (st.lf == life::running)
+    send_msg(self, cl::credit{1});
+  else
+    maybe_finish_stop(self);
+}
+
+void on_handback(gateway_ptr self, int64_t lease, std::string job_id) {
+  auto& st = self->state;
+  st.held.erase(lease);
+  if (st.lf == gateway_state::life::stopping) {
+    st.handed_back.push_back(std::move(job_id));
+    maybe_finish_stop(self);
+  }
+}
+
+caf::response_promise on_stop(gateway_ptr self, int64_t grace_ms) {
+  auto& st = self->state;
+  auto rp = self->make_response_promise();
+  if (st.lf != gateway_state::life::running) {
+    rp.deliver(caf::ok_atom::value);
+    return rp;
+  }
+  log::info("node", "stopping: taking no new jobs",
+            {{"node", st.cfg.node}, {"held", st.held.size()}, {"grace_ms", grace_ms}});
+  st.lf = gateway_state::life::stopping;
+  st.stop_deadline = clock::now() + milliseconds{std::max<int64_t>(0, grace_ms)};
+  st.stop_promise = rp;
+  for (auto& p : st.pools)
+    self->send(p, drain_atom::value);
+  maybe_finish_stop(self);
+  return rp;
+}
+
+// -- timers ----------------------------------------------------------------------
+
+int64_t tick_ms(const gateway_state& st) {
+  return std::clamp<int64_t>(std::min(st.heartbeat_ms, st.cfg.register_retry_ms) / 4, 5, 250);
+}
+
+void on_tick(gateway_ptr self) {
+  auto& st = self->state;
+  using life = gateway_state::life;
+  using session = gateway_state::session;
+  if (st.lf == life::stopped)
+    return;  // no further tick: nothing pending when the gateway exits
+  auto now = clock::now();
+  if (st.lf == life::stopping && now >= st.stop_deadline) {
+    finish_stop(self);
+    return;
+  }
+  if (st.sess == session::registered && elapsed_ms(st.last_rx, now) > silent_heartbeats * st.heartbeat_ms) {
+    log::warning("node", "the broker is silent; registering again",
+                 {{"node", st.cfg.node}, {"silent_ms", elapsed_ms(st.last_rx, now)}});
+    st.sess = session::registering;
+    if (st.lf == life::running)
+      send_ready(self);
+  }
+  if (st.sess == session::registering && st.lf == life::running
+      && elapsed_ms(st.last_ready, now) >= st.cfg.register_retry_ms)
+    send_ready(self);
+  if (st.sess == session::registered) {
+    if (st.lf == life::running && st.cfg.stats_interval_ms > 0
+        && elapsed_ms(st.last_stats, now) >= st.cfg.stats_interval_ms)
+      send_stats(self);
+    if (elapsed_ms(st.last_tx, now) >= st.heartbeat_ms)
+      send_msg(self, cl::heartbeat{});
+  }
+  self->delayed_send(self, milliseconds{tick_ms(st)}, tick_atom::value);
+}
+
+void init(gateway_ptr self, gateway_config cfg) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.push = std::make_unique<zmq::socket_t>(*st.cfg.ctx, zmq::socket_type::push);
+  st.push->set(zmq::sockopt::linger, 0);
+  st.push->set(zmq::sockopt::sndhwm, 0);  // never block a scheduler thread
+  st.push->connect(st.cfg.out_endpoint);
+  for (const auto& k : st.cfg.kinds) {
+    st.capacity += k.workers;
+    auto pool = self->spawn(pool_actor, caf::actor_cast<caf::actor>(self), pool_config{st.cfg.node, k, st.cfg.busy});
+    st.pools.push_back(pool);
+    for (const auto& f : k.functions)
+      st.pool_of[f] = pool;
+  }
+  auto now = clock::now();
+  st.last_rx = st.last_tx = st.last_stats = now;
+  send_ready(self);
+  self->delayed_send(self, milliseconds{tick_ms(st)}, tick_atom::value);
+}
+
+}  // namespace
+
+caf::behavior gateway_actor(gateway_ptr self, gateway_config cfg) {
+  init(self, std::move(cfg));
+  return {
+      [self](frame_atom, std::string& frame) { on_frame(self, std::move(frame)); },
+      [self](done_atom, int64_t lease, const std::string& frame) { on_done(self, lease, frame); },
+      [self](handback_atom, int64_t lease, std::string& job_id) { on_handback(self, lease, std::move(job_id)); },
+      [self](stop_atom, int64_t grace_ms) { return on_stop(self, grace_ms); },
+      [self](tick_atom) { on_tick(self); },
+  };
+}
+
+caf::actor spawn_gateway(caf::actor_system& sys, gateway_config cfg) {
+  return sys.spawn(gateway_actor, std::move(cfg));
+}
+
+}  // namespace klynaa::nodes

@@ -1,0 +1,91 @@
+// The gateway: the node's side of the cluster protocol (docs/cluster-protocol.md)
+// as one event-based CAF actor. It
+//   - registers: READY{node, kinds, credit} until a WELCOME arrives, and again
+//     after the broker says BYE or stays silent for 3 heartbeats (a restart);
+//   - sends a HEARTBEAT whenever it has sent nothing for heartbeat_ms, and
+//     node_stats every stats_interval_ms;
+//   - routes each JOB to the pool of its function's kind, and sends each DONE
+//     followed by CREDIT{1};
+//   - on stop, hands queued jobs back, waits for running ones up to the grace,
+//     and says BYE listing every job it hands back.
+// Outgoing frames go through a PUSH socket it owns (an event-based actor runs
+// on one thread at a time) to the I/O thread's PULL, which sends them.
+//
+// Messages:
+//   (frame_atom, frame)            a frame from the broker (the I/O thread)
+//   (done_atom, lease, frame)      a DONE from a pool
+//   (handback_atom, lease, job_id) a queued job a draining pool did not run
+//   (stop_atom, grace_ms) -> ok_atom, once BYE is in the PUSH socket. Idempotent.
+//   (tick_atom)                    its own timer
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/fwd.hpp>
+#include <caf/response_promise.hpp>
+#include <zmq.hpp>
+
+#include "nodes/job.hpp"
+
+namespace klynaa::nodes {
+
+struct gateway_config {
+  std::string node;
+  std::vector<actor_kind_spec> kinds;
+  zmq::context_t* ctx = nullptr;
+  std::string out_endpoint;  ///< the I/O thread's PULL (io_thread::out_endpoint)
+  std::string broker_endpoint;  ///< for logs
+  int64_t register_retry_ms = 1000;
+  int64_t stats_interval_ms = 5000;
+  std::shared_ptr<std::atomic<int>> busy;  ///< see worker_config::busy
+};
+
+struct gateway_state {
+  using clock = std::chrono::steady_clock;
+  static inline const char* name = "gateway";
+
+  /// The broker session as this node sees it.
+  enum class session { registering, registered };
+  /// The node's own life.
+  enum class life { running, stopping, stopped };
+
+  struct held_job {
+    std::string job_id;
+    std::string function;
+  };
+  struct counts {
+    int64_t ok = 0, retry = 0, dead = 0;
+  };
+
+  gateway_config cfg;
+  std::unique_ptr<zmq::socket_t> push;
+  session sess = session::registering;
+  life lf = life::running;
+  int64_t heartbeat_ms = 1000;  ///< from WELCOME
+  int64_t lease_ms = 30000;     ///< from WELCOME
+  int64_t capacity = 0;         ///< sum of workers over kinds
+  clock::time_point last_rx, last_tx, last_ready, last_stats, stop_deadline;
+  std::map<std::string, caf::actor> pool_of;  ///< function -> pool of its kind
+  std::vector<caf::actor> pools;
+  std::map<int64_t, held_job> held;           ///< lease -> job, queued or running
+  std::vector<std::string> handed_back;       ///< job ids for the BYE
+  caf::response_promise stop_promise;
+  std::map<std::string, counts> jobs_by_function;  ///< for node_stats
+
+  ~gateway_state();
+};
+
+caf::behavior gateway_actor(caf::stateful_actor<gateway_state>* self, gateway_config cfg);
+
+/// Spawns a gateway in `sys` (so that callers need not include the actor
+/// implementation headers).
+caf::actor spawn_gateway(caf::actor_system& sys, gateway_config cfg);
+
+}  // namespace klynaa::nodes

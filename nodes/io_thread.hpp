@@ -1,0 +1,61 @@
+// The node's I/O thread: the one owner of the DEALER socket to the broker.
+// It polls two sockets:
+//   - the DEALER: each frame from the broker goes to `on_frame` (the runtime
+//     forwards it to the gateway actor);
+//   - an inproc PULL bound to out_endpoint(): the gateway's PUSH socket puts
+//     outgoing frames there, and this thread sends them on the DEALER.
+// So no socket is ever used by two threads. No CAF here.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <zmq.hpp>
+
+namespace klynaa::nodes {
+
+class io_thread {
+ public:
+  using frame_handler = std::function<void(std::string frame)>;
+
+  /// Keeps `ctx` (which must outlive this object); opens nothing yet.
+  io_thread(zmq::context_t& ctx, std::string broker_endpoint, frame_handler on_frame);
+
+  /// Binds the PULL socket (so that out_endpoint() can be connected as soon as
+  /// this returns), connects the DEALER and starts the thread. Throws
+  /// zmq::error_t when an endpoint is invalid.
+  void start();
+
+  /// Sends what is still waiting in the PULL socket (the last BYE), closes both
+  /// sockets (keeping unsent frames at most flush_ms in the context) and joins.
+  /// Idempotent.
+  void stop(int flush_ms = 500);
+
+  /// The inproc endpoint to connect a PUSH socket to, unique per instance.
+  const std::string& out_endpoint() const { return out_endpoint_; }
+
+  ~io_thread();
+
+  io_thread(const io_thread&) = delete;
+  io_thread& operator=(const io_thread&) = delete;
+
+ private:
+  void run();
+  void forward_outgoing();
+  void receive_incoming();
+
+  zmq::context_t& ctx_;
+  std::string broker_endpoint_;
+  std::string out_endpoint_;
+  frame_handler on_frame_;
+  std::unique_ptr<zmq::socket_t> dealer_;
+  std::unique_ptr<zmq::socket_t> pull_;
+  std::atomic<bool> stopping_{false};
+  int flush_ms_ = 500;
+  std::thread thread_;
+};
+
+}  // namespace klynaa::nodes

@@ -1,0 +1,90 @@
+// The job-handler interface between the node runtime (nodes/) and the job logic
+// (actors/). Plain C++, no CAF: a handler runs one job to its end and says how it
+// went; the runtime decides retries, leases and reporting.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace klynaa::nodes {
+
+/// One attempt of one job, as the broker dispatched it.
+struct job {
+  std::string id;        ///< e.g. "evt-1#1", "#escrow-released-7"
+  std::string function;  ///< e.g. "processEscrowRelease"
+  nlohmann::json data;   ///< the function's data (contract §2)
+  int attempt = 1;       ///< from 1
+  int64_t ts_ms = 0;     ///< when the originating event happened (ms since epoch)
+  std::string node;      ///< name of the node running it (for logs)
+};
+
+/// A job created by a job (contract §2: `{parent}#{n}` or `#{name}-{pickup_id}`).
+/// The broker stores it in the same transaction that records the parent's success
+/// and drops it silently when a job with that id already exists.
+struct child_job {
+  std::string id;
+  std::string function;
+  nlohmann::json data;
+  int64_t due_ms = 0;  ///< 0 = now
+};
+
+/// How one attempt ended.
+enum class outcome {
+  ok,         ///< success: `result` is the function's result
+  transient,  ///< retry with backoff (connection error, timeout, 408, 429, 5xx)
+  permanent,  ///< no retry can help (other 4xx, invalid data): dead-letter
+};
+
+struct job_result {
+  outcome kind = outcome::ok;
+  nlohmann::json result = nlohmann::json::object();  ///< for ok
+  std::string error_code;   ///< short stable code, e.g. "http_404", "connect"
+  std::string message;      ///< a sentence a person can act on
+  std::optional<int> http_status;          ///< when Django (or a provider) answered
+  std::optional<int64_t> retry_after_ms;   ///< Retry-After on 429/503
+  std::vector<child_job> children;         ///< jobs to create on success
+
+  static job_result success(nlohmann::json r) {
+    job_result j;
+    j.result = std::move(r);
+    return j;
+  }
+  static job_result failure(outcome k, std::string code, std::string msg,
+                            std::optional<int> status = std::nullopt) {
+    job_result j;
+    j.kind = k;
+    j.error_code = std::move(code);
+    j.message = std::move(msg);
+    j.http_status = status;
+    return j;
+  }
+};
+
+/// Runs jobs of one actor kind. One instance is used by one thread at a time (the
+/// runtime makes one per worker), so it may own curl handles; state shared across
+/// workers (the geo index) is the implementation's to synchronise.
+/// `run` may block (HTTP calls) and must not throw; the runtime still catches and
+/// counts an escaped exception as a transient failure.
+class job_handler {
+ public:
+  virtual ~job_handler() = default;
+  virtual job_result run(const job& j) = 0;
+};
+
+/// One actor kind a node can host: its name ("notifier", "escrow", "geo",
+/// "scheduler"), the functions it runs, how many workers run in parallel, and a
+/// factory that makes one handler per worker.
+struct actor_kind_spec {
+  std::string kind;
+  std::vector<std::string> functions;
+  int workers = 1;
+  std::function<std::unique_ptr<job_handler>()> make_handler;
+};
+
+}  // namespace klynaa::nodes

@@ -1,0 +1,112 @@
+// See worker.hpp. The handler call is the only place where job logic runs;
+// everything it may throw stops here.
+#include "nodes/worker.hpp"
+
+#include <chrono>
+#include <exception>
+
+#include <caf/actor_cast.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/stateful_actor.hpp>
+
+#include "nodes/atoms.hpp"
+#include "nodes/wire.hpp"
+#include "protocol/cluster.hpp"
+#include "protocol/log.hpp"
+
+namespace klynaa::nodes {
+
+namespace cl = protocol::cluster;
+
+namespace {
+
+/// Decrements the busy counter however the handler call ends.
+struct busy_scope {
+  explicit busy_scope(std::atomic<int>& n) : n_(n) { ++n_; }
+  ~busy_scope() { --n_; }
+  std::atomic<int>& n_;
+};
+
+job_result call_handler(job_handler* handler, const job& j, std::atomic<int>& busy) {
+  busy_scope scope{busy};
+  if (handler == nullptr)
+    return job_result::failure(outcome::transient, "no_handler", "the node could not create a handler for this kind");
+  try {
+    return handler->run(j);
+  } catch (const std::exception& e) {
+    return job_result::failure(outcome::transient, "exception", e.what());
+  } catch (...) {
+    return job_result::failure(outcome::transient, "exception", "the handler threw a non-standard exception");
+  }
+}
+
+nlohmann::json job_fields(const cl::job& wire, const worker_config& cfg) {
+  return {{"job_id", wire.job_id}, {"function", wire.function}, {"attempt", wire.attempt}, {"node", cfg.node}};
+}
+
+void log_end(const cl::job& wire, const worker_config& cfg, const job_result& r, int64_t duration_ms) {
+  auto fields = job_fields(wire, cfg);
+  fields["duration_ms"] = duration_ms;
+  fields["outcome"] = log_outcome(r.kind);
+  if (r.kind == outcome::ok) {
+    log::info(cfg.kind, "job finished", fields);
+    return;
+  }
+  fields["error_code"] = r.error_code;
+  fields["error"] = r.message;
+  if (r.http_status)
+    fields["http_status"] = *r.http_status;
+  log::warning(cfg.kind, "job failed", fields);
+}
+
+/// Runs one job frame to its DONE frame.
+std::string run_one(job_handler* handler, const worker_config& cfg, const std::string& frame) {
+  std::string error;
+  auto msg = cl::decode(frame.data(), frame.size(), &error);
+  if (!msg || !std::holds_alternative<cl::job>(*msg)) {
+    // The gateway decoded this frame before: only a bug gets here.
+    log::error(cfg.kind, "worker got a frame that is not a job", {{"error", error}, {"node", cfg.node}});
+    return {};
+  }
+  const auto& wire = std::get<cl::job>(*msg);
+  log::info(cfg.kind, "job started", job_fields(wire, cfg));
+  auto start = std::chrono::steady_clock::now();
+  job_result result;
+  if (auto j = to_job(wire, cfg.node, &error))
+    result = call_handler(handler, *j, *cfg.busy);
+  else
+    result = job_result::failure(outcome::permanent, "invalid_data", error);
+  auto duration_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  log_end(wire, cfg, result, duration_ms);
+  return cl::encode(to_done(wire, result, duration_ms));
+}
+
+std::unique_ptr<job_handler> make_handler(const worker_config& cfg) {
+  try {
+    if (cfg.make_handler)
+      return cfg.make_handler();
+  } catch (const std::exception& e) {
+    log::error(cfg.kind, "could not create a job handler", {{"error", e.what()}, {"node", cfg.node}});
+  } catch (...) {
+    log::error(cfg.kind, "could not create a job handler", {{"node", cfg.node}});
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_config cfg) {
+  // One handler per worker, destroyed with the worker's state when it exits.
+  self->state.handler = make_handler(cfg);
+  self->state.cfg = std::move(cfg);
+  return {
+      [self](run_atom, int64_t lease, const std::string& frame) {
+        auto& st = self->state;
+        auto done = run_one(st.handler.get(), st.cfg, frame);
+        self->send(caf::actor_cast<caf::actor>(self->current_sender()), done_atom::value, lease, std::move(done));
+      },
+  };
+}
+
+}  // namespace klynaa::nodes

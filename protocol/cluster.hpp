@@ -1,0 +1,97 @@
+// The broker<->node cluster protocol (KJCP/1): message types and their msgpack
+// codec. The dialog, frames, states and timing are specified in
+// docs/cluster-protocol.md; this header is its code. No I/O.
+//
+// Every message is ONE ZeroMQ frame holding a msgpack map with a string key "t"
+// naming the message. A node's DEALER sends the frame alone; the broker's ROUTER
+// sees [node identity, frame].
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace klynaa::protocol::cluster {
+
+inline constexpr int version = 1;
+
+/// N->B: a node (re)registers. Sent first, and again after any reconnect.
+struct ready {
+  std::string node;                ///< node name (unique in the cluster)
+  std::vector<std::string> kinds;  ///< actor kinds hosted: notifier, escrow, geo, scheduler
+  int64_t credit = 0;              ///< how many jobs it may hold at once
+};
+
+/// B->N: registration accepted, with the timing the node must follow.
+struct welcome {
+  int64_t heartbeat_ms = 1000;  ///< send something at least this often
+  int64_t lease_ms = 30000;     ///< a job not reported within this is taken back
+};
+
+/// B->N: run one attempt of a job. `lease` identifies this dispatch: a `done`
+/// carrying an older lease is recognised as late and has no effect.
+struct job {
+  std::string job_id;
+  std::string function;
+  std::string data_json;  ///< the job's data as JSON text
+  int64_t attempt = 1;
+  int64_t lease = 0;
+  int64_t ts_ms = 0;      ///< the originating event's time
+};
+
+/// A job created by a job (see nodes/job.hpp child_job).
+struct child {
+  std::string job_id;
+  std::string function;
+  std::string data_json;
+  int64_t due_ms = 0;
+};
+
+/// N->B: one attempt ended. outcome: "ok", "transient" or "permanent".
+struct done {
+  std::string job_id;
+  int64_t lease = 0;
+  std::string outcome;
+  std::string result_json;       ///< for ok: the result as JSON text
+  std::string error_code;        ///< for failures
+  std::string error_message;
+  int64_t http_status = 0;       ///< 0 = none
+  int64_t retry_after_ms = -1;   ///< -1 = none
+  int64_t duration_ms = 0;
+  std::vector<child> children;
+};
+
+/// N->B: the node can take `n` more jobs (on top of what it was granted).
+struct credit {
+  int64_t n = 0;
+};
+
+/// Either way: I am alive. Any message counts as a heartbeat too.
+struct heartbeat {};
+
+/// Either way: I am leaving (N: after handing back what it holds; B: shutting down,
+/// reconnect later). `jobs` lists jobs handed back unfinished (N->B).
+struct bye {
+  std::vector<std::string> jobs;
+};
+
+/// N->B: metrics and state of a node, merged into the broker's admin endpoint.
+struct node_stats {
+  std::string json;  ///< free-form JSON object (see docs/cluster-protocol.md)
+};
+
+using message = std::variant<ready, welcome, job, done, credit, heartbeat, bye, node_stats>;
+
+/// Encodes one message as a msgpack frame.
+std::string encode(const message& m);
+
+/// Decodes one frame. Returns nullopt (and sets `error`) on anything that is not a
+/// well-formed message of this protocol; never throws.
+std::optional<message> decode(const void* data, size_t size, std::string* error = nullptr);
+
+/// The message's name on the wire ("ready", "job", ...).
+const char* name_of(const message& m);
+
+}  // namespace klynaa::protocol::cluster

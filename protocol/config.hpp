@@ -1,0 +1,174 @@
+// Configuration: one TOML file (contract §8) plus environment overrides. Every key
+// has a default, so an empty file (or none) is a valid config. Keys are declared
+// once, in the table in config.cpp, which the parser, `klynaa config --help`-style
+// texts and docs/configuration.md all follow.
+//
+// Parsing is pure: the caller reads the file and passes its text and the
+// environment; errors come back as values naming the key, flag or file.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace klynaa::protocol {
+
+/// Retry policy of one function (contract §3): exponential backoff with full
+/// jitter, base_delay_ms doubling up to max_delay_ms, at most max_attempts attempts.
+struct retry_policy {
+  int64_t max_attempts = 8;
+  int64_t base_delay_ms = 1000;
+  int64_t max_delay_ms = 3600000;
+};
+
+/// One `[[schedule]]` entry (contract §3 Schedules).
+struct schedule_entry {
+  std::string name;
+  std::string cron;      ///< 5 fields, Vixie cron
+  std::string function;  ///< a function name of contract §2
+  nlohmann::json data = nlohmann::json::object();
+  std::string timezone = "UTC";  ///< IANA name
+};
+
+struct config {
+  struct ingress_section {
+    std::string bind = "tcp://127.0.0.1:5555";
+    int64_t max_bytes = 1048576;  ///< larger frames get `too_large`; 16x drops the peer
+    bool curve = false;
+    std::string curve_secret_file;
+    std::string curve_allow_file;
+    int64_t max_pending = 1000000;  ///< pending jobs above which ingress answers `overloaded`
+  } ingress;
+
+  struct cluster_section {
+    std::string bind = "tcp://127.0.0.1:5556";
+    int64_t heartbeat_ms = 1000;  ///< heartbeat interval both ways
+    int64_t lease_ms = 30000;     ///< a dispatched job not reported within this goes back to ready
+    int64_t node_timeout_ms = 5000;  ///< a node silent this long is dead; its jobs go back
+  } cluster;
+
+  struct admin_section {
+    std::string bind = "127.0.0.1:9464";
+    std::string token;  ///< bearer token, required when bound beyond loopback
+  } admin;
+
+  struct django_section {
+    std::string url;      ///< DJANGO_API_URL overrides
+    std::string api_key;  ///< DJANGO_API_KEY overrides
+    int64_t connect_timeout_ms = 2000;
+    int64_t timeout_ms = 10000;
+    std::string ca_file;  ///< CA bundle for HTTPS; empty = system default
+  } django;
+
+  struct notifications_section {
+    std::string service = "log";  ///< log | webhook | firebase | sns; NOTIFICATION_SERVICE overrides
+    std::string webhook_url;
+    std::string firebase_url = "https://fcm.googleapis.com";
+    std::string firebase_token_url = "https://oauth2.googleapis.com/token";
+    std::string firebase_project;  ///< default: from the credentials file
+    std::string sns_endpoint;      ///< default: https://sns.{region}.amazonaws.com
+    /// Template overrides: notification_type -> {"title": ..., "body": ...}
+    std::map<std::string, std::map<std::string, std::string>> templates;
+  } notifications;
+
+  struct escrow_section {
+    int64_t hold_seconds = 86400;
+  } escrow;
+
+  struct geo_section {
+    double radius_km = 5.0;
+    int64_t max_workers = 10;
+    int64_t refresh_seconds = 300;
+  } geo;
+
+  retry_policy retry;                                   ///< [retry]
+  std::map<std::string, retry_policy> retry_functions;  ///< [retry.FUNCTION], merged with [retry]
+
+  struct scheduler_section {
+    int64_t misfire_grace_seconds = 3600;
+  } scheduler;
+
+  struct shutdown_section {
+    int64_t grace_seconds = 30;
+  } shutdown;
+
+  struct log_section {
+    std::string level = "info";  ///< trace | debug | info | warning | error
+  } log;
+
+  struct store_section {
+    std::string backend = "sqlite";  ///< sqlite | postgres
+    std::string url;                 ///< postgres connection URL
+    std::string synchronous = "full";  ///< sqlite: full | normal (normal is not durable on power loss)
+    int64_t dedup_retention_days = 7;
+  } store;
+
+  struct node_section {
+    int64_t notifier_workers = 8;
+    int64_t escrow_workers = 4;
+    int64_t geo_workers = 1;
+    int64_t scheduler_workers = 1;
+  } node;
+
+  std::vector<schedule_entry> schedules;  ///< [[schedule]]
+
+  /// Provider credentials from the environment (contract §6).
+  std::map<std::string, std::string> env;
+
+  /// The retry policy of `function`: [retry.function] keys over [retry].
+  /// parse_config() stores each [retry.FUNCTION] already merged (keys it leaves
+  /// out come from [retry], after environment overrides), so this returns
+  /// retry_functions[function] when present and `retry` otherwise.
+  retry_policy retry_for(std::string_view function) const;
+
+  /// The schedules to run: every [[schedule]] entry, plus default_schedules()
+  /// for each function that no entry names (contract §3 Schedules).
+  std::vector<schedule_entry> effective_schedules() const;
+};
+
+/// The built-in schedules of contract §3: "daily-report" (generateDailyReport,
+/// `0 6 * * *`), "weekly-analytics" (generateWeeklyAnalytics, `0 7 * * 1`) and
+/// "cleanup" (cleanupData, `0 3 * * *`), all UTC with empty data.
+std::vector<schedule_entry> default_schedules();
+
+/// One key of the config table, for `--help` texts and docs/configuration.md.
+struct config_key {
+  std::string section;        ///< "geo"
+  std::string key;            ///< "radius_km"
+  std::string type;           ///< "string", "integer", "number" or "boolean"
+  std::string default_value;  ///< as TOML: "5.0", "\"log\"", "false"
+  std::string help;           ///< one sentence
+  std::string env;            ///< the generic override: "KLYNAA_GEO_RADIUS_KM"
+};
+
+/// Every scalar key, in the order of the example config. ([retry.FUNCTION],
+/// [notifications.templates.TYPE] and [[schedule]] are tables, not listed.)
+std::vector<config_key> config_keys();
+
+/// The process environment (environ) as a map, for parse_config().
+std::map<std::string, std::string> process_environment();
+
+struct config_error {
+  std::string message;  ///< names the file and key, e.g. "klynaa.toml: [geo] radius_km: expected a number, got a string"
+};
+
+/// Parses TOML `text` read from `source` (a file name, used in messages; "" for
+/// the embedded defaults), then applies the environment overrides of contract §5
+/// and §6 (DJANGO_API_URL, DJANGO_API_KEY, NOTIFICATION_SERVICE,
+/// GOOGLE_APPLICATION_CREDENTIALS, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+/// AWS_REGION, and KLYNAA_<SECTION>_<KEY> for any key, e.g. KLYNAA_INGRESS_BIND).
+/// Unknown keys, wrong types, invalid values and FIREBASE_SERVER_KEY are errors.
+std::variant<config, config_error> parse_config(std::string_view text, std::string_view source,
+                                                const std::map<std::string, std::string>& env);
+
+/// A commented example config with every key and its default (docs and
+/// `klynaa config --example`).
+std::string example_config();
+
+}  // namespace klynaa::protocol

@@ -1,0 +1,119 @@
+// make_actor_kinds: which kinds are built, their workers, and config errors.
+#include "actors/registry.hpp"
+
+#include <catch2/catch.hpp>
+
+#include "fake_server.hpp"
+#include "scratch_dir.hpp"
+
+using klynaa::actors::check_actor_config;
+using klynaa::actors::make_actor_kinds;
+using klynaa::nodes::outcome;
+using nlohmann::json;
+
+namespace {
+
+klynaa::protocol::config config_for(const std::string& django_url) {
+  klynaa::protocol::config cfg;
+  cfg.django.url = django_url;
+  cfg.django.api_key = "registry-key";
+  cfg.node.notifier_workers = 3;
+  cfg.node.escrow_workers = 2;
+  return cfg;
+}
+
+}  // namespace
+
+TEST_CASE("notifier and escrow are built with their functions and worker counts") {
+  klynaa::test::scratch_dir dir;
+  auto specs = make_actor_kinds(config_for("http://127.0.0.1:1"), dir.str(),
+                                {"notifier", "escrow", "geo", "scheduler"});
+  REQUIRE(specs.size() == 2);
+  CHECK(specs[0].kind == "notifier");
+  CHECK(specs[0].functions == std::vector<std::string>{"sendPickupNotification"});
+  CHECK(specs[0].workers == 3);
+  CHECK(specs[1].kind == "escrow");
+  CHECK(specs[1].functions == std::vector<std::string>{"processEscrowRelease"});
+  CHECK(specs[1].workers == 2);
+  for (auto& s : specs) CHECK(s.make_handler() != nullptr);
+}
+
+TEST_CASE("geo and scheduler are not built, so no actor answers their jobs") {
+  klynaa::test::scratch_dir dir;
+  auto specs = make_actor_kinds(config_for("http://127.0.0.1:1"), dir.str(), {"geo", "scheduler"});
+  CHECK(specs.empty());
+}
+
+TEST_CASE("only the requested kinds are built, each once") {
+  klynaa::test::scratch_dir dir;
+  auto specs = make_actor_kinds(config_for("http://127.0.0.1:1"), dir.str(), {"escrow", "escrow"});
+  REQUIRE(specs.size() == 1);
+  CHECK(specs[0].kind == "escrow");
+}
+
+TEST_CASE("handlers made by the specs run jobs against Django") {
+  klynaa::test::fake_server django;
+  django.on("POST", "/api/serverless/escrow/5/release/",
+            {200, R"({"pickup_id": 5, "status": "released", "amount": 3, "currency": "GHS"})"});
+  django.on("GET", "/api/serverless/pickups/5/",
+            {200, R"({"id": 5, "status": "delivered", "customer_id": 11, "worker_id": 22, "price": 3, "currency": "GHS"})"});
+  django.on("GET", "/api/users/22/tokens/", {200, R"({"user_id": 22, "tokens": [{"token": "w", "platform": "ios"}]})"});
+  klynaa::test::scratch_dir dir;
+  auto cfg = config_for(django.url());
+  cfg.notifications.templates["escrow_released"]["title"] = "Paid: {pickup_id}";
+  auto specs = make_actor_kinds(cfg, dir.str(), {"escrow", "notifier"});
+  REQUIRE(specs.size() == 2);
+
+  auto escrow = specs[0].make_handler();
+  klynaa::nodes::job release;
+  release.id = "evt-5#1";
+  release.function = "processEscrowRelease";
+  release.data = {{"pickup_id", 5}, {"release_reason", "admin"}};
+  auto released = escrow->run(release);
+  REQUIRE(released.kind == outcome::ok);
+  REQUIRE(released.children.size() == 1);
+
+  // Run the child job the broker would create, through a notifier handler.
+  auto notifier = specs[1].make_handler();
+  const auto& child = released.children[0];
+  klynaa::nodes::job notify;
+  notify.id = child.id;
+  notify.function = child.function;
+  notify.data = child.data;
+  auto notified = notifier->run(notify);
+  REQUIRE(notified.kind == outcome::ok);
+  CHECK(notified.result["recipients"] == json{22});
+  auto lines = klynaa::test::read_lines(dir / "outbox.jsonl");
+  REQUIRE(lines.size() == 1);
+  auto line = json::parse(lines[0]);
+  CHECK(line["job_id"] == "#escrow-released-5");
+  CHECK(line["title"] == "Paid: 5");
+}
+
+TEST_CASE("config errors are reported by name before anything is built") {
+  klynaa::test::scratch_dir dir;
+  auto no_url = check_actor_config(config_for(""), dir.str(), {"escrow"});
+  REQUIRE(no_url);
+  CHECK_THAT(*no_url, Catch::Contains("[django] url"));
+  CHECK_THROWS_AS(make_actor_kinds(config_for(""), dir.str(), {"escrow"}),
+                  klynaa::actors::actor_config_error);
+
+  auto unknown = check_actor_config(config_for("http://x"), dir.str(), {"mailer"});
+  REQUIRE(unknown);
+  CHECK_THAT(*unknown, Catch::Contains("--actors"));
+
+  auto cfg = config_for("http://x");
+  cfg.notifications.service = "firebase";
+  auto firebase = check_actor_config(cfg, dir.str(), {"notifier"});
+  REQUIRE(firebase);
+  CHECK_THAT(*firebase, Catch::Contains("firebase"));
+  CHECK_FALSE(check_actor_config(cfg, dir.str(), {"escrow"}));  // escrow needs no provider
+
+  auto bad_template = config_for("http://x");
+  bad_template.notifications.templates["pickup_accepted"]["body"] = "{oops}";
+  auto tmpl = check_actor_config(bad_template, dir.str(), {"notifier"});
+  REQUIRE(tmpl);
+  CHECK_THAT(*tmpl, Catch::Contains("{oops}"));
+
+  CHECK_FALSE(check_actor_config(config_for("http://x"), dir.str(), {"notifier", "escrow"}));
+}

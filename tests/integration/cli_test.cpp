@@ -1,0 +1,81 @@
+// Command-line conventions (contract §5): exit 2 with a message naming the flag,
+// key or file; the clients' exit codes.
+#include "support.hpp"
+
+using namespace klynaa::test;
+
+TEST_CASE("an unknown flag exits 2 naming the flag", "[cli]") {
+  auto [code, out] = run_cli({"broker", "--ingres", "tcp://127.0.0.1:*"});
+  CHECK(code == 2);
+  CHECK(out.find("--ingres") != std::string::npos);
+}
+
+TEST_CASE("an unknown config key exits 2 naming the key and the file", "[cli]") {
+  temp_dir d;
+  write_file(d / "bad.toml", "[geo]\nradious_km = 3\n");
+  auto [code, out] = run_cli({"broker", "--config", d / "bad.toml", "--data-dir", d / "data"});
+  CHECK(code == 2);
+  CHECK(out.find("radious_km") != std::string::npos);
+  CHECK(out.find("bad.toml") != std::string::npos);
+}
+
+TEST_CASE("a config value of the wrong type exits 2", "[cli]") {
+  temp_dir d;
+  write_file(d / "bad.toml", "[ingress]\nmax_bytes = \"big\"\n");
+  auto [code, out] = run_cli({"config", "--check", "--config", d / "bad.toml"});
+  CHECK(code == 2);
+  CHECK(out.find("max_bytes") != std::string::npos);
+}
+
+TEST_CASE("a missing config file exits 2 naming the file", "[cli]") {
+  auto [code, out] = run_cli({"broker", "--config", "/nonexistent/klynaa.toml"});
+  CHECK(code == 2);
+  CHECK(out.find("/nonexistent/klynaa.toml") != std::string::npos);
+}
+
+TEST_CASE("the legacy FIREBASE_SERVER_KEY is refused at start", "[cli]") {
+  temp_dir d;
+  auto [code, out] = run_cli({"broker", "--data-dir", d / "data"}, {{"FIREBASE_SERVER_KEY", "abc"}});
+  CHECK(code == 2);
+  CHECK(out.find("GOOGLE_APPLICATION_CREDENTIALS") != std::string::npos);
+}
+
+TEST_CASE("run without a Django URL exits 2 saying so", "[cli]") {
+  temp_dir d;
+  auto [code, out] = run_cli({"run", "--data-dir", d / "data"}, {{"DJANGO_API_URL", ""}});
+  CHECK(code == 2);
+  CHECK(out.find("DJANGO_API_URL") != std::string::npos);
+}
+
+TEST_CASE("publish with bad JSON exits 2 with a message", "[cli]") {
+  auto [code, out] = run_cli({"publish", "worker.location", "--data", "{nope"});
+  CHECK(code == 2);
+  CHECK(out.find("--data") != std::string::npos);
+}
+
+TEST_CASE("invoke with bad JSON exits 2 with a message", "[cli]") {
+  auto [code, out] = run_cli({"invoke", "processEscrowRelease", "--data", "[1,2"});
+  CHECK(code == 2);
+  CHECK(out.find("--data") != std::string::npos);
+}
+
+TEST_CASE("publish with no broker listening exits 1", "[cli]") {
+  auto [code, out] = run_cli({"publish", "worker.location", "--data",
+                              R"({"worker_id":1,"lat":1,"lng":1,"available":true})", "--ingress",
+                              "tcp://127.0.0.1:9", "--timeout", "0.5"});
+  CHECK(code == 1);
+}
+
+TEST_CASE("publish prints the reply and exits 0 on accepted and on duplicate, 2 on rejected", "[cli]") {
+  klynaa_server srv("broker");
+  auto data = R"({"worker_id":1,"lat":1,"lng":1,"available":true})";
+  auto [c1, o1] = run_cli({"publish", "worker.location", "--data", data, "--id", "cli-1", "--ingress", srv.ingress()});
+  CHECK(c1 == 0);
+  CHECK(o1.find("\"accepted\"") != std::string::npos);
+  auto [c2, o2] = run_cli({"publish", "worker.location", "--data", data, "--id", "cli-1", "--ingress", srv.ingress()});
+  CHECK(c2 == 0);
+  CHECK(o2.find("\"duplicate\"") != std::string::npos);
+  auto [c3, o3] = run_cli({"publish", "worker.location", "--data", R"({"worker_id":1})", "--ingress", srv.ingress()});
+  CHECK(c3 == 2);
+  CHECK(o3.find("data.lat") != std::string::npos);
+}

@@ -1,0 +1,222 @@
+// End to end (issue 4): `klynaa run` and the reference Django app as real
+// processes: events travel ingress -> store -> node -> actor -> Django and a push.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <set>
+
+#include "django_support.hpp"
+
+using namespace klynaa::test;
+using klynaa::protocol::reply_status;
+
+namespace {
+
+/// A free 127.0.0.1 TCP port (bound and released), for a Django the broker must
+/// know before Django starts.
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+struct cluster_under_test {
+  int django_port = free_port();
+  std::unique_ptr<klynaa_server> klynaa;
+  std::unique_ptr<django_app> django;
+
+  cluster_under_test() : cluster_under_test(std::map<std::string, std::string>{}) {}
+  explicit cluster_under_test(std::map<std::string, std::string> env) {
+    env["DJANGO_API_URL"] = "http://127.0.0.1:" + std::to_string(django_port);
+    env["DJANGO_API_KEY"] = "test-key";
+    env.emplace("KLYNAA_RETRY_BASE_DELAY_MS", "100");
+    env.emplace("KLYNAA_RETRY_MAX_DELAY_MS", "1000");
+    env.emplace("KLYNAA_RETRY_MAX_ATTEMPTS", "40");  // outlasts a Django restart
+    env.emplace("KLYNAA_DJANGO_TIMEOUT_MS", "3000");
+    klynaa = std::make_unique<klynaa_server>("run", env);
+    django = std::make_unique<django_app>(klynaa->ingress(), django_port);
+  }
+
+  json stats() { return broker_stats(*klynaa); }
+
+  bool all_done(const std::vector<std::string>& functions, std::chrono::milliseconds timeout = 30000ms) {
+    return wait_for([&] {
+      auto s = stats();
+      if (!s.contains("functions")) return false;
+      for (auto& f : functions)
+        if (unfinished(s, f) != 0) return false;
+      return true;
+    }, timeout);
+  }
+};
+
+json accepted_pickup(django_app& d) {
+  auto p = d.post("/api/demo/pickups/", {{"customer_id", 101}, {"lat", 6.52}, {"lng", 3.37},
+                                         {"price", 2500.5}, {"publish", false}});
+  int id = p["pickup"]["id"];
+  return d.post("/api/demo/pickups/" + std::to_string(id) + "/accept/", {{"worker_id", 201}});
+}
+
+}  // namespace
+
+TEST_CASE("a pickup's events reach Django and the outbox: accepted, delivered, confirmed", "[e2e]") {
+  cluster_under_test c(std::map<std::string, std::string>{{"KLYNAA_ESCROW_HOLD_SECONDS", "3600"}});
+  auto acc = accepted_pickup(*c.django);
+  REQUIRE(acc["ingress"]["status"] == "accepted");
+  int id = acc["pickup"]["id"];
+  auto pid = std::to_string(id);
+  auto del = c.django->post("/api/demo/pickups/" + pid + "/deliver/", json::object());
+  REQUIRE(del["ingress"]["status"] == "accepted");
+  REQUIRE(del["ingress"]["jobs"].size() == 2);  // notification + the auto-release, due in an hour
+  auto conf = c.django->post("/api/demo/pickups/" + pid + "/confirm/", json::object());
+  REQUIRE(conf["ingress"]["status"] == "accepted");
+
+  // The confirmation releases the escrow once; the worker hears of it once.
+  bool released = wait_for([&] {
+    auto s = c.django->state();
+    for (auto& r : s["escrow_releases"])
+      if (r["pickup_id"] == id) return true;
+    return false;
+  }, 30000ms);
+  REQUIRE(released);
+  REQUIRE(c.all_done({"sendPickupNotification", "processEscrowRelease"}));
+  auto lines = outbox(c.klynaa->data_dir());
+  std::map<std::string, int> types;
+  for (auto& l : lines)
+    if (l["data"].value("pickup_id", 0) == id) ++types[l["notification_type"].get<std::string>()];
+  CHECK(types["pickup_accepted"] >= 1);   // customer 101 has two devices
+  CHECK(types["pickup_delivered"] >= 1);
+  CHECK(types["escrow_released"] >= 1);   // worker 201
+  for (auto& l : lines) {
+    CHECK(l.contains("ts"));
+    CHECK(l.contains("job_id"));
+    CHECK(l.contains("token"));
+    CHECK(l.contains("title"));
+  }
+  // The pending auto-release was cancelled by the confirmation: one release call.
+  int calls = 0;
+  auto final_state = c.django->state();
+  for (auto& call : final_state["escrow_calls"])
+    if (call["pickup_id"] == id) ++calls;
+  CHECK(calls == 1);
+}
+
+TEST_CASE("a duplicate publish runs nothing twice", "[e2e]") {
+  cluster_under_test c;
+  auto acc = accepted_pickup(*c.django);
+  int id = acc["pickup"]["id"];
+  REQUIRE(wait_for([&] { return outcome_count(c.stats(), "sendPickupNotification", "ok") == 1; }, 30000ms));
+  auto before = outbox(c.klynaa->data_dir()).size();
+  CHECK(before == 2);  // customer 101 has two devices
+  zmq::context_t ctx;
+  raw_client cl(ctx, c.klynaa->ingress());
+  auto ev = acc["event"];
+  auto r = cl.call(publish_frame(ev["id"], "pickup.accepted", ev["data"]));
+  REQUIRE(r);
+  CHECK(r->status == reply_status::duplicate);
+  std::this_thread::sleep_for(1000ms);
+  CHECK(outbox(c.klynaa->data_dir()).size() == before);
+  CHECK(outcome_count(c.stats(), "sendPickupNotification", "ok") == 1);
+  (void)id;
+}
+
+TEST_CASE("the two invoke commands of the old Lambda layer work", "[e2e]") {
+  cluster_under_test c;
+  auto acc = accepted_pickup(*c.django);
+  auto pid = std::to_string(acc["pickup"]["id"].get<int>());
+  auto [c1, o1] = run_cli({"invoke", "sendPickupNotification", "--ingress", c.klynaa->ingress(), "--data",
+                           R"({"pickup_id": )" + pid + R"(, "notification_type": "pickup_requested", "user_type": "worker"})"});
+  INFO(o1);
+  CHECK(c1 == 0);
+  CHECK(o1.find("\"ok\"") != std::string::npos);
+  CHECK(o1.find("\"sent\"") != std::string::npos);
+  auto [c2, o2] = run_cli({"invoke", "processEscrowRelease", "--ingress", c.klynaa->ingress(), "--data",
+                           R"({"pickup_id": )" + pid + R"(, "release_reason": "customer_confirmed"})"});
+  INFO(o2);
+  CHECK(c2 == 0);
+  CHECK(o2.find("\"released\"") != std::string::npos);
+  // Again: Django says already_released, which is success too.
+  auto [c3, o3] = run_cli({"invoke", "processEscrowRelease", "--ingress", c.klynaa->ingress(), "--data",
+                           R"({"pickup_id": )" + pid + R"(, "release_reason": "admin"})"});
+  CHECK(c3 == 0);
+  CHECK(o3.find("\"already_released\"") != std::string::npos);
+}
+
+TEST_CASE("an escrow release for an unknown pickup ends failed and dead", "[e2e]") {
+  cluster_under_test c;
+  auto [code, out] = run_cli({"invoke", "processEscrowRelease", "--ingress", c.klynaa->ingress(), "--data",
+                              R"({"pickup_id": 999999, "release_reason": "admin"})"});
+  INFO(out);
+  CHECK(code == 1);
+  CHECK(out.find("\"failed\"") != std::string::npos);
+  CHECK(out.find("\"permanent\"") != std::string::npos);
+  CHECK(out.find("404") != std::string::npos);
+  CHECK(wait_for([&] { return c.stats().value("dead_letters", 0) == 1; }, 10000ms));
+}
+
+TEST_CASE("with Django stopped for a few seconds, jobs are retried and complete", "[e2e]") {
+  cluster_under_test c;
+  c.django->stop();
+  zmq::context_t ctx;
+  raw_client cl(ctx, c.klynaa->ingress());
+  for (int i = 0; i < 5; ++i) {
+    auto r = cl.call(publish_frame("down-" + std::to_string(i), "pickup.accepted",
+                                   {{"pickup_id", 1}, {"customer_id", 101}, {"worker_id", 201}}));
+    REQUIRE(r);
+    REQUIRE(r->status == reply_status::accepted);
+  }
+  bool retried = wait_for([&] { return outcome_count(c.stats(), "sendPickupNotification", "retry") > 0; }, 15000ms);
+  CHECK(retried);
+  std::this_thread::sleep_for(2000ms);
+  c.django->restart(c.klynaa->ingress());
+  CHECK(c.all_done({"sendPickupNotification"}, 60000ms));
+  CHECK(outcome_count(c.stats(), "sendPickupNotification", "ok") == 5);
+  CHECK(c.stats().value("dead_letters", -1) == 0);
+}
+
+TEST_CASE("kill -9 during a burst of 1000 events: after restart every job is done", "[e2e][durability]") {
+  cluster_under_test c;
+  zmq::context_t ctx;
+  std::set<std::string> acked;
+  {
+    raw_client cl(ctx, c.klynaa->ingress());
+    for (int i = 0; i < 1000; ++i)
+      cl.send_frames({"", publish_frame("burst-" + std::to_string(i), "pickup.accepted",
+                                        {{"pickup_id", 1 + i % 2}, {"customer_id", 101}, {"worker_id", 201}})});
+    while (acked.size() < 600) {
+      auto r = cl.recv_frames(20000ms);
+      REQUIRE(!r.empty());
+      auto rep = klynaa::protocol::decode_reply(r.back().data(), r.back().size());
+      REQUIRE(rep);
+      if (rep->status == reply_status::accepted) acked.insert(*rep->id);
+    }
+  }
+  c.klynaa->kill9_and_restart();
+  // Clients resend what was not acknowledged; dedup makes the rest harmless.
+  raw_client cl(ctx, c.klynaa->ingress());
+  for (int i = 0; i < 1000; ++i)
+    cl.send_frames({"", publish_frame("burst-" + std::to_string(i), "pickup.accepted",
+                                      {{"pickup_id", 1 + i % 2}, {"customer_id", 101}, {"worker_id", 201}})});
+  for (int i = 0; i < 1000; ++i) {
+    auto r = cl.recv_frames(20000ms);
+    REQUIRE(!r.empty());
+    auto rep = klynaa::protocol::decode_reply(r.back().data(), r.back().size());
+    REQUIRE(rep);
+    if (acked.count(*rep->id)) CHECK(rep->status == reply_status::duplicate);
+  }
+  REQUIRE(c.all_done({"sendPickupNotification"}, 240000ms));
+  std::set<std::string> jobs;
+  for (auto& l : outbox(c.klynaa->data_dir())) jobs.insert(l["job_id"].get<std::string>());
+  for (int i = 0; i < 1000; ++i) {
+    INFO(i);
+    CHECK(jobs.count("burst-" + std::to_string(i) + "#1") == 1);
+  }
+}

@@ -1,0 +1,547 @@
+// The node runtime against a fake broker (fake_broker.hpp): registration,
+// jobs and their DONE, credit, heartbeats, re-registration and graceful stop.
+// Spec: docs/cluster-protocol.md. Every wait has a deadline.
+#include "nodes/runtime.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include <catch2/catch.hpp>
+
+#include "fake_broker.hpp"
+#include "protocol/log.hpp"
+
+using namespace klynaa;
+using namespace std::chrono_literals;
+using testing::fake_broker;
+namespace cl = protocol::cluster;
+
+namespace {
+
+/// A handler running a function object.
+class fn_handler : public nodes::job_handler {
+ public:
+  using fn = std::function<nodes::job_result(const nodes::job&)>;
+  explicit fn_handler(fn f) : f_(std::move(f)) {}
+  nodes::job_result run(const nodes::job& j) override { return f_(j); }
+
+ private:
+  fn f_;
+};
+
+nodes::actor_kind_spec kind_of(std::string kind, std::vector<std::string> functions, int workers, fn_handler::fn f) {
+  return {std::move(kind), std::move(functions), workers, [f] { return std::make_unique<fn_handler>(f); }};
+}
+
+nodes::job_result ok_handler(const nodes::job&) {
+  return nodes::job_result::success({{"ok", true}});
+}
+
+std::string unique_inproc() {
+  static std::atomic<int> n{0};
+  return "inproc://test-broker-" + std::to_string(++n);
+}
+
+nodes::node_options options_for(const fake_broker& b, std::vector<nodes::actor_kind_spec> kinds) {
+  nodes::node_options o;
+  o.broker_endpoint = b.endpoint();
+  o.name = "node-t";
+  o.kinds = std::move(kinds);
+  o.shutdown_grace_ms = 5000;
+  o.register_retry_ms = 100;
+  return o;
+}
+
+cl::job job_of(std::string id, std::string function, int64_t lease, std::string data = "{}") {
+  return {std::move(id), std::move(function), std::move(data), 1, lease, 1700000000000};
+}
+
+/// Registers the node with `b`: waits for READY (answered by WELCOME).
+void await_registration(fake_broker& b) {
+  REQUIRE(b.wait_until([&] { return b.count<cl::ready>() >= 1; }, 5s));
+  b.pump_for(20ms);
+}
+
+std::optional<cl::done> done_of(const fake_broker& b, const std::string& job_id) {
+  for (const auto& d : b.all<cl::done>())
+    if (d.job_id == job_id)
+      return d;
+  return std::nullopt;
+}
+
+bool has_done(const fake_broker& b, const std::string& job_id) {
+  return done_of(b, job_id).has_value();
+}
+
+/// A gate a handler can wait on; the test opens it.
+struct gate {
+  std::mutex m;
+  std::condition_variable cv;
+  bool open = false;
+  std::atomic<bool> entered{false};
+  std::atomic<bool> left{false};
+
+  void wait(std::chrono::milliseconds max) {
+    entered = true;
+    std::unique_lock<std::mutex> lock{m};
+    cv.wait_for(lock, max, [&] { return open; });
+    left = true;
+  }
+  void release() {
+    {
+      std::lock_guard<std::mutex> lock{m};
+      open = true;
+    }
+    cv.notify_all();
+  }
+};
+
+template <class Pred>
+bool eventually(Pred p, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!p()) {
+    if (std::chrono::steady_clock::now() >= deadline)
+      return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("a node registers with its kinds and the sum of its workers as credit") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("notifier", {"sendPushNotification"}, 2, ok_handler),
+                                                     kind_of("escrow", {"processEscrowRelease"}, 3, ok_handler)})};
+  node.start();
+  await_registration(broker);
+  auto r = broker.all<cl::ready>().front();
+  CHECK(r.node == "node-t");
+  CHECK(r.kinds == std::vector<std::string>{"notifier", "escrow"});
+  CHECK(r.credit == 5);
+  node.stop();
+}
+
+TEST_CASE("a node re-sends ready until the broker welcomes it") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  broker.auto_welcome = false;
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 1, ok_handler)})};
+  node.start();
+  CHECK(broker.wait_until([&] { return broker.count<cl::ready>() >= 3; }, 5s));
+  broker.auto_welcome = true;
+  broker.send(cl::welcome{50, 30000});
+  broker.pump_for(50ms);  // a READY already under way does not count
+  auto readies = broker.count<cl::ready>();
+  broker.pump_for(300ms);
+  CHECK(broker.count<cl::ready>() == readies);
+  node.stop();
+}
+
+TEST_CASE("a job runs on its kind's handler and done comes back with the result and children") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto seen = std::make_shared<nodes::job>();
+  auto handler = [seen](const nodes::job& j) {
+    *seen = j;
+    auto r = nodes::job_result::success({{"sent", 1}});
+    r.children.push_back({j.id + "#1", "sendPushNotification", {{"user_id", 7}}, 0});
+    return r;
+  };
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("notifier", {"notifyWorkers"}, 1, handler)})};
+  node.start();
+  await_registration(broker);
+  cl::job j{"evt-1#1", "notifyWorkers", R"({"pickup_id":3})", 2, 11, 1700000000123};
+  broker.send(j);
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "evt-1#1") && broker.count<cl::credit>() >= 1; }, 5s));
+  auto d = *done_of(broker, "evt-1#1");
+  CHECK(d.lease == 11);
+  CHECK(d.outcome == "ok");
+  CHECK(nlohmann::json::parse(d.result_json) == nlohmann::json{{"sent", 1}});
+  CHECK(d.http_status == 0);
+  CHECK(d.retry_after_ms == -1);
+  CHECK(d.duration_ms >= 0);
+  REQUIRE(d.children.size() == 1);
+  CHECK(d.children[0].job_id == "evt-1#1#1");
+  CHECK(d.children[0].function == "sendPushNotification");
+  CHECK(nlohmann::json::parse(d.children[0].data_json) == nlohmann::json{{"user_id", 7}});
+  // The handler saw the job as the broker sent it.
+  CHECK(seen->id == "evt-1#1");
+  CHECK(seen->function == "notifyWorkers");
+  CHECK(seen->data == nlohmann::json{{"pickup_id", 3}});
+  CHECK(seen->attempt == 2);
+  CHECK(seen->ts_ms == 1700000000123);
+  CHECK(seen->node == "node-t");
+  // DONE, then CREDIT 1 for the slot it frees.
+  CHECK(broker.index_of<cl::done>() < broker.index_of<cl::credit>());
+  CHECK(broker.all<cl::credit>().front().n == 1);
+  node.stop();
+}
+
+TEST_CASE("a handler that throws counts as a transient failure with the exception's text") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto handler = [](const nodes::job&) -> nodes::job_result { throw std::runtime_error("boom"); };
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 1, handler)})};
+  node.start();
+  await_registration(broker);
+  broker.send(job_of("j1", "f", 1));
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "j1"); }, 5s));
+  auto d = *done_of(broker, "j1");
+  CHECK(d.outcome == "transient");
+  CHECK(d.error_code == "exception");
+  CHECK(d.error_message == "boom");
+  // The worker survived: the next job runs.
+  broker.send(job_of("j2", "f", 2));
+  CHECK(broker.wait_until([&] { return has_done(broker, "j2"); }, 5s));
+  node.stop();
+}
+
+TEST_CASE("a handler's failure keeps its outcome, code, http status and retry-after") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto handler = [](const nodes::job& j) {
+    if (j.id == "j404")
+      return nodes::job_result::failure(nodes::outcome::permanent, "http_404", "no such pickup", 404);
+    auto r = nodes::job_result::failure(nodes::outcome::transient, "http_429", "slow down", 429);
+    r.retry_after_ms = 3000;
+    return r;
+  };
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 1, handler)})};
+  node.start();
+  await_registration(broker);
+  broker.send(job_of("j404", "f", 1));
+  broker.send(job_of("j429", "f", 2));
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "j404") && has_done(broker, "j429"); }, 5s));
+  auto d = *done_of(broker, "j404");
+  CHECK(d.outcome == "permanent");
+  CHECK(d.error_code == "http_404");
+  CHECK(d.error_message == "no such pickup");
+  CHECK(d.http_status == 404);
+  CHECK(d.retry_after_ms == -1);
+  auto t = *done_of(broker, "j429");
+  CHECK(t.outcome == "transient");
+  CHECK(t.http_status == 429);
+  CHECK(t.retry_after_ms == 3000);
+  node.stop();
+}
+
+TEST_CASE("a job whose data is not a JSON object fails permanently without reaching the handler") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  auto handler = [calls](const nodes::job& j) {
+    ++*calls;
+    return ok_handler(j);
+  };
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 1, handler)})};
+  node.start();
+  await_registration(broker);
+  broker.send(job_of("j1", "f", 1, "[1,2"));
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "j1"); }, 5s));
+  CHECK(done_of(broker, "j1")->outcome == "permanent");
+  CHECK(done_of(broker, "j1")->error_code == "invalid_data");
+  CHECK(*calls == 0);
+  node.stop();
+}
+
+TEST_CASE("a job for a function no hosted kind runs is answered permanent not_hosted") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 1, ok_handler)})};
+  node.start();
+  await_registration(broker);
+  broker.send(job_of("j1", "computeRoute", 1));
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "j1") && broker.count<cl::credit>() == 1; }, 5s));
+  auto d = *done_of(broker, "j1");
+  CHECK(d.outcome == "permanent");
+  CHECK(d.error_code == "not_hosted");
+  CHECK(d.lease == 1);
+  node.stop();
+}
+
+TEST_CASE("the node queues jobs beyond its workers and never runs more than workers at once") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto running = std::make_shared<std::atomic<int>>(0);
+  auto most = std::make_shared<std::atomic<int>>(0);
+  auto handler = [running, most](const nodes::job& j) {
+    int now = ++*running;
+    int seen = most->load();
+    while (now > seen && !most->compare_exchange_weak(seen, now)) {
+    }
+    std::this_thread::sleep_for(60ms);
+    --*running;
+    return ok_handler(j);
+  };
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 2, handler)})};
+  node.start();
+  await_registration(broker);
+  CHECK(broker.all<cl::ready>().front().credit == 2);
+  for (int i = 0; i < 6; ++i)
+    broker.send(job_of("j" + std::to_string(i), "f", 100 + i));
+  REQUIRE(broker.wait_until([&] { return broker.count<cl::done>() == 6; }, 10s));
+  CHECK(most->load() == 2);
+  for (const auto& d : broker.all<cl::done>())
+    CHECK(d.outcome == "ok");
+  // One CREDIT{1} per finished job, nothing more.
+  broker.pump_for(50ms);
+  auto credits = broker.all<cl::credit>();
+  CHECK(credits.size() == 6);
+  for (const auto& c : credits)
+    CHECK(c.n == 1);
+  node.stop();
+}
+
+TEST_CASE("the node sends heartbeats at the interval the broker set in welcome") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  broker.heartbeat_ms = 50;
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 1, ok_handler)})};
+  node.start();
+  await_registration(broker);
+  auto before = broker.count<cl::heartbeat>();
+  broker.pump_for(600ms);
+  auto sent = broker.count<cl::heartbeat>() - before;
+  CHECK(sent >= 5);    // about 10 expected; loose for loaded CI machines
+  CHECK(sent <= 14);
+  CHECK(broker.count<cl::ready>() == 1);  // our heartbeats kept the session alive
+  node.stop();
+}
+
+TEST_CASE("a node re-registers when the broker goes silent for three heartbeats") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  broker.heartbeat_ms = 50;
+  broker.heartbeats = false;  // the broker answers READY, then says nothing
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 2, ok_handler)})};
+  node.start();
+  await_registration(broker);
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(broker.wait_until([&] { return broker.count<cl::ready>() >= 2; }, 5s));
+  CHECK(std::chrono::steady_clock::now() - t0 >= 100ms);  // not before ~3 heartbeats
+  CHECK(broker.all<cl::ready>()[1].credit == 2);
+  // The broker comes back: with its heartbeats the session stays up.
+  broker.heartbeats = true;
+  broker.pump_for(50ms);
+  auto readies = broker.count<cl::ready>();
+  broker.pump_for(400ms);
+  CHECK(broker.count<cl::ready>() == readies);
+  broker.send(job_of("j1", "f", 1));
+  CHECK(broker.wait_until([&] { return has_done(broker, "j1"); }, 5s));
+  node.stop();
+}
+
+TEST_CASE("a node re-registers with a broker restarted on the same tcp endpoint") {
+  zmq::context_t ctx;
+  auto first = std::make_unique<fake_broker>(ctx, "tcp://127.0.0.1:*");
+  auto endpoint = first->endpoint();
+  first->heartbeat_ms = 50;
+  auto opts = options_for(*first, {kind_of("k", {"f"}, 1, ok_handler)});
+  nodes::node_runtime node{ctx, opts};
+  node.start();
+  await_registration(*first);
+  first.reset();  // the broker dies
+  std::this_thread::sleep_for(300ms);
+  fake_broker second{ctx, endpoint};
+  second.heartbeat_ms = 50;
+  REQUIRE(second.wait_until([&] { return second.count<cl::ready>() >= 1; }, 10s));
+  second.pump_for(50ms);
+  second.send(job_of("j1", "f", 7));
+  REQUIRE(second.wait_until([&] { return has_done(second, "j1"); }, 5s));
+  CHECK(done_of(second, "j1")->lease == 7);
+  node.stop();
+}
+
+TEST_CASE("a node registers again right after the broker says bye") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  broker.heartbeat_ms = 1000;  // silence detection stays out of this test
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 1, ok_handler)})};
+  node.start();
+  await_registration(broker);
+  broker.send(cl::bye{});
+  CHECK(broker.wait_until([&] { return broker.count<cl::ready>() >= 2; }, 1s));
+  node.stop();
+}
+
+TEST_CASE("stop finishes an in-flight job within the grace and then says bye") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto started = std::make_shared<std::atomic<bool>>(false);
+  auto handler = [started](const nodes::job& j) {
+    *started = true;
+    std::this_thread::sleep_for(300ms);
+    return ok_handler(j);
+  };
+  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 1, handler)})};
+  node.start();
+  await_registration(broker);
+  broker.send(job_of("j1", "f", 1));
+  broker.send(job_of("j2", "f", 2));  // queued behind j1: handed back, not run
+  REQUIRE(broker.wait_until([&] { return started->load(); }, 5s));
+  auto t0 = std::chrono::steady_clock::now();
+  auto stopping = std::async(std::launch::async, [&] { node.stop(); });
+  REQUIRE(broker.wait_until([&] { return broker.count<cl::bye>() == 1; }, 5s));
+  REQUIRE(stopping.wait_for(5s) == std::future_status::ready);
+  CHECK(std::chrono::steady_clock::now() - t0 < 3s);
+  REQUIRE(has_done(broker, "j1"));
+  CHECK(done_of(broker, "j1")->outcome == "ok");
+  CHECK_FALSE(has_done(broker, "j2"));
+  CHECK(broker.index_of<cl::done>() < broker.index_of<cl::bye>());
+  CHECK(broker.all<cl::bye>().front().jobs == std::vector<std::string>{"j2"});
+  // No credit is granted while stopping.
+  CHECK(broker.count<cl::credit>() == 0);
+  node.stop();  // idempotent
+}
+
+TEST_CASE("stop hands a stuck job back in bye after the grace and returns") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto g = std::make_shared<gate>();
+  auto handler = [g](const nodes::job& j) {
+    g->wait(10s);
+    return ok_handler(j);
+  };
+  auto opts = options_for(broker, {kind_of("k", {"f"}, 1, handler)});
+  opts.shutdown_grace_ms = 300;
+  auto node = std::make_unique<nodes::node_runtime>(ctx, opts);
+  node->start();
+  await_registration(broker);
+  broker.send(job_of("j1", "f", 1));
+  REQUIRE(broker.wait_until([&] { return g->entered.load(); }, 5s));
+  auto t0 = std::chrono::steady_clock::now();
+  auto stopping = std::async(std::launch::async, [&] { node->stop(); });
+  REQUIRE(broker.wait_until([&] { return broker.count<cl::bye>() == 1; }, 5s));
+  REQUIRE(stopping.wait_for(5s) == std::future_status::ready);
+  auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(took >= 250ms);  // it waited for the grace
+  CHECK(took < 3s);
+  CHECK(broker.all<cl::bye>().front().jobs == std::vector<std::string>{"j1"});
+  CHECK_FALSE(has_done(broker, "j1"));
+  node.reset();
+  // Let the abandoned handler end; its result goes nowhere.
+  g->release();
+  CHECK(eventually([&] { return g->left.load(); }, 5s));
+  broker.pump_for(100ms);
+  CHECK_FALSE(has_done(broker, "j1"));
+  std::this_thread::sleep_for(100ms);  // the detached system ends after the handler
+}
+
+TEST_CASE("stop is idempotent and returns at once when nothing is held or nothing started") {
+  zmq::context_t ctx;
+  nodes::node_options o;
+  o.broker_endpoint = "inproc://nobody-listens-here";
+  o.kinds = {kind_of("k", {"f"}, 1, ok_handler)};
+  {
+    nodes::node_runtime never_started{ctx, o};
+    never_started.stop();
+    never_started.stop();
+  }
+  nodes::node_runtime node{ctx, o};
+  node.start();
+  node.start();  // no effect
+  auto t0 = std::chrono::steady_clock::now();
+  node.stop();
+  node.stop();
+  CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  node.start();  // after stop: no effect
+}
+
+TEST_CASE("invalid kinds are rejected when the runtime is made") {
+  zmq::context_t ctx;
+  nodes::node_options o;
+  o.kinds = {kind_of("k", {"f"}, 0, ok_handler)};
+  CHECK_THROWS_AS(nodes::node_runtime(ctx, o), std::invalid_argument);
+  o.kinds = {kind_of("a", {"f"}, 1, ok_handler), kind_of("b", {"f"}, 1, ok_handler)};
+  CHECK_THROWS_AS(nodes::node_runtime(ctx, o), std::invalid_argument);
+  o.kinds = {nodes::actor_kind_spec{"k", {"f"}, 1, nullptr}};
+  CHECK_THROWS_AS(nodes::node_runtime(ctx, o), std::invalid_argument);
+}
+
+TEST_CASE("job start and end are logged with the contract's fields") {
+  std::ostringstream out;
+  log::init(log::level::info, &out);
+  {
+    zmq::context_t ctx;
+    fake_broker broker{ctx, unique_inproc()};
+    auto handler = [](const nodes::job&) {
+      return nodes::job_result::failure(nodes::outcome::transient, "connect", "Django is down");
+    };
+    nodes::node_runtime node{ctx, options_for(broker, {kind_of("escrow", {"f"}, 1, handler)})};
+    node.start();
+    await_registration(broker);
+    broker.send(cl::job{"j1", "f", "{}", 3, 1, 0});
+    REQUIRE(broker.wait_until([&] { return has_done(broker, "j1"); }, 5s));
+    node.stop();  // every thread that logs has ended
+  }
+  log::init(log::level::info);
+  std::istringstream lines{out.str()};
+  std::string line;
+  nlohmann::json start, end;
+  while (std::getline(lines, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_object() && j.value("job_id", "") == "j1")
+      (j.value("msg", "") == "job started" ? start : end) = j;
+  }
+  INFO(out.str());
+  REQUIRE(start.is_object());
+  REQUIRE(end.is_object());
+  CHECK(start["component"] == "escrow");
+  CHECK(start["function"] == "f");
+  CHECK(start["attempt"] == 3);
+  CHECK(start["node"] == "node-t");
+  CHECK(end["outcome"] == "retry");
+  CHECK(end["duration_ms"].is_number_integer());
+  CHECK(end["error_code"] == "connect");
+}
+
+TEST_CASE("a kind whose handler cannot be made answers its jobs as transient failures") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  nodes::actor_kind_spec k{"k", {"f"}, 1, []() -> std::unique_ptr<nodes::job_handler> {
+                             throw std::runtime_error("no credentials");
+                           }};
+  nodes::node_runtime node{ctx, options_for(broker, {k})};
+  node.start();
+  await_registration(broker);
+  broker.send(job_of("j1", "f", 1));
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "j1"); }, 5s));
+  CHECK(done_of(broker, "j1")->outcome == "transient");
+  CHECK(done_of(broker, "j1")->error_code == "no_handler");
+  node.stop();
+}
+
+TEST_CASE("a registered node reports its stats with per-function outcomes") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto opts = options_for(broker, {kind_of("notifier", {"f"}, 2, ok_handler)});
+  opts.stats_interval_ms = 100;
+  nodes::node_runtime node{ctx, opts};
+  node.start();
+  await_registration(broker);
+  broker.send(job_of("j1", "f", 1));
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "j1"); }, 5s));
+  auto last_stats = [&] {
+    auto all = broker.all<cl::node_stats>();
+    return all.empty() ? nlohmann::json{} : nlohmann::json::parse(all.back().json);
+  };
+  REQUIRE(broker.wait_until(
+      [&] {
+        auto s = last_stats();
+        return s.is_object() && s.contains("jobs") && s["jobs"].contains("f");
+      },
+      5s));
+  auto s = last_stats();
+  CHECK(s["node"] == "node-t");
+  CHECK(s["capacity"] == 2);
+  CHECK(s["kinds"] == nlohmann::json::array({{{"kind", "notifier"}, {"workers", 2}}}));
+  CHECK(s["jobs"]["f"] == nlohmann::json{{"ok", 1}, {"retry", 0}, {"dead", 0}});
+  node.stop();
+}

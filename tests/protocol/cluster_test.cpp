@@ -1,0 +1,250 @@
+// The cluster-protocol codec (docs/cluster-protocol.md): every message survives a
+// round trip, and anything else is rejected with an error, never an exception.
+#include "protocol/cluster.hpp"
+
+#include <string>
+
+#include <catch2/catch.hpp>
+#include <msgpack.hpp>
+
+namespace cl = klynaa::protocol::cluster;
+
+namespace {
+
+cl::message round_trip(const cl::message& m) {
+  auto frame = cl::encode(m);
+  std::string error;
+  auto back = cl::decode(frame.data(), frame.size(), &error);
+  INFO(error);
+  REQUIRE(back.has_value());
+  REQUIRE(back->index() == m.index());
+  return *back;
+}
+
+/// A frame from a msgpack map built by hand, for malformed messages.
+template <class Fill>
+std::string frame_of(uint32_t keys, Fill fill) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk{buf};
+  pk.pack_map(keys);
+  fill(pk);
+  return std::string{buf.data(), buf.size()};
+}
+
+std::string rejection_of(const std::string& frame) {
+  std::string error;
+  auto m = cl::decode(frame.data(), frame.size(), &error);
+  CHECK_FALSE(m.has_value());
+  CHECK_FALSE(error.empty());
+  return error;
+}
+
+}  // namespace
+
+TEST_CASE("ready survives a round trip with its version, kinds and credit") {
+  cl::ready r{"node-a", {"notifier", "escrow"}, 12};
+  auto frame = cl::encode(r);
+  auto back = std::get<cl::ready>(round_trip(r));
+  CHECK(back.node == "node-a");
+  CHECK(back.kinds == std::vector<std::string>{"notifier", "escrow"});
+  CHECK(back.credit == 12);
+  // "t" and "v" are on the wire as the spec says.
+  auto h = msgpack::unpack(frame.data(), frame.size());
+  std::map<std::string, msgpack::object> map;
+  h.get().convert(map);
+  CHECK(map.at("t").as<std::string>() == "ready");
+  CHECK(map.at("v").as<int>() == 1);
+}
+
+TEST_CASE("welcome survives a round trip") {
+  auto back = std::get<cl::welcome>(round_trip(cl::welcome{250, 4000}));
+  CHECK(back.heartbeat_ms == 250);
+  CHECK(back.lease_ms == 4000);
+}
+
+TEST_CASE("job survives a round trip") {
+  cl::job j{"evt-1#1", "sendPushNotification", R"({"user_id":7})", 3, 42, 1700000000123};
+  auto back = std::get<cl::job>(round_trip(j));
+  CHECK(back.job_id == j.job_id);
+  CHECK(back.function == j.function);
+  CHECK(back.data_json == j.data_json);
+  CHECK(back.attempt == 3);
+  CHECK(back.lease == 42);
+  CHECK(back.ts_ms == 1700000000123);
+}
+
+TEST_CASE("done survives a round trip with its children") {
+  cl::done d;
+  d.job_id = "evt-1#1";
+  d.lease = 9;
+  d.outcome = "transient";
+  d.result_json = "{}";
+  d.error_code = "http_503";
+  d.error_message = "Django answered 503";
+  d.http_status = 503;
+  d.retry_after_ms = 2000;
+  d.duration_ms = 17;
+  d.children = {{"evt-1#1#1", "sendPushNotification", R"({"a":1})", 0},
+                {"#escrow-released-7", "processEscrowRelease", "{}", 1700000086400000}};
+  auto back = std::get<cl::done>(round_trip(d));
+  CHECK(back.job_id == d.job_id);
+  CHECK(back.lease == 9);
+  CHECK(back.outcome == "transient");
+  CHECK(back.result_json == "{}");
+  CHECK(back.error_code == "http_503");
+  CHECK(back.error_message == d.error_message);
+  CHECK(back.http_status == 503);
+  CHECK(back.retry_after_ms == 2000);
+  CHECK(back.duration_ms == 17);
+  REQUIRE(back.children.size() == 2);
+  CHECK(back.children[1].job_id == "#escrow-released-7");
+  CHECK(back.children[1].function == "processEscrowRelease");
+  CHECK(back.children[1].due_ms == 1700000086400000);
+  CHECK(back.children[0].data_json == R"({"a":1})");
+}
+
+TEST_CASE("credit, heartbeat, bye and node_stats survive a round trip") {
+  CHECK(std::get<cl::credit>(round_trip(cl::credit{3})).n == 3);
+  round_trip(cl::heartbeat{});
+  CHECK(std::get<cl::bye>(round_trip(cl::bye{{"a", "b"}})).jobs == std::vector<std::string>{"a", "b"});
+  CHECK(std::get<cl::bye>(round_trip(cl::bye{})).jobs.empty());
+  CHECK(std::get<cl::node_stats>(round_trip(cl::node_stats{R"({"held":1})"})).json == R"({"held":1})");
+}
+
+TEST_CASE("name_of gives each message its wire name") {
+  CHECK(std::string{cl::name_of(cl::ready{})} == "ready");
+  CHECK(std::string{cl::name_of(cl::welcome{})} == "welcome");
+  CHECK(std::string{cl::name_of(cl::job{})} == "job");
+  CHECK(std::string{cl::name_of(cl::done{})} == "done");
+  CHECK(std::string{cl::name_of(cl::credit{})} == "credit");
+  CHECK(std::string{cl::name_of(cl::heartbeat{})} == "heartbeat");
+  CHECK(std::string{cl::name_of(cl::bye{})} == "bye");
+  CHECK(std::string{cl::name_of(cl::node_stats{})} == "node_stats");
+}
+
+TEST_CASE("a done without its optional keys decodes with their defaults") {
+  auto frame = frame_of(4, [](auto& pk) {
+    pk.pack(std::string{"t"}), pk.pack(std::string{"done"});
+    pk.pack(std::string{"job_id"}), pk.pack(std::string{"j"});
+    pk.pack(std::string{"lease"}), pk.pack(5);
+    pk.pack(std::string{"outcome"}), pk.pack(std::string{"ok"});
+  });
+  auto m = cl::decode(frame.data(), frame.size());
+  REQUIRE(m.has_value());
+  auto d = std::get<cl::done>(*m);
+  CHECK(d.http_status == 0);
+  CHECK(d.retry_after_ms == -1);
+  CHECK(d.children.empty());
+}
+
+TEST_CASE("an integer sent as a whole float is accepted") {
+  auto frame = frame_of(2, [](auto& pk) {
+    pk.pack(std::string{"t"}), pk.pack(std::string{"credit"});
+    pk.pack(std::string{"n"}), pk.pack(2.0);
+  });
+  auto m = cl::decode(frame.data(), frame.size());
+  REQUIRE(m.has_value());
+  CHECK(std::get<cl::credit>(*m).n == 2);
+}
+
+TEST_CASE("unknown keys are ignored so that a newer peer may add some") {
+  auto frame = frame_of(3, [](auto& pk) {
+    pk.pack(std::string{"t"}), pk.pack(std::string{"credit"});
+    pk.pack(std::string{"n"}), pk.pack(1);
+    pk.pack(std::string{"future"}), pk.pack(true);
+  });
+  CHECK(cl::decode(frame.data(), frame.size()).has_value());
+}
+
+TEST_CASE("garbage bytes are rejected without an exception") {
+  const std::string samples[] = {
+      std::string{"\xc1", 1},                 // reserved byte
+      std::string{"\x81\xa1", 2},             // truncated map
+      std::string{"hello world"},             // not msgpack of a map
+      std::string{"\x93\x01\x02\x03", 4},     // an array, not a map
+      std::string{"\xdd\xff\xff\xff\xff", 5}, // an array claiming 4 billion elements
+      std::string{"\xdf\xff\xff\xff\xff", 5}, // a map claiming 4 billion pairs
+  };
+  for (const auto& s : samples)
+    rejection_of(s);
+  std::string error;
+  CHECK_FALSE(cl::decode(nullptr, 0, &error).has_value());
+  CHECK(error == "empty frame");
+}
+
+TEST_CASE("trailing bytes after a message are rejected") {
+  auto frame = cl::encode(cl::heartbeat{}) + "x";
+  CHECK(rejection_of(frame) == "trailing bytes after the message");
+}
+
+TEST_CASE("an unknown message type is rejected") {
+  auto frame = frame_of(1, [](auto& pk) { pk.pack(std::string{"t"}), pk.pack(std::string{"launch"}); });
+  CHECK(rejection_of(frame) == "unknown message type \"launch\"");
+}
+
+TEST_CASE("a map without t is rejected") {
+  auto frame = frame_of(1, [](auto& pk) { pk.pack(std::string{"n"}), pk.pack(1); });
+  CHECK(rejection_of(frame) == "t is missing");
+}
+
+TEST_CASE("a missing required key is rejected naming the key") {
+  auto frame = frame_of(2, [](auto& pk) {
+    pk.pack(std::string{"t"}), pk.pack(std::string{"job"});
+    pk.pack(std::string{"job_id"}), pk.pack(std::string{"j"});
+  });
+  CHECK(rejection_of(frame) == "function is missing");
+}
+
+TEST_CASE("an ill-typed key is rejected naming the key") {
+  auto frame = frame_of(2, [](auto& pk) {
+    pk.pack(std::string{"t"}), pk.pack(std::string{"credit"});
+    pk.pack(std::string{"n"}), pk.pack(std::string{"two"});
+  });
+  CHECK(rejection_of(frame) == "n must be an integer");
+}
+
+TEST_CASE("a ready of another protocol version is rejected") {
+  auto frame = frame_of(5, [](auto& pk) {
+    pk.pack(std::string{"t"}), pk.pack(std::string{"ready"});
+    pk.pack(std::string{"v"}), pk.pack(2);
+    pk.pack(std::string{"node"}), pk.pack(std::string{"n"});
+    pk.pack(std::string{"kinds"}), pk.pack_array(0);
+    pk.pack(std::string{"credit"}), pk.pack(1);
+  });
+  CHECK(rejection_of(frame).find("unsupported version 2") == 0);
+}
+
+TEST_CASE("a done with an unknown outcome is rejected") {
+  cl::done d;
+  d.job_id = "j";
+  d.outcome = "maybe";
+  auto frame = cl::encode(d);
+  CHECK(rejection_of(frame).find("outcome") == 0);
+}
+
+TEST_CASE("a done with an ill-typed child is rejected naming the child") {
+  auto good = frame_of(4, [](auto& pk) {
+    pk.pack(std::string{"t"}), pk.pack(std::string{"done"});
+    pk.pack(std::string{"job_id"}), pk.pack(std::string{"j"});
+    pk.pack(std::string{"outcome"}), pk.pack(std::string{"ok"});
+    pk.pack(std::string{"lease"}), pk.pack(1);
+  });
+  CHECK(cl::decode(good.data(), good.size()).has_value());
+  auto bad_child = frame_of(5, [](auto& pk) {
+    pk.pack(std::string{"t"}), pk.pack(std::string{"done"});
+    pk.pack(std::string{"job_id"}), pk.pack(std::string{"j"});
+    pk.pack(std::string{"outcome"}), pk.pack(std::string{"ok"});
+    pk.pack(std::string{"lease"}), pk.pack(1);
+    pk.pack(std::string{"children"}), pk.pack_array(1);
+    pk.pack_map(3);
+    pk.pack(std::string{"job_id"}), pk.pack(std::string{"c"});
+    pk.pack(std::string{"function"}), pk.pack(std::string{"f"});
+    pk.pack(std::string{"data_json"}), pk.pack(7);
+  });
+  CHECK(rejection_of(bad_child) == "children.0.data_json must be a string");
+}
+
+TEST_CASE("a welcome with a non-positive heartbeat is rejected") {
+  auto frame = cl::encode(cl::welcome{0, 1000});
+  CHECK(rejection_of(frame) == "heartbeat_ms must be positive");
+}
