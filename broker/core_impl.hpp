@@ -125,6 +125,11 @@ struct broker_core::impl {
   void dispatch(int64_t now);
   void on_done(node_session& n, const protocol::cluster::done& d, int64_t now);
   void lose_job(const std::string& job_id, const std::string& why, int64_t now);
+  bool send_job(const std::string& identity, node_session& n, live_job& j, int64_t now);
+  void start_fanout(live_job& j, int64_t now);
+  void fanout_done(node_session& n, live_job& j, const protocol::cluster::done& d, int64_t now);
+  void fanout_forget_node(const std::string& identity, int64_t now);
+  void complete(live_job& j, const protocol::cluster::done& d, int64_t now);
   void drop_node(const std::string& identity, const std::string& why, int64_t now);
   void check_nodes(int64_t now);
   bool send_node(const std::string& identity, const std::string& frame);
@@ -148,6 +153,7 @@ struct broker_core::impl {
   std::optional<open_batch> committing;
   std::unordered_multimap<std::string, waiter> waiters;  ///< job id -> waiters
   std::map<std::string, node_session> nodes;            ///< identity -> session
+  std::set<std::string> fanouts;                        ///< running fan-out job ids
   bool draining = false;
   int64_t drain_deadline = 0;
   std::mt19937_64 rng{std::random_device{}()};

@@ -45,6 +45,13 @@ struct live_job {
   std::string node_name;
   int64_t lease_deadline = 0;
   int64_t started_ms = 0;
+  // Fan-out (updateWorkerLocation runs on every geo node): while running, the
+  // nodes still to send it to, and those whose result is awaited.
+  bool fanout = false;
+  std::set<std::string> fanout_todo;
+  std::set<std::string> fanout_wait;
+  std::string fanout_error;  ///< worst failure so far ("" = all ok)
+  bool fanout_permanent = false;
 };
 
 /// Counts per function and state, for stats and metrics.

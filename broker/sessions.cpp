@@ -125,6 +125,70 @@ void broker_core::impl::on_done(node_session& n, const cl::done& d, int64_t now)
     return;
   }
   if (n.running > 0) --n.running;
+  if (j->fanout)
+    fanout_done(n, *j, d, now);
+  else
+    complete(*j, d, now);
+}
+
+// A fan-out job is done when every geo node it was sent to has answered (or
+// left); its outcome is the worst of theirs, and it counts once.
+void broker_core::impl::fanout_done(node_session& n, live_job& j, const cl::done& d, int64_t now) {
+  j.fanout_wait.erase(n.identity);
+  if (d.outcome != "ok" && !j.fanout_permanent) {
+    j.fanout_error = d.error_message.empty() ? d.outcome : d.error_message;
+    j.fanout_permanent = d.outcome == "permanent";
+  }
+  if (!j.fanout_todo.empty() || !j.fanout_wait.empty()) return;
+  cl::done all;
+  all.job_id = j.id;
+  all.lease = j.lease;
+  all.outcome = j.fanout_error.empty() ? "ok" : (j.fanout_permanent ? "permanent" : "transient");
+  all.error_code = j.fanout_error.empty() ? "" : "fanout";
+  all.error_message = j.fanout_error;
+  all.result_json = "{}";
+  all.duration_ms = now - j.started_ms;
+  fanouts.erase(j.id);
+  j.fanout = false;
+  complete(j, all, now);
+}
+
+void broker_core::impl::fanout_forget_node(const std::string& identity, int64_t now) {
+  std::vector<std::string> ids(fanouts.begin(), fanouts.end());
+  for (auto& id : ids) {
+    auto* j = queue.find(id);
+    if (!j) {
+      fanouts.erase(id);
+      continue;
+    }
+    bool had = j->fanout_todo.erase(identity) + j->fanout_wait.erase(identity) > 0;
+    if (had && j->fanout_todo.empty() && j->fanout_wait.empty()) {
+      cl::done none;  // the last node left: what the others said stands
+      none.job_id = j->id;
+      none.lease = j->lease;
+      none.outcome = "ok";
+      node_session ghost;
+      ghost.identity = identity;
+      fanout_done(ghost, *j, none, now);
+    }
+  }
+}
+
+void broker_core::impl::start_fanout(live_job& j, int64_t now) {
+  j.fanout = true;
+  j.fanout_todo.clear();
+  j.fanout_wait.clear();
+  j.fanout_error.clear();
+  j.fanout_permanent = false;
+  for (auto& [id, n] : nodes)
+    if (n.kinds.count(j.kind)) j.fanout_todo.insert(id);
+  queue.set_running(j, "*", "*", ++lease_counter, now + opts.cfg.cluster.lease_ms, now);
+  record(j, job_state::running);
+  fanouts.insert(j.id);
+}
+
+void broker_core::impl::complete(live_job& jr, const cl::done& d, int64_t now) {
+  auto* j = &jr;
   const auto policy = opts.cfg.retry_for(j->function);
   const std::string function = j->function;
   finished_note note;
@@ -186,6 +250,10 @@ void broker_core::impl::on_done(node_session& n, const cl::done& d, int64_t now)
 void broker_core::impl::lose_job(const std::string& job_id, const std::string& why, int64_t now) {
   auto* j = queue.find(job_id);
   if (!j || j->state != job_state::running) return;
+  if (j->fanout) {  // sent again to every geo node (applying an update twice is harmless)
+    j->fanout = false;
+    fanouts.erase(job_id);
+  }
   const auto policy = opts.cfg.retry_for(j->function);
   auto err = error_json("transient", "lost", why, 0);
   if (j->attempts >= policy.max_attempts) {
@@ -222,6 +290,7 @@ void broker_core::impl::drop_node(const std::string& identity, const std::string
                                         {"jobs_returned", held.size()}});
   nodes.erase(it);
   for (auto& id : held) lose_job(id, "node " + why, now);
+  fanout_forget_node(identity, now);
 }
 
 void broker_core::impl::check_nodes(int64_t now) {
@@ -235,30 +304,55 @@ void broker_core::impl::check_nodes(int64_t now) {
   for (auto& id : queue.expired_leases(now)) lose_job(id, "lease expired", now);
 }
 
+bool broker_core::impl::send_job(const std::string& identity, node_session& n, live_job& j,
+                                  int64_t now) {
+  cl::job m;
+  m.job_id = j.id;
+  m.function = j.function;
+  m.data_json = j.data_json;
+  m.attempt = j.fanout ? j.attempts : j.attempts + 1;
+  m.lease = j.fanout ? j.lease : lease_counter + 1;
+  m.ts_ms = j.ts_ms;
+  if (!send_node(identity, cl::encode(cl::message(m)))) return false;
+  if (j.fanout) {
+    j.fanout_todo.erase(identity);
+    j.fanout_wait.insert(identity);
+  } else {
+    ++lease_counter;
+    queue.set_running(j, identity, n.name, m.lease, now + opts.cfg.cluster.lease_ms, now);
+    record(j, job_state::running);
+  }
+  --n.credit;
+  ++n.running;
+  return true;
+}
+
+// Round-robin over nodes with credit: first the fan-out jobs a node still has to
+// apply, then the next runnable job of a kind it hosts.
 void broker_core::impl::dispatch(int64_t now) {
   bool progress = true;
   while (progress) {
     progress = false;
     for (auto& [identity, n] : nodes) {
       if (n.credit <= 0) continue;
-      auto* j = queue.next_runnable(n.kinds);
+      live_job* j = nullptr;
+      for (auto& id : fanouts) {
+        auto* f = queue.find(id);
+        if (f && f->fanout_todo.count(identity)) {
+          j = f;
+          break;
+        }
+      }
+      if (!j) {
+        j = queue.next_runnable(n.kinds);
+        if (j && protocol::is_fanout(j->function)) start_fanout(*j, now);
+      }
       if (!j) continue;
-      cl::job m;
-      m.job_id = j->id;
-      m.function = j->function;
-      m.data_json = j->data_json;
-      m.attempt = j->attempts + 1;
-      m.lease = ++lease_counter;
-      m.ts_ms = j->ts_ms;
-      if (!send_node(identity, cl::encode(cl::message(m)))) {
-        queue.retry_now(j->id);
+      if (!send_job(identity, n, *j, now)) {
+        if (!j->fanout) queue.retry_now(j->id);
         drop_node(identity, "unreachable", now);
         return;  // nodes changed under the loop
       }
-      queue.set_running(*j, identity, n.name, m.lease, now + opts.cfg.cluster.lease_ms, now);
-      record(*j, job_state::running);
-      --n.credit;
-      ++n.running;
       progress = true;
     }
   }

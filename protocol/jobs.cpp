@@ -147,3 +147,9 @@ std::string pickup_job_id(std::string_view name, int64_t pickup_id) {
 }
 
 }  // namespace klynaa::protocol
+
+namespace klynaa::protocol {
+
+bool is_fanout(std::string_view function) { return function == "updateWorkerLocation"; }
+
+}  // namespace klynaa::protocol

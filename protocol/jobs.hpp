@@ -56,3 +56,12 @@ std::string child_job_id(std::string_view parent, int n);
 std::string pickup_job_id(std::string_view name, int64_t pickup_id);
 
 }  // namespace klynaa::protocol
+
+namespace klynaa::protocol {
+
+/// Whether a function runs on every node hosting its actor kind rather than on
+/// one (contract §2: `updateWorkerLocation` is applied by every geo actor). Its
+/// job counts once, when all of them have applied it.
+bool is_fanout(std::string_view function);
+
+}  // namespace klynaa::protocol

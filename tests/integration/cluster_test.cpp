@@ -1,0 +1,180 @@
+// The broker's side of the cluster protocol against scripted fake nodes (real
+// `klynaa broker` process, DEALER sockets in the test): fan-out, leases, node
+// loss, late results and ordering.
+#include "protocol/cluster.hpp"
+#include "support.hpp"
+
+#include <httplib.h>
+
+using namespace klynaa::test;
+using klynaa::protocol::reply_status;
+namespace cl = klynaa::protocol::cluster;
+
+namespace {
+
+/// A node speaking KJCP by hand.
+class fake_node {
+ public:
+  fake_node(zmq::context_t& ctx, const std::string& endpoint, std::string name,
+            std::vector<std::string> kinds, int64_t credit)
+      : sock_(ctx, zmq::socket_type::dealer) {
+    sock_.set(zmq::sockopt::linger, 0);
+    sock_.connect(endpoint);
+    send(cl::ready{std::move(name), std::move(kinds), credit});
+  }
+  void send(const cl::message& m) {
+    auto f = cl::encode(m);
+    sock_.send(zmq::buffer(f), zmq::send_flags::none);
+  }
+  /// The next `job` (heartbeats and welcome are skipped), or nullopt.
+  std::optional<cl::job> next_job(std::chrono::milliseconds timeout = 10000ms) {
+    auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      zmq::pollitem_t items[] = {{static_cast<void*>(sock_), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, 50ms);
+      zmq::message_t m;
+      while (sock_.recv(m, zmq::recv_flags::dontwait)) {
+        auto msg = cl::decode(m.data(), m.size());
+        if (msg && std::holds_alternative<cl::job>(*msg)) return std::get<cl::job>(*msg);
+      }
+      send(cl::heartbeat{});
+    }
+    return std::nullopt;
+  }
+  void finish(const cl::job& j, const std::string& outcome = "ok") {
+    cl::done d;
+    d.job_id = j.job_id;
+    d.lease = j.lease;
+    d.outcome = outcome;
+    d.result_json = "{}";
+    send(d);
+    send(cl::credit{1});
+  }
+
+ private:
+  zmq::socket_t sock_;
+};
+
+json stats_of(klynaa_server& srv) {
+  auto addr = srv.endpoints()["admin"].get<std::string>();
+  auto colon = addr.rfind(':');
+  httplib::Client c(addr.substr(0, colon), std::stoi(addr.substr(colon + 1)));
+  auto r = c.Get("/stats");
+  return r ? json::parse(r->body, nullptr, false) : json::object();
+}
+
+int64_t count_of(const json& s, const std::string& fn, const std::string& what) {
+  if (!s.contains("functions") || !s["functions"].contains(fn)) return 0;
+  auto& f = s["functions"][fn];
+  if (what == "ok" || what == "retry" || what == "dead")
+    return f.contains("outcomes") ? f["outcomes"].value(what, int64_t{0}) : 0;
+  return f.value(what, int64_t{0});
+}
+
+}  // namespace
+
+TEST_CASE("a worker.location update reaches every geo node and counts once", "[cluster]") {
+  klynaa_server srv("broker");
+  zmq::context_t ctx;
+  fake_node a(ctx, srv.cluster(), "a", {"geo"}, 4);
+  fake_node b(ctx, srv.cluster(), "b", {"geo", "notifier"}, 4);
+  fake_node c(ctx, srv.cluster(), "c", {"escrow"}, 4);
+  std::this_thread::sleep_for(300ms);  // all three registered
+  raw_client client(ctx, srv.ingress());
+  auto r = client.call(publish_frame("loc-1", "worker.location", location(5)));
+  REQUIRE(r);
+  REQUIRE(r->status == reply_status::accepted);
+  auto ja = a.next_job();
+  auto jb = b.next_job();
+  REQUIRE(ja);
+  REQUIRE(jb);
+  CHECK(ja->job_id == "loc-1#1");
+  CHECK(jb->job_id == "loc-1#1");
+  CHECK(!c.next_job(500ms));  // no geo on c
+  a.finish(*ja);
+  std::this_thread::sleep_for(500ms);
+  CHECK(count_of(stats_of(srv), "updateWorkerLocation", "ok") == 0);  // b has not applied it yet
+  b.finish(*jb);
+  CHECK(wait_for([&] { return count_of(stats_of(srv), "updateWorkerLocation", "ok") == 1; }, 5000ms));
+}
+
+TEST_CASE("a node that goes silent loses its jobs, they run elsewhere, and its late result is ignored",
+          "[cluster]") {
+  klynaa_server srv("broker", {{"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "1500"},
+                               {"KLYNAA_CLUSTER_HEARTBEAT_MS", "200"}});
+  zmq::context_t ctx;
+  fake_node a(ctx, srv.cluster(), "a", {"escrow"}, 1);
+  std::this_thread::sleep_for(200ms);
+  raw_client client(ctx, srv.ingress());
+  auto r = client.call(publish_frame("conf-9", "pickup.confirmed", {{"pickup_id", 9}, {"customer_id", 1}}));
+  REQUIRE(r);
+  zmq::socket_t raw(ctx, zmq::socket_type::dealer);
+  // a receives the job, then freezes (sends nothing).
+  zmq::pollitem_t items[1];
+  (void)items;
+  std::optional<cl::job> first;
+  {
+    auto end = std::chrono::steady_clock::now() + 10000ms;
+    while (!first && std::chrono::steady_clock::now() < end) first = a.next_job(200ms);
+  }
+  REQUIRE(first);
+  fake_node b(ctx, srv.cluster(), "b", {"escrow"}, 1);
+  auto second = b.next_job(10000ms);  // after a's timeout the job runs on b
+  REQUIRE(second);
+  CHECK(second->job_id == first->job_id);
+  CHECK(second->lease != first->lease);
+  CHECK(second->attempt == 2);
+  b.finish(*second);
+  CHECK(wait_for([&] { return count_of(stats_of(srv), "processEscrowRelease", "ok") == 1; }, 5000ms));
+  a.finish(*first);  // late: no second success
+  std::this_thread::sleep_for(500ms);
+  CHECK(count_of(stats_of(srv), "processEscrowRelease", "ok") == 1);
+  CHECK(srv.log().find("node dropped") != std::string::npos);  // a timed out; its late done is not counted
+}
+
+TEST_CASE("jobs of one pickup run one at a time in acceptance order; other pickups in parallel",
+          "[cluster][ordering]") {
+  klynaa_server srv("broker");
+  zmq::context_t ctx;
+  fake_node a(ctx, srv.cluster(), "a", {"notifier", "escrow"}, 10);
+  std::this_thread::sleep_for(200ms);
+  raw_client client(ctx, srv.ingress());
+  REQUIRE(client.call(publish_frame("p1-acc", "pickup.accepted",
+                                    {{"pickup_id", 1}, {"customer_id", 1}, {"worker_id", 2}})));
+  REQUIRE(client.call(publish_frame("p1-conf", "pickup.confirmed", {{"pickup_id", 1}, {"customer_id", 1}})));
+  REQUIRE(client.call(publish_frame("p2-conf", "pickup.confirmed", {{"pickup_id", 2}, {"customer_id", 1}})));
+  std::vector<cl::job> got;
+  while (auto j = a.next_job(1000ms)) got.push_back(*j);
+  // p1-acc#1 and p2-conf#1 run at once; p1-conf#1 waits for p1-acc#1.
+  REQUIRE(got.size() == 2);
+  std::set<std::string> ids{got[0].job_id, got[1].job_id};
+  CHECK(ids == std::set<std::string>{"p1-acc#1", "p2-conf#1"});
+  for (auto& j : got)
+    if (j.job_id == "p1-acc#1") a.finish(j);
+  auto next = a.next_job(5000ms);
+  REQUIRE(next);
+  CHECK(next->job_id == "p1-conf#1");
+}
+
+TEST_CASE("a transient failure waits to retry and holds back its pickup's later jobs", "[cluster][ordering]") {
+  klynaa_server srv("broker", {{"KLYNAA_RETRY_BASE_DELAY_MS", "300"}, {"KLYNAA_RETRY_MAX_DELAY_MS", "300"}});
+  zmq::context_t ctx;
+  fake_node a(ctx, srv.cluster(), "a", {"notifier", "escrow"}, 10);
+  std::this_thread::sleep_for(200ms);
+  raw_client client(ctx, srv.ingress());
+  REQUIRE(client.call(publish_frame("q-acc", "pickup.accepted",
+                                    {{"pickup_id", 3}, {"customer_id", 1}, {"worker_id", 2}})));
+  REQUIRE(client.call(publish_frame("q-conf", "pickup.confirmed", {{"pickup_id", 3}, {"customer_id", 1}})));
+  auto j1 = a.next_job();
+  REQUIRE(j1);
+  CHECK(j1->job_id == "q-acc#1");
+  a.finish(*j1, "transient");
+  auto j2 = a.next_job();
+  REQUIRE(j2);
+  CHECK(j2->job_id == "q-acc#1");  // its retry, before q-conf#1
+  CHECK(j2->attempt == 2);
+  a.finish(*j2);
+  auto j3 = a.next_job();
+  REQUIRE(j3);
+  CHECK(j3->job_id == "q-conf#1");
+}
