@@ -8,6 +8,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "actors/firebase.hpp"
+#include "actors/sns.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::actors {
@@ -146,10 +148,8 @@ std::variant<provider_factory, provider_error> make_provider(const protocol::con
     opts.ca_file = cfg.django.ca_file;
     return provider_factory([url, opts] { return std::make_unique<webhook_provider>(url, opts); });
   }
-  if (service == "firebase" || service == "sns")
-    return provider_error{"[notifications] service = \"" + service +
-                          "\": this provider is not available in this build yet; use \"log\" "
-                          "or \"webhook\""};
+  if (service == "firebase") return make_firebase_provider(cfg);
+  if (service == "sns") return make_sns_provider(cfg);
   return provider_error{"[notifications] service: unknown provider \"" + service +
                         "\"; expected log, webhook, firebase or sns"};
 }

@@ -3,8 +3,8 @@
 //
 //  - log (default): one JSON line per push appended to {data_dir}/outbox.jsonl.
 //  - webhook: POSTs the same JSON object to notifications.webhook_url.
-//  - firebase, sns: not built yet; make_provider() refuses them with an error
-//    naming the key (the factory structure below is where they plug in).
+//  - firebase: FCM HTTP v1 with a service account (firebase.hpp).
+//  - sns: Amazon SNS Publish signed with SigV4 (sns.hpp).
 //
 // Threading: a push_provider is used by one worker thread at a time (one per
 // job handler), like the HTTP sessions inside it. The log provider's instances
@@ -144,7 +144,10 @@ struct provider_error {
 ///  - "log": creates `data_dir` if needed and opens {data_dir}/outbox.jsonl now,
 ///    so a directory that cannot be written is reported at start;
 ///  - "webhook": needs a non-empty notifications.webhook_url (http or https);
-///  - "firebase", "sns": not built yet → provider_error;
+///  - "firebase": make_firebase_provider (firebase.hpp): reads and checks the
+///    GOOGLE_APPLICATION_CREDENTIALS key file now;
+///  - "sns": make_sns_provider (sns.hpp): needs AWS_ACCESS_KEY_ID,
+///    AWS_SECRET_ACCESS_KEY and AWS_REGION;
 ///  - anything else → provider_error.
 std::variant<provider_factory, provider_error> make_provider(const protocol::config& cfg,
                                                              const std::string& data_dir);

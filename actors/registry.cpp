@@ -7,8 +7,10 @@
 
 #include "actors/django_client.hpp"
 #include "actors/escrow.hpp"
+#include "actors/geo.hpp"
 #include "actors/notifier.hpp"
 #include "actors/providers.hpp"
+#include "actors/scheduler.hpp"
 #include "actors/templates.hpp"
 
 namespace klynaa::actors {
@@ -49,6 +51,30 @@ nodes::actor_kind_spec escrow_spec(const protocol::config& cfg) {
   s.workers = workers_of(cfg.node.escrow_workers);
   s.make_handler = [django_cfg]() -> std::unique_ptr<nodes::job_handler> {
     return std::make_unique<escrow_handler>(std::make_unique<django_client>(django_cfg));
+  };
+  return s;
+}
+
+nodes::actor_kind_spec geo_spec(const protocol::config& cfg) {
+  nodes::actor_kind_spec s;
+  s.kind = "geo";
+  s.functions = {"notifyNearbyWorkers", "updateWorkerLocation"};
+  s.workers = workers_of(cfg.node.geo_workers);
+  // One factory per spec: every handler of this node shares its index and loader.
+  s.make_handler = geo_handler_factory(cfg.django, geo_options::from_config(cfg.geo));
+  return s;
+}
+
+nodes::actor_kind_spec scheduler_spec(const protocol::config& cfg) {
+  auto django_cfg = cfg.django;
+  double default_radius_km = cfg.geo.radius_km;
+  nodes::actor_kind_spec s;
+  s.kind = "scheduler";
+  s.functions = {"generateDailyReport", "generateWeeklyAnalytics", "cleanupData"};
+  s.workers = workers_of(cfg.node.scheduler_workers);
+  s.make_handler = [django_cfg, default_radius_km]() -> std::unique_ptr<nodes::job_handler> {
+    return std::make_unique<scheduler_handler>(std::make_unique<django_client>(django_cfg),
+                                               default_radius_km);
   };
   return s;
 }
@@ -97,7 +123,8 @@ std::vector<nodes::actor_kind_spec> make_actor_kinds(const protocol::config& cfg
     done.push_back(k);
     if (k == "notifier") specs.push_back(notifier_spec(cfg, providers));
     if (k == "escrow") specs.push_back(escrow_spec(cfg));
-    // "geo", "scheduler": not built yet; their jobs wait in the broker.
+    if (k == "geo") specs.push_back(geo_spec(cfg));
+    if (k == "scheduler") specs.push_back(scheduler_spec(cfg));
   }
   return specs;
 }

@@ -4,6 +4,7 @@
 
 #include <climits>
 
+#include "protocol/jobs.hpp"
 #include "protocol/log.hpp"
 #include "protocol/schema.hpp"
 
@@ -64,6 +65,13 @@ bool broker_core::impl::open(std::string& err) {
   seq_ = st->max_seq();
   for (auto& [fn, state, n] : st->count_by_function())
     if (state == job_state::dead) dead_letters += n;
+  if (!schedules.init(opts.cfg, err)) return false;
+  std::vector<std::string> skipped;
+  for (auto& f : schedules.catch_up(now, opts.cfg.scheduler.misfire_grace_seconds * 1000, skipped))
+    fire(f, now);
+  for (auto& s : skipped)
+    log::warning(component, "missed schedule skipped: older than scheduler.misfire_grace_seconds",
+                 {{"schedule", s}});
   writer = std::make_unique<commit_writer>(*st, ctx, writer_endpoint);
   writer->start();
   log::info(component, "started", {{"ingress", ingress_endpoint}, {"cluster", cluster_endpoints},
@@ -126,7 +134,7 @@ int broker_core::impl::run(const std::atomic<int>& ph) {
     }
 
     int64_t timeout = 100;
-    int64_t due = queue.next_due();
+    int64_t due = std::min(queue.next_due(), schedules.next_due_ms());
     if (due != INT64_MAX) timeout = std::max<int64_t>(0, std::min<int64_t>(timeout, due - now));
     zmq::pollitem_t items[] = {
         {static_cast<void*>(ingress), 0, ZMQ_POLLIN, 0},
@@ -142,7 +150,7 @@ int broker_core::impl::run(const std::atomic<int>& ph) {
     if (items[0].revents & ZMQ_POLLIN) on_ingress();
     if (items[1].revents & ZMQ_POLLIN) on_cluster();
     now = wall_ms();
-    if (now - last_tick >= 50 || queue.next_due() <= now) {
+    if (now - last_tick >= 50 || queue.next_due() <= now || schedules.next_due_ms() <= now) {
       tick(now);
       last_tick = now;
     }
@@ -158,7 +166,38 @@ int broker_core::impl::run(const std::atomic<int>& ph) {
   return 0;
 }
 
+// A schedule firing is a request with a deterministic id: the store's dedup makes
+// it fire once per scheduled time, whatever restarts or other brokers do.
+void broker_core::impl::fire(const firing& f, int64_t now) {
+  new_request nr;
+  nr.id = f.request_id;
+  nr.op = static_cast<int>(protocol::op::publish);
+  nr.type = f.function;
+  nr.ts_ms = f.at_ms;
+  nr.accepted_ms = now;
+  job_record r;
+  r.id = protocol::child_job_id(f.request_id, 1);
+  r.request_id = f.request_id;
+  r.function = f.function;
+  r.data_json = f.data_json;
+  auto data = nlohmann::json::parse(f.data_json, nullptr, false);
+  r.ordering_key = data.is_object() ? protocol::ordering_key_of(data) : std::string();
+  r.seq = next_seq();
+  r.ts_ms = f.at_ms;
+  r.created_ms = now;
+  nr.jobs.push_back(std::move(r));
+  current.b.requests.push_back(std::move(nr));
+  pending_request p;
+  p.id = f.request_id;
+  p.internal = true;
+  current.reqs.push_back(std::move(p));
+  log::info(component, "schedule fired", {{"schedule", f.name}, {"function", f.function},
+                                          {"at", log::iso8601_utc_ms(f.at_ms)}});
+}
+
 void broker_core::impl::tick(int64_t now) {
+  if (!draining)
+    for (auto& f : schedules.due(now)) fire(f, now);
   for (auto& id : queue.fire_timers(now, [this] { return next_seq(); })) {
     if (auto* j = queue.find(id)) record(*j, j->state);
   }
@@ -194,6 +233,10 @@ void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) 
     auto& p = ob.reqs[i];
     auto& o = out.requests[i];
     for (auto& id : o.cancelled) queue.finish(id, job_state::cancelled);
+    if (p.internal) {
+      for (auto& j : o.created) add_live(j, now);
+      continue;
+    }
     if (o.duplicate) {
       answer_duplicate(p, o);
       continue;
@@ -218,7 +261,13 @@ void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) 
 void broker_core::impl::fail_commit(open_batch& ob, const store_error& err) {
   log::error(component, "store commit failed; requests of the batch are rejected",
              {{"error", err.message}, {"requests", ob.reqs.size()}});
-  for (auto& p : ob.reqs) {
+  for (size_t i = 0; i < ob.reqs.size(); ++i) {
+    auto& p = ob.reqs[i];
+    if (p.internal) {  // a schedule firing: try again with the next batch
+      current.b.requests.push_back(ob.b.requests[i]);
+      current.reqs.push_back(p);
+      continue;
+    }
     auto rep = protocol::rejection(p.id, protocol::error_code::overloaded,
                                    "the broker cannot write to its store (" + err.message +
                                        "); nothing was stored, retry later");

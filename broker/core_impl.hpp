@@ -13,6 +13,7 @@
 
 #include "broker/core.hpp"
 #include "broker/queue.hpp"
+#include "broker/schedules.hpp"
 #include "broker/writer.hpp"
 #include "protocol/cluster.hpp"
 #include "protocol/message.hpp"
@@ -36,6 +37,7 @@ struct pending_request {
   std::string id;
   protocol::op op = protocol::op::publish;
   int64_t timeout_ms = 0;
+  bool internal = false;  ///< a schedule firing: nobody waits for a reply
 };
 
 /// A job that ended, to be told to invoke waiters once its end is committed.
@@ -107,6 +109,7 @@ struct broker_core::impl {
   void notify_waiters(const finished_note& n);
   void expire_waiters(int64_t now);
   void publish_stats(int64_t now);
+  void fire(const firing& f, int64_t now);
   nlohmann::json durations_json() const;
   int64_t next_seq() { return ++seq_; }
 
@@ -147,6 +150,7 @@ struct broker_core::impl {
   std::vector<std::string> cluster_endpoints;
 
   job_queue queue;
+  schedule_set schedules;
   int64_t seq_ = 0;
   int64_t lease_counter = 0;
   open_batch current;

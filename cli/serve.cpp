@@ -12,6 +12,7 @@
 
 #include "broker/admin.hpp"
 #include "broker/core.hpp"
+#include "broker/schedules.hpp"
 #include "cli/commands.hpp"
 #include "cli/node_host.hpp"
 #include "protocol/log.hpp"
@@ -72,6 +73,13 @@ int prepare(int argc, char** argv, const char* cmd, const std::set<std::string>&
   if (!load_config(p.args, p.cfg, err)) {
     std::cerr << "klynaa: " << err << "\n";
     return 2;
+  }
+  {
+    broker::schedule_set check;  // a bad [[schedule]] is a config error: exit 2
+    if (!check.init(p.cfg, err)) {
+      std::cerr << "klynaa: " << err << "\n";
+      return 2;
+    }
   }
   log::level lvl;
   if (log::parse_level(p.cfg.log.level, lvl)) log::init(lvl);

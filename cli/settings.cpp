@@ -56,6 +56,10 @@ clients:
   invoke  FUNCTION --data JSON [--ingress E] [--timeout S]
           run one function and wait; exit 0 ok, 1 failed/timeout/no answer, 2 rejected
 
+operations:
+  stats   [--admin A] [--json] [--config F]
+          queue depth, in flight, done, retrying, dead per function; nodes
+
 config:
   config  --check [--config F]     validate a config file (exit 2 naming the key)
   config  --example                print a commented config with every key

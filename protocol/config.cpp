@@ -586,7 +586,7 @@ error apply_env(config& c, const std::map<std::string, std::string>& env) {
     if (const auto* text = env_value(env, var.c_str()))
       if (auto e = set_from_text(c, k, *text, var)) return e;
   }
-  for (const char* var : {"GOOGLE_APPLICATION_CREDENTIALS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"})
+  for (const char* var : {"GOOGLE_APPLICATION_CREDENTIALS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_SESSION_TOKEN"})
     if (const auto* text = env_value(env, var)) c.env[var] = *text;
   return std::nullopt;
 }

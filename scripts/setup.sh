@@ -7,10 +7,10 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libcaf-dev libzmq3-dev cppzmq-dev libmsgpack-cxx-dev
   libboost-log-dev libboost-program-options-dev libboost-dev
-  catch2 libsqlite3-dev sqlite3 libcurl4-openssl-dev
+  catch2 libsqlite3-dev sqlite3 libcurl4-openssl-dev tzdata
   libtomlplusplus-dev nlohmann-json3-dev libhowardhinnant-date-dev
   libjwt-dev libssl-dev libcpp-httplib-dev libpq-dev
-  python3 python3-zmq python3-msgpack python3-django curl
+  python3 python3-zmq python3-msgpack python3-django python3-botocore python3-jwt curl
 )
 
 missing=()

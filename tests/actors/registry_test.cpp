@@ -3,6 +3,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <map>
+
 #include "fake_server.hpp"
 #include "scratch_dir.hpp"
 
@@ -24,24 +27,26 @@ klynaa::protocol::config config_for(const std::string& django_url) {
 
 }  // namespace
 
-TEST_CASE("notifier and escrow are built with their functions and worker counts") {
+TEST_CASE("every actor kind is built with its functions and worker counts") {
   klynaa::test::scratch_dir dir;
-  auto specs = make_actor_kinds(config_for("http://127.0.0.1:1"), dir.str(),
-                                {"notifier", "escrow", "geo", "scheduler"});
-  REQUIRE(specs.size() == 2);
-  CHECK(specs[0].kind == "notifier");
-  CHECK(specs[0].functions == std::vector<std::string>{"sendPickupNotification"});
-  CHECK(specs[0].workers == 3);
-  CHECK(specs[1].kind == "escrow");
-  CHECK(specs[1].functions == std::vector<std::string>{"processEscrowRelease"});
-  CHECK(specs[1].workers == 2);
-  for (auto& s : specs) CHECK(s.make_handler() != nullptr);
-}
-
-TEST_CASE("geo and scheduler are not built, so no actor answers their jobs") {
-  klynaa::test::scratch_dir dir;
-  auto specs = make_actor_kinds(config_for("http://127.0.0.1:1"), dir.str(), {"geo", "scheduler"});
-  CHECK(specs.empty());
+  auto cfg = config_for("http://127.0.0.1:1");
+  auto specs = make_actor_kinds(cfg, dir.str(), {"notifier", "escrow", "geo", "scheduler"});
+  REQUIRE(specs.size() == 4);
+  std::map<std::string, const klynaa::nodes::actor_kind_spec*> by_kind;
+  for (auto& s : specs) by_kind[s.kind] = &s;
+  REQUIRE(by_kind.size() == 4);
+  CHECK(by_kind["notifier"]->functions == std::vector<std::string>{"sendPickupNotification"});
+  CHECK(by_kind["notifier"]->workers == 3);
+  CHECK(by_kind["escrow"]->functions == std::vector<std::string>{"processEscrowRelease"});
+  CHECK(by_kind["escrow"]->workers == 2);
+  CHECK(by_kind["scheduler"]->functions ==
+        std::vector<std::string>{"generateDailyReport", "generateWeeklyAnalytics", "cleanupData"});
+  CHECK(by_kind["scheduler"]->workers == cfg.node.scheduler_workers);
+  auto geo_fns = by_kind["geo"]->functions;
+  std::sort(geo_fns.begin(), geo_fns.end());
+  CHECK(geo_fns == std::vector<std::string>{"notifyNearbyWorkers", "updateWorkerLocation"});
+  for (auto& s : specs)
+    if (s.kind != "geo") CHECK(s.make_handler() != nullptr);
 }
 
 TEST_CASE("only the requested kinds are built, each once") {

@@ -79,3 +79,29 @@ TEST_CASE("publish prints the reply and exits 0 on accepted and on duplicate, 2 
   CHECK(c3 == 2);
   CHECK(o3.find("data.lat") != std::string::npos);
 }
+
+TEST_CASE("stats shows queued jobs per function as a table and as JSON", "[cli][stats]") {
+  klynaa_server srv("broker");
+  auto data = R"({"worker_id":1,"lat":1,"lng":1,"available":true})";
+  REQUIRE(run_cli({"publish", "worker.location", "--data", data, "--ingress", srv.ingress()}).first == 0);
+  auto admin = srv.endpoints()["admin"].get<std::string>();
+  std::string table;
+  REQUIRE(wait_for([&] {
+    auto [code, out] = run_cli({"stats", "--admin", admin});
+    table = out;
+    return code == 0 && out.find("updateWorkerLocation") != std::string::npos;
+  }, 5000ms));
+  CHECK(table.find("queued") != std::string::npos);
+  CHECK(table.find("(no node connected)") != std::string::npos);
+  auto [code, out] = run_cli({"stats", "--admin", admin, "--json"});
+  CHECK(code == 0);
+  auto j = json::parse(out, nullptr, false);
+  REQUIRE(j.is_object());
+  CHECK(j["functions"]["updateWorkerLocation"]["ready"] == 1);
+}
+
+TEST_CASE("stats with no broker listening exits 1 naming the endpoint", "[cli][stats]") {
+  auto [code, out] = run_cli({"stats", "--admin", "127.0.0.1:9"});
+  CHECK(code == 1);
+  CHECK(out.find("127.0.0.1:9") != std::string::npos);
+}

@@ -299,3 +299,28 @@ TEST_CASE("while draining after SIGTERM the ingress answers shutting_down, then 
   REQUIRE(code);
   CHECK(*code == 0);
 }
+
+TEST_CASE("invoke answers timeout when timeout_ms passes first, and the job stays queued", "[ingress][invoke]") {
+  klynaa_server srv("broker");  // no node: nothing runs the job
+  zmq::context_t ctx;
+  raw_client c(ctx, srv.ingress());
+  klynaa::protocol::request req;
+  req.operation = klynaa::protocol::op::invoke;
+  req.id = "inv-1";
+  req.type = "processEscrowRelease";
+  req.data = {{"pickup_id", 4}, {"release_reason", "admin"}};
+  req.timeout_ms = 300;
+  auto r = c.call(klynaa::protocol::encode_request(req));
+  REQUIRE(r);
+  CHECK(r->status == reply_status::timeout);
+  CHECK(r->id == std::optional<std::string>("inv-1"));
+  // The same id again waits for the same job (no second job).
+  auto again = c.call(klynaa::protocol::encode_request(req));
+  REQUIRE(again);
+  CHECK(again->status == reply_status::timeout);
+  // A publish with that id is a duplicate with the invoke's job.
+  auto pub = c.call(publish_frame("inv-1", "pickup.confirmed", {{"pickup_id", 4}, {"customer_id", 1}}));
+  REQUIRE(pub);
+  CHECK(pub->status == reply_status::duplicate);
+  CHECK(pub->jobs == std::vector<std::string>{"inv-1#1"});
+}

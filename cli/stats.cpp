@@ -1,0 +1,104 @@
+// `klynaa stats`: the broker's queues and nodes through its admin endpoint
+// (contract §5): a table for people, --json for scripts.
+#include <httplib.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "cli/commands.hpp"
+
+namespace klynaa::cli {
+
+namespace {
+
+/// GET `path` from the admin endpoint `addr` ("host:port"); bearer token when set.
+std::optional<nlohmann::json> admin_get(const std::string& addr, const std::string& token,
+                                        const std::string& path, std::string& err) {
+  auto colon = addr.rfind(':');
+  if (colon == std::string::npos) {
+    err = "--admin must be HOST:PORT, got '" + addr + "'";
+    return std::nullopt;
+  }
+  httplib::Client c(addr.substr(0, colon), std::atoi(addr.substr(colon + 1).c_str()));
+  c.set_connection_timeout(3, 0);
+  c.set_read_timeout(10, 0);
+  httplib::Headers h;
+  if (!token.empty()) h.emplace("Authorization", "Bearer " + token);
+  auto r = c.Get(path.c_str(), h);
+  if (!r) {
+    err = "no answer from the admin endpoint " + addr + " (--admin, admin.bind)";
+    return std::nullopt;
+  }
+  if (r->status != 200) {
+    err = "the admin endpoint answered " + std::to_string(r->status) + ": " + r->body;
+    return std::nullopt;
+  }
+  auto j = nlohmann::json::parse(r->body, nullptr, false);
+  if (j.is_discarded()) {
+    err = "the admin endpoint's answer is not JSON";
+    return std::nullopt;
+  }
+  return j;
+}
+
+int64_t num(const nlohmann::json& j, const char* key) {
+  return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<int64_t>() : 0;
+}
+
+void print_table(const nlohmann::json& s) {
+  std::printf("%-26s %8s %8s %8s %10s %8s %8s\n", "function", "queued", "running", "retrying",
+              "done", "retries", "dead");
+  const auto functions = s.value("functions", nlohmann::json::object());
+  for (auto& [fn, f] : functions.items()) {
+    auto o = f.value("outcomes", nlohmann::json::object());
+    std::printf("%-26s %8lld %8lld %8lld %10lld %8lld %8lld\n", fn.c_str(),
+                static_cast<long long>(num(f, "ready")), static_cast<long long>(num(f, "running")),
+                static_cast<long long>(num(f, "retry_wait")), static_cast<long long>(num(o, "ok")),
+                static_cast<long long>(num(o, "retry")), static_cast<long long>(num(o, "dead")));
+  }
+  std::printf("\ndead-letter queue: %lld job(s)\n\n", static_cast<long long>(num(s, "dead_letters")));
+  auto nodes = s.value("nodes", nlohmann::json::array());
+  std::printf("%-24s %-34s %8s %8s %16s\n", "node", "actors", "running", "credit", "last heartbeat");
+  const int64_t now = num(s, "ts_ms");
+  for (auto& n : nodes) {
+    std::string kinds;
+    const auto kind_list = n.value("kinds", nlohmann::json::array());
+    for (auto& k : kind_list)
+      kinds += (kinds.empty() ? "" : ",") + k.get<std::string>();
+    std::printf("%-24s %-34s %8lld %8lld %13lld ms\n", n.value("name", "").c_str(), kinds.c_str(),
+                static_cast<long long>(num(n, "running")), static_cast<long long>(num(n, "credit")),
+                static_cast<long long>(now - num(n, "last_heartbeat_ms")));
+  }
+  if (nodes.empty()) std::printf("(no node connected)\n");
+}
+
+}  // namespace
+
+int cmd_stats(int argc, char** argv) {
+  parsed_args args;
+  std::string err;
+  std::vector<flag_spec> specs = {{"admin", true, "admin endpoint HOST:PORT (default admin.bind)"},
+                                  {"config", true, "config file (for admin.bind and admin.token)"},
+                                  {"json", false, "print the broker's JSON"}};
+  if (!parse_args(argc, argv, 2, specs, args, err) || !args.positional.empty()) {
+    std::cerr << "klynaa stats: " << (err.empty() ? "unexpected argument" : err) << "\n";
+    return 2;
+  }
+  protocol::config cfg;
+  if (!load_config(args, cfg, err)) {
+    std::cerr << "klynaa: " << err << "\n";
+    return 2;
+  }
+  auto s = admin_get(args.get("admin").value_or(cfg.admin.bind), cfg.admin.token, "/stats", err);
+  if (!s) {
+    std::cerr << "klynaa stats: " << err << "\n";
+    return 1;
+  }
+  if (args.has("json"))
+    std::cout << s->dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  else
+    print_table(*s);
+  return 0;
+}
+
+}  // namespace klynaa::cli
