@@ -74,6 +74,12 @@ int prepare(int argc, char** argv, const char* cmd, const std::set<std::string>&
     std::cerr << "klynaa: " << err << "\n";
     return 2;
   }
+  if (p.cfg.ingress.curve) {
+    // Refuse rather than run unencrypted while the operator believes otherwise.
+    std::cerr << "klynaa: [ingress] curve = true is not supported by this version yet; "
+                 "bind the ingress to loopback (the default) or a private network instead\n";
+    return 2;
+  }
   {
     broker::schedule_set check;  // a bad [[schedule]] is a config error: exit 2
     if (!check.init(p.cfg, err)) {

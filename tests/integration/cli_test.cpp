@@ -105,3 +105,10 @@ TEST_CASE("stats with no broker listening exits 1 naming the endpoint", "[cli][s
   CHECK(code == 1);
   CHECK(out.find("127.0.0.1:9") != std::string::npos);
 }
+
+TEST_CASE("ingress.curve = true is refused at start rather than silently ignored", "[cli]") {
+  temp_dir d;
+  auto [code, out] = run_cli({"broker", "--data-dir", d / "data"}, {{"KLYNAA_INGRESS_CURVE", "true"}});
+  CHECK(code == 2);
+  CHECK(out.find("curve") != std::string::npos);
+}

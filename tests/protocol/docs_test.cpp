@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "protocol/config.hpp"
 #include "protocol/schema.hpp"
 
 namespace {
@@ -53,5 +54,15 @@ TEST_CASE("both protocol docs list every rejection code", "[docs]") {
       INFO(name << ": " << klynaa::protocol::to_string(c.code));
       CHECK(mentions(doc, klynaa::protocol::to_string(c.code)));
     }
+  }
+}
+
+TEST_CASE("docs/configuration.md shows every config key", "[docs]") {
+  auto doc = read_doc("configuration.md");
+  REQUIRE(!doc.empty());
+  for (auto& k : klynaa::protocol::config_keys()) {
+    INFO(k.section << "." << k.key);
+    CHECK(doc.find("[" + k.section + "]") != std::string::npos);
+    CHECK(doc.find(k.key + " = ") != std::string::npos);
   }
 }
