@@ -4,6 +4,7 @@
 
 #include <exception>
 
+#include "actors/handler_support.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::actors {
@@ -12,10 +13,6 @@ namespace {
 using nlohmann::json;
 using nodes::job_result;
 using nodes::outcome;
-
-job_result invalid(const std::string& field, const std::string& why) {
-  return job_result::failure(outcome::permanent, "invalid_data", "data." + field + " " + why + ".");
-}
 
 }  // namespace
 
@@ -33,35 +30,25 @@ escrow_handler::escrow_handler(std::unique_ptr<django_client> django)
     : django_(std::move(django)) {}
 
 job_result escrow_handler::run(const nodes::job& j) {
-  try {
-    return run_checked(j);
-  } catch (const std::exception& e) {  // our bug, not the input's: let the job retry
-    log::error("escrow", "unexpected exception", {{"job_id", j.id}, {"error", e.what()}});
-    return job_result::failure(outcome::transient, "internal",
-                               std::string("The escrow actor failed unexpectedly: ") + e.what());
-  } catch (...) {
-    log::error("escrow", "unexpected exception", {{"job_id", j.id}});
-    return job_result::failure(outcome::transient, "internal",
-                               "The escrow actor failed unexpectedly.");
-  }
+  return guarded_run("escrow", j, [this](const nodes::job& job) { return run_checked(job); });
 }
 
 job_result escrow_handler::run_checked(const nodes::job& j) {
   const json& d = j.data;
-  if (!d.is_object()) return invalid("", "must be a map");
+  if (!d.is_object()) return invalid_data("", "must be a map");
   auto pid = d.find("pickup_id");
   if (pid == d.end() || !pid->is_number_integer() ||
       (!pid->is_number_unsigned() && pid->get<int64_t>() <= 0) ||
       (pid->is_number_unsigned() && (pid->get<uint64_t>() == 0 ||
                                      pid->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))))
-    return invalid("pickup_id", "must be a positive integer");
+    return invalid_data("pickup_id", "must be a positive integer");
   int64_t pickup_id = pid->get<int64_t>();
   auto reason = d.find("release_reason");
   if (reason == d.end() || !reason->is_string())
-    return invalid("release_reason", "is required");
+    return invalid_data("release_reason", "is required");
   std::string why = reason->get<std::string>();
   if (why != "customer_confirmed" && why != "auto_release" && why != "admin")
-    return invalid("release_reason", "must be customer_confirmed, auto_release or admin");
+    return invalid_data("release_reason", "must be customer_confirmed, auto_release or admin");
 
   auto released = django_->release_escrow(pickup_id, why);
   if (!released) {

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "actors/handler_support.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::actors {
@@ -16,10 +17,6 @@ namespace {
 using nlohmann::json;
 using nodes::job_result;
 using nodes::outcome;
-
-job_result invalid(const std::string& field, const std::string& why) {
-  return job_result::failure(outcome::permanent, "invalid_data", "data." + field + " " + why + ".");
-}
 
 /// A positive integer that fits int64_t (Python may send it unsigned).
 std::optional<int64_t> positive_id(const json& v) {
@@ -50,10 +47,10 @@ const json* field(const json& d, const char* name) {
 std::optional<job_result> read_position(const json& d, double& lat, double& lng) {
   const json* v = field(d, "lat");
   auto la = v ? number_in(*v, -90.0, 90.0) : std::nullopt;
-  if (!la) return invalid("lat", "must be a number from -90 to 90");
+  if (!la) return invalid_data("lat", "must be a number from -90 to 90");
   v = field(d, "lng");
   auto ln = v ? number_in(*v, -180.0, 180.0) : std::nullopt;
-  if (!ln) return invalid("lng", "must be a number from -180 to 180");
+  if (!ln) return invalid_data("lng", "must be a number from -180 to 180");
   lat = *la;
   lng = *ln;
   return std::nullopt;
@@ -181,20 +178,11 @@ bool geo_service::load_once() {
 geo_handler::geo_handler(std::shared_ptr<geo_service> service) : service_(std::move(service)) {}
 
 job_result geo_handler::run(const nodes::job& j) {
-  try {
-    return run_checked(j);
-  } catch (const std::exception& e) {  // our bug, not the input's: let the job retry
-    log::error("geo", "unexpected exception", {{"job_id", j.id}, {"error", e.what()}});
-    return job_result::failure(outcome::transient, "internal",
-                               std::string("The geo actor failed unexpectedly: ") + e.what());
-  } catch (...) {
-    log::error("geo", "unexpected exception", {{"job_id", j.id}});
-    return job_result::failure(outcome::transient, "internal", "The geo actor failed unexpectedly.");
-  }
+  return guarded_run("geo", j, [this](const nodes::job& job) { return run_checked(job); });
 }
 
 job_result geo_handler::run_checked(const nodes::job& j) {
-  if (!j.data.is_object()) return invalid("", "must be a map");
+  if (!j.data.is_object()) return invalid_data("", "must be a map");
   if (j.function == "updateWorkerLocation") return update_location(j);
   if (j.function == "notifyNearbyWorkers") return notify_nearby(j);
   return job_result::failure(outcome::permanent, "unknown_function",
@@ -206,11 +194,11 @@ job_result geo_handler::update_location(const nodes::job& j) {
   const json& d = j.data;
   const json* v = field(d, "worker_id");
   auto worker = v ? positive_id(*v) : std::nullopt;
-  if (!worker) return invalid("worker_id", "must be a positive integer");
+  if (!worker) return invalid_data("worker_id", "must be a positive integer");
   double lat = 0, lng = 0;
   if (auto bad = read_position(d, lat, lng)) return *bad;
   v = field(d, "available");
-  if (!v || !v->is_boolean()) return invalid("available", "must be true or false");
+  if (!v || !v->is_boolean()) return invalid_data("available", "must be true or false");
   bool available = v->get<bool>();
 
   auto& index = service_->index();
@@ -224,14 +212,14 @@ job_result geo_handler::notify_nearby(const nodes::job& j) {
   const json& d = j.data;
   const json* v = field(d, "pickup_id");
   auto pickup = v ? positive_id(*v) : std::nullopt;
-  if (!pickup) return invalid("pickup_id", "must be a positive integer");
+  if (!pickup) return invalid_data("pickup_id", "must be a positive integer");
   double lat = 0, lng = 0;
   if (auto bad = read_position(d, lat, lng)) return *bad;
   const auto& opts = service_->options();
   double radius = opts.radius_km;
   if ((v = field(d, "radius_km"))) {
     auto r = number_in(*v, 0.0, INFINITY);
-    if (!r || *r <= 0.0) return invalid("radius_km", "must be a positive number");
+    if (!r || *r <= 0.0) return invalid_data("radius_km", "must be a positive number");
     radius = *r;
   }
   if (!service_->ready())

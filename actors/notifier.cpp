@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <exception>
 
+#include "actors/handler_support.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::actors {
@@ -14,10 +15,6 @@ namespace {
 using nlohmann::json;
 using nodes::job_result;
 using nodes::outcome;
-
-job_result invalid(const std::string& field, const std::string& why) {
-  return job_result::failure(outcome::permanent, "invalid_data", "data." + field + " " + why + ".");
-}
 
 std::optional<int64_t> positive_int(const json& data, const char* key) {
   auto it = data.find(key);
@@ -75,48 +72,39 @@ notifier_handler::notifier_handler(std::unique_ptr<django_client> django,
     : django_(std::move(django)), provider_(std::move(provider)), texts_(std::move(texts)) {}
 
 job_result notifier_handler::run(const nodes::job& j) {
-  try {
-    return run_checked(j);
-  } catch (const std::exception& e) {  // our bug, not the input's: let the job retry
-    log::error("notifier", "unexpected exception", {{"job_id", j.id}, {"error", e.what()}});
-    return job_result::failure(outcome::transient, "internal",
-                               std::string("The notifier failed unexpectedly: ") + e.what());
-  } catch (...) {
-    log::error("notifier", "unexpected exception", {{"job_id", j.id}});
-    return job_result::failure(outcome::transient, "internal", "The notifier failed unexpectedly.");
-  }
+  return guarded_run("notifier", j, [this](const nodes::job& job) { return run_checked(job); });
 }
 
 std::optional<job_result> notifier_handler::parse(const json& data, request& out) {
-  if (!data.is_object()) return invalid("", "must be a map");
+  if (!data.is_object()) return invalid_data("", "must be a map");
   auto type = data.find("notification_type");
-  if (type == data.end() || !type->is_string()) return invalid("notification_type", "is required");
+  if (type == data.end() || !type->is_string()) return invalid_data("notification_type", "is required");
   out.notification_type = type->get<std::string>();
   const auto& types = notification_types();
   if (std::find(types.begin(), types.end(), out.notification_type) == types.end())
-    return invalid("notification_type", "\"" + out.notification_type + "\" is not a known type");
+    return invalid_data("notification_type", "\"" + out.notification_type + "\" is not a known type");
 
   auto user_type = data.find("user_type");
-  if (user_type == data.end() || !user_type->is_string()) return invalid("user_type", "is required");
+  if (user_type == data.end() || !user_type->is_string()) return invalid_data("user_type", "is required");
   out.user_type = user_type->get<std::string>();
   if (!one_of(out.user_type, {"customer", "worker", "admin"}))
-    return invalid("user_type", "must be customer, worker or admin");
+    return invalid_data("user_type", "must be customer, worker or admin");
 
   if (out.notification_type == "daily_report") {
     auto report = data.find("report_id");
     bool ok = report != data.end() &&
               ((report->is_number_integer() && positive_int(data, "report_id")) ||
                (report->is_string() && !report->get<std::string>().empty()));
-    if (!ok) return invalid("report_id", "is required for daily_report (a positive int or a string)");
+    if (!ok) return invalid_data("report_id", "is required for daily_report (a positive int or a string)");
     out.report_id = *report;
   } else {
     out.pickup_id = positive_int(data, "pickup_id");
-    if (!out.pickup_id) return invalid("pickup_id", "must be a positive integer");
+    if (!out.pickup_id) return invalid_data("pickup_id", "must be a positive integer");
   }
 
   if (present(data, "user_id")) {
     out.user_id = positive_int(data, "user_id");
-    if (!out.user_id) return invalid("user_id", "must be a positive integer or null");
+    if (!out.user_id) return invalid_data("user_id", "must be a positive integer or null");
   }
   if (auto reason = data.find("reason"); reason != data.end() && reason->is_string())
     out.reason = reason->get<std::string>();
@@ -153,7 +141,7 @@ job_result notifier_handler::run_checked(const nodes::job& j) {
   values["reason"] = r.reason && !r.reason->empty() ? *r.reason : "no reason given";
   if (r.reason) data["reason"] = *r.reason;
   auto text = texts_->render(r.notification_type, values);
-  if (!text) return invalid("notification_type", "has no template");  // parse() checked it
+  if (!text) return invalid_data("notification_type", "has no template");  // parse() checked it
 
   tally t;
   for (int64_t user : *users) {
