@@ -11,6 +11,8 @@ namespace klynaa::broker {
 void job_queue::set_state(live_job& j, job_state s) {
   auto& per = counts_[j.function];
   if (jobs_.count(j.id) && per.count(j.state) && per[j.state] > 0) --per[j.state];
+  if (j.state == job_state::running) running_.erase(j.id);
+  if (s == job_state::running) running_.insert(j.id);
   j.state = s;
   ++per[s];
 }
@@ -111,6 +113,7 @@ void job_queue::finish(const std::string& id_ref, job_state final_state) {
   auto& j = it->second;
   auto& per = counts_[j.function];
   if (per[j.state] > 0) --per[j.state];
+  running_.erase(id);
   if (j.due_ms && (j.delayed || j.state == job_state::retry_wait)) {
     auto range = timers_.equal_range(j.due_ms);
     for (auto t = range.first; t != range.second; ++t)
@@ -187,8 +190,10 @@ int64_t job_queue::next_due() const {
 
 std::vector<std::string> job_queue::expired_leases(int64_t now) const {
   std::vector<std::string> out;
-  for (auto& [id, j] : jobs_)
-    if (j.state == job_state::running && j.lease_deadline <= now) out.push_back(id);
+  for (auto& id : running_) {  // only the running jobs, not the whole queue
+    auto it = jobs_.find(id);
+    if (it != jobs_.end() && it->second.lease_deadline <= now) out.push_back(id);
+  }
   return out;
 }
 

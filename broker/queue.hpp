@@ -112,6 +112,7 @@ class job_queue {
   std::unordered_map<std::string, std::deque<std::string>> runnable_;  ///< kind -> ids
   std::unordered_map<std::string, key_fifo> keys_;
   std::multimap<int64_t, std::string> timers_;  ///< due -> id
+  std::set<std::string> running_;               ///< ids of running jobs (lease checks)
   state_counts counts_;
   size_t rotate_ = 0;
 };
