@@ -1,0 +1,100 @@
+// A broker and several `klynaa node` processes over TCP with the reference
+// Django (issue 5): jobs spread across nodes; a node killed with SIGKILL loses
+// nothing; Django never sees a second successful release for a pickup.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <set>
+
+#include "django_support.hpp"
+
+using namespace klynaa::test;
+using klynaa::protocol::reply_status;
+
+namespace {
+
+int free_tcp_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::unique_ptr<process> start_node(const temp_dir& dir, const std::string& name, const std::string& broker,
+                                    const std::map<std::string, std::string>& env) {
+  return std::make_unique<process>(
+      std::vector<std::string>{KLYNAA_BINARY, "node", "--broker", broker, "--name", name, "--actors",
+                               "notifier,escrow", "--data-dir", dir / name},
+      env, dir / (name + ".log"));
+}
+
+}  // namespace
+
+TEST_CASE("with two nodes, a node killed with SIGKILL loses no job and no escrow is released twice",
+          "[multinode]") {
+  const int django_port = free_tcp_port();
+  std::map<std::string, std::string> env = {
+      {"DJANGO_API_URL", "http://127.0.0.1:" + std::to_string(django_port)},
+      {"DJANGO_API_KEY", "test-key"},
+      {"KLYNAA_RETRY_BASE_DELAY_MS", "100"},
+      {"KLYNAA_RETRY_MAX_DELAY_MS", "500"},
+      {"KLYNAA_RETRY_MAX_ATTEMPTS", "40"},
+      {"KLYNAA_CLUSTER_HEARTBEAT_MS", "200"},
+      {"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "1500"},
+      {"KLYNAA_NODE_ESCROW_WORKERS", "2"}};
+  klynaa_server broker("broker", env);
+  django_app django(broker.ingress(), django_port);
+  temp_dir dir;
+  auto a = start_node(dir, "node-a", broker.cluster(), env);
+  auto b = start_node(dir, "node-b", broker.cluster(), env);
+  REQUIRE(wait_for([&] { return broker_stats(broker).value("nodes", json::array()).size() == 2; }, 30000ms));
+
+  // 20 delivered pickups, confirmed: 20 escrow releases spread over both nodes.
+  std::vector<int> pickups;
+  for (int i = 0; i < 20; ++i) {
+    auto p = django.post("/api/demo/pickups/", {{"customer_id", 101}, {"lat", 6.5}, {"lng", 3.4},
+                                                {"price", 100 + i}, {"status", "delivered"},
+                                                {"worker_id", 201}, {"publish", false}});
+    pickups.push_back(p["pickup"]["id"].get<int>());
+  }
+  zmq::context_t ctx;
+  raw_client client(ctx, broker.ingress());
+  for (int id : pickups) {
+    auto r = client.call(publish_frame("confirm-" + std::to_string(id), "pickup.confirmed",
+                                       {{"pickup_id", id}, {"customer_id", 101}}));
+    REQUIRE(r);
+    REQUIRE(r->status == reply_status::accepted);
+  }
+  // Kill one node while the releases are in flight.
+  std::this_thread::sleep_for(200ms);
+  a->kill(SIGKILL);
+  a->wait(5000ms);
+
+  REQUIRE(wait_for([&] {
+    auto s = broker_stats(broker);
+    return outcome_count(s, "processEscrowRelease", "ok") >= 20 &&
+           unfinished(s, "processEscrowRelease") == 0 && unfinished(s, "sendPickupNotification") == 0;
+  }, 90000ms));
+  auto state = django.state();
+  std::map<int, int> ok_calls;
+  for (auto& c : state["escrow_calls"])
+    if (c["status_code"] == 200) ++ok_calls[c["pickup_id"].get<int>()];
+  for (int id : pickups) {
+    INFO("pickup " << id);
+    CHECK(ok_calls[id] == 1);  // exactly one successful release each
+  }
+  CHECK(broker_stats(broker).value("dead_letters", -1) == 0);
+  // The surviving node did work; the killed node's leased jobs came back.
+  CHECK(b->running());
+  b->kill(SIGTERM);
+  auto code = b->wait(15000ms);
+  REQUIRE(code);
+  CHECK(*code == 0);
+  check_no_sanitizer_report(b->log());
+}
