@@ -98,3 +98,53 @@ TEST_CASE("with two nodes, a node killed with SIGKILL loses no job and no escrow
   CHECK(*code == 0);
   check_no_sanitizer_report(b->log());
 }
+
+TEST_CASE("kill -9 of the broker under load: the node reconnects and all accepted work completes once",
+          "[multinode]") {
+  const int django_port = free_tcp_port();
+  const std::string cluster = "tcp://127.0.0.1:" + std::to_string(free_tcp_port());
+  std::map<std::string, std::string> env = {
+      {"DJANGO_API_URL", "http://127.0.0.1:" + std::to_string(django_port)},
+      {"DJANGO_API_KEY", "test-key"},
+      {"KLYNAA_RETRY_BASE_DELAY_MS", "100"},
+      {"KLYNAA_RETRY_MAX_DELAY_MS", "500"},
+      {"KLYNAA_RETRY_MAX_ATTEMPTS", "40"},
+      {"KLYNAA_CLUSTER_HEARTBEAT_MS", "200"},
+      {"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "1500"}};
+  klynaa_server broker("broker", env, {"--cluster", cluster});
+  django_app django(broker.ingress(), django_port);
+  temp_dir dir;
+  auto node = start_node(dir, "node-a", cluster, env);
+  REQUIRE(wait_for([&] { return broker_stats(broker).value("nodes", json::array()).size() == 1; }, 30000ms));
+  std::vector<int> pickups;
+  for (int i = 0; i < 30; ++i) {
+    auto p = django.post("/api/demo/pickups/", {{"customer_id", 101}, {"lat", 6.5}, {"lng", 3.4},
+                                                {"status", "delivered"}, {"worker_id", 201}, {"publish", false}});
+    pickups.push_back(p["pickup"]["id"].get<int>());
+  }
+  zmq::context_t ctx;
+  {
+    raw_client client(ctx, broker.ingress());
+    for (int id : pickups) {
+      auto r = client.call(publish_frame("bk-" + std::to_string(id), "pickup.confirmed",
+                                         {{"pickup_id", id}, {"customer_id", 101}}));
+      REQUIRE(r);
+      REQUIRE(r->status == reply_status::accepted);
+    }
+  }
+  broker.kill9_and_restart();  // same data dir and cluster port, new ingress port
+  REQUIRE(wait_for([&] {
+    auto s = broker_stats(broker);
+    return s.value("nodes", json::array()).size() == 1 && unfinished(s, "processEscrowRelease") == 0 &&
+           unfinished(s, "sendPickupNotification") == 0 && s.value("pending", -1) == 0;
+  }, 90000ms));
+  auto state = django.state();
+  std::map<int, int> ok_calls;
+  for (auto& c : state["escrow_calls"])
+    if (c["status_code"] == 200) ++ok_calls[c["pickup_id"].get<int>()];
+  for (int id : pickups) {
+    INFO("pickup " << id);
+    CHECK(ok_calls[id] == 1);
+  }
+  CHECK(node->running());  // the node kept running through the broker's restart
+}
