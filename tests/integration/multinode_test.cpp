@@ -36,8 +36,11 @@ std::unique_ptr<process> start_node(const temp_dir& dir, const std::string& name
 
 }  // namespace
 
-TEST_CASE("with two nodes, a node killed with SIGKILL loses no job and no escrow is released twice",
-          "[multinode]") {
+namespace {
+
+/// Two nodes share 20 escrow releases; node a is hit by `sig` (SIGKILL, or
+/// SIGSTOP: frozen past its lease, then thawed) while they are in flight.
+void node_loss_scenario(int sig) {
   const int django_port = free_tcp_port();
   std::map<std::string, std::string> env = {
       {"DJANGO_API_URL", "http://127.0.0.1:" + std::to_string(django_port)},
@@ -73,8 +76,8 @@ TEST_CASE("with two nodes, a node killed with SIGKILL loses no job and no escrow
   }
   // Kill one node while the releases are in flight.
   std::this_thread::sleep_for(200ms);
-  a->kill(SIGKILL);
-  a->wait(5000ms);
+  a->kill(sig);
+  if (sig == SIGKILL) a->wait(5000ms);
 
   REQUIRE(wait_for([&] {
     auto s = broker_stats(broker);
@@ -90,13 +93,35 @@ TEST_CASE("with two nodes, a node killed with SIGKILL loses no job and no escrow
     CHECK(ok_calls[id] == 1);  // exactly one successful release each
   }
   CHECK(broker_stats(broker).value("dead_letters", -1) == 0);
-  // The surviving node did work; the killed node's leased jobs came back.
+  if (sig == SIGSTOP) {
+    // Thawed, the frozen node's late results change nothing and it registers again.
+    a->kill(SIGCONT);
+    CHECK(wait_for([&] { return broker_stats(broker).value("nodes", json::array()).size() == 2; }, 20000ms));
+    std::this_thread::sleep_for(1000ms);
+    auto after = django.state();
+    std::map<int, int> ok_after;
+    for (auto& c : after["escrow_calls"])
+      if (c["status_code"] == 200) ++ok_after[c["pickup_id"].get<int>()];
+    for (int id : pickups) CHECK(ok_after[id] == 1);
+  }
   CHECK(b->running());
   b->kill(SIGTERM);
   auto code = b->wait(15000ms);
   REQUIRE(code);
   CHECK(*code == 0);
   check_no_sanitizer_report(b->log());
+}
+
+}  // namespace
+
+TEST_CASE("with two nodes, a node killed with SIGKILL loses no job and no escrow is released twice",
+          "[multinode]") {
+  node_loss_scenario(SIGKILL);
+}
+
+TEST_CASE("a node frozen with SIGSTOP past its lease: its jobs run elsewhere, its late results change nothing",
+          "[multinode]") {
+  node_loss_scenario(SIGSTOP);
 }
 
 TEST_CASE("kill -9 of the broker under load: the node reconnects and all accepted work completes once",
