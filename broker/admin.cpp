@@ -90,15 +90,38 @@ std::string render_metrics(const nlohmann::json& s) {
     for (auto& [status, n] : s["ingress"].items())
       o << "klynaa_ingress_requests_total{status=\"" << label(status) << "\"} " << n.get<int64_t>()
         << "\n";
-  o << "# HELP klynaa_downstream_requests_total Calls to Django and push providers, by service and outcome.\n"
+  // Nodes report their own counters over the cluster protocol (node_stats); the
+  // broker exposes them labelled `node`.
+  const auto nodes = s.contains("nodes") ? s["nodes"] : nlohmann::json::array();
+  o << "# HELP klynaa_downstream_requests_total Calls to Django and push providers, by node, service and outcome.\n"
     << "# TYPE klynaa_downstream_requests_total counter\n";
-  if (s.contains("downstream"))
-    for (auto& [key, n] : s["downstream"].items()) {
+  for (auto& n : nodes) {
+    auto node = label(n.value("name", ""));
+    if (!n.contains("stats") || !n["stats"].contains("extra") || !n["stats"]["extra"].contains("downstream"))
+      continue;
+    for (auto& [key, count] : n["stats"]["extra"]["downstream"].items()) {
       auto slash = key.find('/');
-      o << "klynaa_downstream_requests_total{service=\"" << label(key.substr(0, slash))
-        << "\",outcome=\"" << label(slash == std::string::npos ? "" : key.substr(slash + 1))
-        << "\"} " << n.get<int64_t>() << "\n";
+      o << "klynaa_downstream_requests_total{node=\"" << node << "\",service=\""
+        << label(key.substr(0, slash)) << "\",outcome=\""
+        << label(slash == std::string::npos ? "" : key.substr(slash + 1)) << "\"} "
+        << count.get<int64_t>() << "\n";
     }
+  }
+  o << "# HELP klynaa_node_jobs_total Job attempts a node finished, by node, function and outcome.\n"
+    << "# TYPE klynaa_node_jobs_total counter\n";
+  for (auto& n : nodes) {
+    auto node = label(n.value("name", ""));
+    if (!n.contains("stats") || !n["stats"].contains("jobs")) continue;
+    for (auto& [fn, per] : n["stats"]["jobs"].items())
+      for (auto& [outcome, count] : per.items())
+        o << "klynaa_node_jobs_total{node=\"" << node << "\",function=\"" << label(fn)
+          << "\",outcome=\"" << label(outcome) << "\"} " << count.get<int64_t>() << "\n";
+  }
+  o << "# HELP klynaa_node_running_jobs Jobs a node is running now.\n"
+    << "# TYPE klynaa_node_running_jobs gauge\n";
+  for (auto& n : nodes)
+    o << "klynaa_node_running_jobs{node=\"" << label(n.value("name", "")) << "\"} "
+      << n.value("running", int64_t{0}) << "\n";
   return o.str();
 }
 

@@ -4,6 +4,7 @@
 
 #include <sstream>
 
+#include "actors/http.hpp"
 #include "actors/registry.hpp"
 #include "nodes/runtime.hpp"
 
@@ -54,6 +55,11 @@ void node_host::start(zmq::context_t& ctx, const std::string& broker_endpoint) {
   o.name = name_;
   o.kinds = actors::make_actor_kinds(cfg_, data_dir_, kinds_);
   o.shutdown_grace_ms = cfg_.shutdown.grace_seconds * 1000;
+  o.extra_stats = [] {
+    nlohmann::json d = nlohmann::json::object();
+    for (auto& [key, n] : actors::downstream_counts()) d[key.first + "/" + key.second] = n;
+    return nlohmann::json{{"downstream", d}};
+  };
   runtime_ = std::make_unique<nodes::node_runtime>(ctx, std::move(o));
   runtime_->start();
 }

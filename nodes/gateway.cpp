@@ -83,6 +83,12 @@ void send_stats(gateway_ptr self) {
     kinds.push_back({{"kind", k.kind}, {"workers", k.workers}});
   nlohmann::json stats = {{"node", st.cfg.node}, {"kinds", kinds}, {"capacity", st.capacity},
                           {"held", st.held.size()}, {"running", st.cfg.busy->load()}, {"jobs", jobs}};
+  if (st.cfg.extra_stats) {
+    try {
+      stats["extra"] = st.cfg.extra_stats();
+    } catch (...) {  // stats are best effort; never let them take the gateway down
+    }
+  }
   st.last_stats = clock::now();
   send_msg(self, cl::node_stats{stats.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)});
 }

@@ -19,6 +19,10 @@
 //   (tick_atom)                    its own timer
 #pragma once
 
+#include <functional>
+
+#include <nlohmann/json.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -45,6 +49,7 @@ struct gateway_config {
   int64_t register_retry_ms = 1000;
   int64_t stats_interval_ms = 5000;
   std::shared_ptr<std::atomic<int>> busy;  ///< see worker_config::busy
+  std::function<nlohmann::json()> extra_stats;  ///< see node_options::extra_stats
 };
 
 struct gateway_state {

@@ -117,6 +117,7 @@ void node_runtime::impl::start() {
   gc.register_retry_ms = std::max<int64_t>(1, opts.register_retry_ms);
   gc.stats_interval_ms = opts.stats_interval_ms;
   gc.busy = busy;
+  gc.extra_stats = opts.extra_stats;
   gateway = spawn_gateway(*box->sys, std::move(gc));
   started = true;
   try {

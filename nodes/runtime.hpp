@@ -13,10 +13,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <zmq.hpp>
 
 #include "nodes/job.hpp"
@@ -38,6 +40,9 @@ struct node_options {
   int64_t register_retry_ms = 1000;
   /// How often node_stats goes to the broker while registered; 0 = never.
   int64_t stats_interval_ms = 5000;
+  /// Called on the gateway's thread for each node_stats: a JSON object merged
+  /// under "extra" (the actors' downstream counters). Must not throw or block.
+  std::function<nlohmann::json()> extra_stats;
 };
 
 class node_runtime {

@@ -4,6 +4,8 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <cstring>
+#include <regex>
 #include <set>
 
 #include "django_support.hpp"
@@ -219,4 +221,49 @@ TEST_CASE("kill -9 during a burst of 1000 events: after restart every job is don
     INFO(i);
     CHECK(jobs.count("burst-" + std::to_string(i) + "#1") == 1);
   }
+}
+
+TEST_CASE("metrics are valid Prometheus text and carry the nodes' counters labelled node", "[e2e][metrics]") {
+  cluster_under_test c;
+  auto acc = accepted_pickup(*c.django);
+  REQUIRE(acc["ingress"]["status"] == "accepted");
+  auto addr = c.klynaa->endpoints()["admin"].get<std::string>();
+  auto colon = addr.rfind(':');
+  httplib::Client http(addr.substr(0, colon), std::stoi(addr.substr(colon + 1)));
+  std::string text;
+  REQUIRE(wait_for([&] {  // nodes report every 5 s
+    auto r = http.Get("/metrics");
+    if (!r) return false;
+    text = r->body;
+    return text.find("klynaa_downstream_requests_total{node=") != std::string::npos &&
+           text.find("klynaa_node_jobs_total{node=") != std::string::npos;
+  }, 20000ms));
+  INFO(text);
+  static const std::regex sample(R"(^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="[^"]*",?)*\})? -?([0-9.]+(e[+-]?[0-9]+)?|\+Inf)$)");
+  std::set<std::string> typed;
+  std::stringstream ss(text);
+  std::string line;
+  while (std::getline(ss, line)) {
+    if (line.rfind("# TYPE ", 0) == 0) {
+      auto name = line.substr(7, line.find(' ', 7) - 7);
+      typed.insert(name);
+      continue;
+    }
+    if (line.empty() || line[0] == '#') continue;
+    INFO(line);
+    CHECK(std::regex_match(line, sample));
+    auto name = line.substr(0, line.find_first_of("{ "));
+    for (auto suffix : {"_bucket", "_sum", "_count"})
+      if (name.size() > strlen(suffix) && name.compare(name.size() - strlen(suffix), std::string::npos, suffix) == 0 &&
+          !typed.count(name))
+        name = name.substr(0, name.size() - strlen(suffix));
+    CHECK(typed.count(name) == 1);  // every sample belongs to a declared family
+  }
+  for (auto family : {"klynaa_jobs_total", "klynaa_job_duration_seconds", "klynaa_queue_depth",
+                      "klynaa_dead_letters", "klynaa_nodes", "klynaa_ingress_requests_total",
+                      "klynaa_downstream_requests_total"})
+    CHECK(typed.count(family) == 1);
+  CHECK(text.find("# TYPE klynaa_job_duration_seconds histogram") != std::string::npos);
+  CHECK(text.find("klynaa_job_duration_seconds_bucket{function=\"sendPickupNotification\",le=\"+Inf\"}") !=
+        std::string::npos);
 }
