@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "protocol/jobs.hpp"
+#include "protocol/schema.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::broker {
@@ -67,6 +68,14 @@ void broker_core::impl::handle_node_message(const std::string& identity, const z
     return;
   }
   if (auto* r = std::get_if<cl::ready>(&*msg)) {
+    for (auto& k : r->kinds) {
+      const auto& known = protocol::actor_kinds();
+      if (std::find(known.begin(), known.end(), k) == known.end()) {
+        log::warning(component, "node refused: it claims an unknown actor kind",
+                     {{"node", r->node}, {"kind", k}});
+        return;  // not registered: it gets no work and disturbs no one
+      }
+    }
     if (nodes.count(identity)) drop_node(identity, "re-registered", now);
     node_session s;
     s.identity = identity;

@@ -178,3 +178,28 @@ TEST_CASE("a transient failure waits to retry and holds back its pickup's later 
   REQUIRE(j3);
   CHECK(j3->job_id == "q-conf#1");
 }
+
+TEST_CASE("a node claiming an unknown actor kind, or speaking garbage, is refused and disturbs no one",
+          "[cluster]") {
+  klynaa_server srv("broker");
+  zmq::context_t ctx;
+  fake_node bad(ctx, srv.cluster(), "bad", {"geo", "teleporter"}, 4);
+  zmq::socket_t garbage(ctx, zmq::socket_type::dealer);
+  garbage.set(zmq::sockopt::linger, 0);
+  garbage.connect(srv.cluster());
+  garbage.send(zmq::str_buffer("\xc1 not msgpack"), zmq::send_flags::none);
+  fake_node good(ctx, srv.cluster(), "good", {"geo"}, 4);
+  std::this_thread::sleep_for(300ms);
+  raw_client client(ctx, srv.ingress());
+  REQUIRE(client.call(publish_frame("loc-9", "worker.location", location(9))));
+  auto j = good.next_job();
+  REQUIRE(j);
+  good.finish(*j);
+  CHECK(!bad.next_job(500ms));
+  CHECK(wait_for([&] { return count_of(stats_of(srv), "updateWorkerLocation", "ok") == 1; }, 5000ms));
+  auto nodes = stats_of(srv)["nodes"];
+  REQUIRE(nodes.size() == 1);
+  CHECK(nodes[0]["name"] == "good");
+  CHECK(srv.log().find("unknown actor kind") != std::string::npos);
+  CHECK(srv.log().find("undecodable cluster message") != std::string::npos);
+}
