@@ -3,13 +3,30 @@
 // JSON-over-HTTP client for its API and its /api/demo/ test hooks.
 #pragma once
 
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <regex>
 
 #include "support.hpp"
 
 namespace klynaa::test {
+
+/// A free 127.0.0.1 TCP port (bound and released), for a server another process
+/// must know before it starts.
+inline int free_tcp_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
 
 class django_app {
  public:

@@ -1,9 +1,5 @@
 // End to end (issue 4): `klynaa run` and the reference Django app as real
 // processes: events travel ingress -> store -> node -> actor -> Django and a push.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-
 #include <cstring>
 #include <regex>
 #include <set>
@@ -15,23 +11,9 @@ using klynaa::protocol::reply_status;
 
 namespace {
 
-/// A free 127.0.0.1 TCP port (bound and released), for a Django the broker must
-/// know before Django starts.
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 struct cluster_under_test {
-  int django_port = free_port();
+  int django_port = free_tcp_port();
   std::unique_ptr<klynaa_server> klynaa;
   std::unique_ptr<django_app> django;
 

@@ -1,10 +1,6 @@
 // A broker and several `klynaa node` processes over TCP with the reference
 // Django (issue 5): jobs spread across nodes; a node killed with SIGKILL loses
 // nothing; Django never sees a second successful release for a pickup.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-
 #include <set>
 
 #include "django_support.hpp"
@@ -14,16 +10,16 @@ using klynaa::protocol::reply_status;
 
 namespace {
 
-int free_tcp_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
+/// Env of every process of a multi-node test: Django at `django_port`, quick
+/// retries and a short node timeout.
+std::map<std::string, std::string> cluster_env(int django_port) {
+  return {{"DJANGO_API_URL", "http://127.0.0.1:" + std::to_string(django_port)},
+          {"DJANGO_API_KEY", "test-key"},
+          {"KLYNAA_RETRY_BASE_DELAY_MS", "100"},
+          {"KLYNAA_RETRY_MAX_DELAY_MS", "500"},
+          {"KLYNAA_RETRY_MAX_ATTEMPTS", "40"},
+          {"KLYNAA_CLUSTER_HEARTBEAT_MS", "200"},
+          {"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "1500"}};
 }
 
 std::unique_ptr<process> start_node(const temp_dir& dir, const std::string& name, const std::string& broker,
@@ -42,15 +38,8 @@ namespace {
 /// SIGSTOP: frozen past its lease, then thawed) while they are in flight.
 void node_loss_scenario(int sig) {
   const int django_port = free_tcp_port();
-  std::map<std::string, std::string> env = {
-      {"DJANGO_API_URL", "http://127.0.0.1:" + std::to_string(django_port)},
-      {"DJANGO_API_KEY", "test-key"},
-      {"KLYNAA_RETRY_BASE_DELAY_MS", "100"},
-      {"KLYNAA_RETRY_MAX_DELAY_MS", "500"},
-      {"KLYNAA_RETRY_MAX_ATTEMPTS", "40"},
-      {"KLYNAA_CLUSTER_HEARTBEAT_MS", "200"},
-      {"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "1500"},
-      {"KLYNAA_NODE_ESCROW_WORKERS", "2"}};
+  auto env = cluster_env(django_port);
+  env["KLYNAA_NODE_ESCROW_WORKERS"] = "2";
   klynaa_server broker("broker", env);
   django_app django(broker.ingress(), django_port);
   temp_dir dir;
@@ -128,14 +117,7 @@ TEST_CASE("kill -9 of the broker under load: the node reconnects and all accepte
           "[multinode]") {
   const int django_port = free_tcp_port();
   const std::string cluster = "tcp://127.0.0.1:" + std::to_string(free_tcp_port());
-  std::map<std::string, std::string> env = {
-      {"DJANGO_API_URL", "http://127.0.0.1:" + std::to_string(django_port)},
-      {"DJANGO_API_KEY", "test-key"},
-      {"KLYNAA_RETRY_BASE_DELAY_MS", "100"},
-      {"KLYNAA_RETRY_MAX_DELAY_MS", "500"},
-      {"KLYNAA_RETRY_MAX_ATTEMPTS", "40"},
-      {"KLYNAA_CLUSTER_HEARTBEAT_MS", "200"},
-      {"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "1500"}};
+  auto env = cluster_env(django_port);
   klynaa_server broker("broker", env, {"--cluster", cluster});
   django_app django(broker.ingress(), django_port);
   temp_dir dir;
