@@ -147,7 +147,8 @@ bool admin_server::start(const std::string& bind, const std::string& token, admi
   auto& srv = impl_->server;
   if (!token.empty()) {
     srv.set_pre_routing_handler([token](const httplib::Request& req, httplib::Response& res) {
-      if (req.get_header_value("Authorization") == "Bearer " + token)
+      // /healthz stays open for load balancers and probes: it tells nothing.
+      if (req.path == "/healthz" || req.get_header_value("Authorization") == "Bearer " + token)
         return httplib::Server::HandlerResponse::Unhandled;
       res.status = 401;
       res.set_content(R"({"error":"unauthorized","message":"send Authorization: Bearer <admin.token>"})",

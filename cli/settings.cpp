@@ -43,9 +43,9 @@ std::string usage() {
 usage: klynaa COMMAND [flags]
 
 serving:
-  run     [--config F] [--data-dir D] [--ingress E] [--admin A]
+  run     [--config F] [--data-dir D] [--ingress E]
           single-node mode: the broker and one node with every actor kind
-  broker  [--config F] [--data-dir D] [--ingress E] [--cluster E] [--admin A]
+  broker  [--config F] [--data-dir D] [--ingress E] [--cluster E]
           the broker alone; nodes connect to --cluster (default tcp://127.0.0.1:5556)
   node    --broker E [--config F] [--data-dir D] [--actors notifier,escrow,geo,scheduler] [--name N]
           a node hosting the named actor kinds (default all)
@@ -65,7 +65,8 @@ config:
   config  --example                print a commented config with every key
 
 Config is one TOML file; DJANGO_API_URL, DJANGO_API_KEY, NOTIFICATION_SERVICE and
-KLYNAA_<SECTION>_<KEY> override it. Docs: docs/ in the source tree.
+KLYNAA_<SECTION>_<KEY> override it (e.g. KLYNAA_ADMIN_BIND for the admin
+endpoint). Docs: docs/ in the source tree.
 )";
 }
 

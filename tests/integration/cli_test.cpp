@@ -1,5 +1,7 @@
 // Command-line conventions (contract §5): exit 2 with a message naming the flag,
 // key or file; the clients' exit codes.
+#include <httplib.h>
+
 #include "support.hpp"
 
 using namespace klynaa::test;
@@ -111,4 +113,22 @@ TEST_CASE("ingress.curve = true is refused at start rather than silently ignored
   auto [code, out] = run_cli({"broker", "--data-dir", d / "data"}, {{"KLYNAA_INGRESS_CURVE", "true"}});
   CHECK(code == 2);
   CHECK(out.find("curve") != std::string::npos);
+}
+
+TEST_CASE("with admin.token set, admin requests need the bearer token, except /healthz", "[cli][admin]") {
+  klynaa_server srv("broker", {{"KLYNAA_ADMIN_TOKEN", "s3cret-token"}});
+  auto admin = srv.endpoints()["admin"].get<std::string>();
+  auto [c1, o1] = run_cli({"stats", "--admin", admin});
+  CHECK(c1 == 1);
+  CHECK(o1.find("401") != std::string::npos);
+  auto [c2, o2] = run_cli({"stats", "--admin", admin}, {{"KLYNAA_ADMIN_TOKEN", "s3cret-token"}});
+  CHECK(c2 == 0);
+  auto colon = admin.rfind(':');
+  httplib::Client http(admin.substr(0, colon), std::stoi(admin.substr(colon + 1)));
+  auto health = http.Get("/healthz");
+  REQUIRE(health);
+  CHECK(health->status == 200);
+  auto metrics = http.Get("/metrics");
+  REQUIRE(metrics);
+  CHECK(metrics->status == 401);
 }
