@@ -334,6 +334,18 @@ void broker_core::impl::publish_stats(int64_t now) {
     auto& f = functions[fn];
     for (auto& [s, n] : per) f[to_string(s)] = n;
   }
+  // Jobs created by jobs enter the queue when their parent's success commits;
+  // until then they count as ready, so the queue never looks empty too early.
+  int64_t uncommitted_children = 0;
+  auto count_children = [&](const batch& b) {
+    for (auto& c : b.children) {
+      auto& f = functions[c.function];
+      f["ready"] = f.value("ready", int64_t{0}) + 1;
+      ++uncommitted_children;
+    }
+  };
+  count_children(current.b);
+  if (committing) count_children(committing->b);
   for (auto& [fn, per] : outcomes)
     for (auto& [o, n] : per) functions[fn]["outcomes"][o] = n;
   nlohmann::json ns = nlohmann::json::array();
@@ -341,7 +353,7 @@ void broker_core::impl::publish_stats(int64_t now) {
     ns.push_back({{"name", n.name}, {"kinds", n.kinds}, {"credit", n.credit}, {"running", n.running},
                   {"last_heartbeat_ms", n.last_seen}, {"stats", n.stats}});
   nlohmann::json s = {{"ts_ms", now},
-                      {"pending", queue.size()},
+                      {"pending", static_cast<int64_t>(queue.size()) + uncommitted_children},
                       {"functions", functions},
                       {"nodes", ns},
                       {"ingress", ingress_counts},
