@@ -22,6 +22,28 @@ std::map<std::string, std::string> cluster_env(int django_port) {
           {"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "1500"}};
 }
 
+/// Creates `n` delivered pickups in Django (without events) and publishes a
+/// `pickup.confirmed` for each (ids `{prefix}{pickup id}`); returns the pickup ids.
+std::vector<int> confirm_delivered_pickups(django_app& django, const std::string& ingress, int n,
+                                           const std::string& prefix) {
+  std::vector<int> pickups;
+  for (int i = 0; i < n; ++i) {
+    auto p = django.post("/api/demo/pickups/", {{"customer_id", 101}, {"lat", 6.5}, {"lng", 3.4},
+                                                {"price", 100 + i}, {"status", "delivered"},
+                                                {"worker_id", 201}, {"publish", false}});
+    pickups.push_back(p["pickup"]["id"].get<int>());
+  }
+  zmq::context_t ctx;
+  raw_client client(ctx, ingress);
+  for (int id : pickups) {
+    auto r = client.call(publish_frame(prefix + std::to_string(id), "pickup.confirmed",
+                                       {{"pickup_id", id}, {"customer_id", 101}}));
+    REQUIRE(r);
+    REQUIRE(r->status == reply_status::accepted);
+  }
+  return pickups;
+}
+
 std::unique_ptr<process> start_node(const temp_dir& dir, const std::string& name, const std::string& broker,
                                     const std::map<std::string, std::string>& env) {
   return std::make_unique<process>(
@@ -48,21 +70,7 @@ void node_loss_scenario(int sig) {
   REQUIRE(wait_for([&] { return broker_stats(broker).value("nodes", json::array()).size() == 2; }, 30000ms));
 
   // 20 delivered pickups, confirmed: 20 escrow releases spread over both nodes.
-  std::vector<int> pickups;
-  for (int i = 0; i < 20; ++i) {
-    auto p = django.post("/api/demo/pickups/", {{"customer_id", 101}, {"lat", 6.5}, {"lng", 3.4},
-                                                {"price", 100 + i}, {"status", "delivered"},
-                                                {"worker_id", 201}, {"publish", false}});
-    pickups.push_back(p["pickup"]["id"].get<int>());
-  }
-  zmq::context_t ctx;
-  raw_client client(ctx, broker.ingress());
-  for (int id : pickups) {
-    auto r = client.call(publish_frame("confirm-" + std::to_string(id), "pickup.confirmed",
-                                       {{"pickup_id", id}, {"customer_id", 101}}));
-    REQUIRE(r);
-    REQUIRE(r->status == reply_status::accepted);
-  }
+  auto pickups = confirm_delivered_pickups(django, broker.ingress(), 20, "confirm-");
   // Kill one node while the releases are in flight.
   std::this_thread::sleep_for(200ms);
   a->kill(sig);
@@ -123,22 +131,7 @@ TEST_CASE("kill -9 of the broker under load: the node reconnects and all accepte
   temp_dir dir;
   auto node = start_node(dir, "node-a", cluster, env);
   REQUIRE(wait_for([&] { return broker_stats(broker).value("nodes", json::array()).size() == 1; }, 30000ms));
-  std::vector<int> pickups;
-  for (int i = 0; i < 30; ++i) {
-    auto p = django.post("/api/demo/pickups/", {{"customer_id", 101}, {"lat", 6.5}, {"lng", 3.4},
-                                                {"status", "delivered"}, {"worker_id", 201}, {"publish", false}});
-    pickups.push_back(p["pickup"]["id"].get<int>());
-  }
-  zmq::context_t ctx;
-  {
-    raw_client client(ctx, broker.ingress());
-    for (int id : pickups) {
-      auto r = client.call(publish_frame("bk-" + std::to_string(id), "pickup.confirmed",
-                                         {{"pickup_id", id}, {"customer_id", 101}}));
-      REQUIRE(r);
-      REQUIRE(r->status == reply_status::accepted);
-    }
-  }
+  auto pickups = confirm_delivered_pickups(django, broker.ingress(), 30, "bk-");
   broker.kill9_and_restart();  // same data dir and cluster port, new ingress port
   REQUIRE(wait_for([&] {
     auto s = broker_stats(broker);
