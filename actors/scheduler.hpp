@@ -39,9 +39,9 @@
 //  3. Result {"report_id": id, "pickups": n}; no child job.
 //
 // cleanupData: POST /api/cleanup/ {"older_than_days": n}; result
-// {"deleted": n, "pruned": 0}. The broker prunes its own finished-job records
-// and dedup keys itself (store retention); this handler runs on a node and has
-// no access to the store, so "pruned" is always 0 here.
+// {"deleted": n, "pruned": 0}. This handler runs on a node without access to the
+// store; when the success reaches the broker, the broker prunes its finished-job
+// records and dedup keys and sets "pruned" (broker/core.cpp start_prune).
 //
 // Failures: Django calls per classify() (http.hpp): no answer, 408, 429, 5xx →
 // transient; any other 4xx → permanent. A 2xx whose body is not the documented

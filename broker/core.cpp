@@ -206,8 +206,38 @@ void broker_core::impl::tick(int64_t now) {
   if (now - last_stats >= 250) publish_stats(now);
 }
 
+void broker_core::impl::start_prune(const job_update& done, finished_note note, int64_t now) {
+  const int64_t before = now - opts.cfg.store.dedup_retention_days * 86400000LL;
+  if (!pruning) {
+    pruning = prune_run{};
+    log::info(component, "pruning finished jobs and dedup keys",
+              {{"before", log::iso8601_utc_ms(before)}});
+  }
+  pruning->before_ms = before;
+  pruning->jobs.emplace_back(done, std::move(note));
+}
+
+void broker_core::impl::prune_committed(const commit_outcome& out) {
+  pruning->total += out.pruned;
+  if (out.prune_more) return;
+  log::info(component, "pruned", {{"rows", pruning->total}});
+  for (auto& [update, note] : pruning->jobs) {
+    auto result = nlohmann::json::parse(update.result_json.empty() ? "{}" : update.result_json,
+                                        nullptr, false);
+    if (!result.is_object()) result = nlohmann::json::object();
+    result["pruned"] = pruning->total;
+    update.result_json = note.result_json = result.dump();
+    update.outcome.clear();  // the attempt's history entry is already stored
+    current.b.updates.push_back(std::move(update));
+    current.finished.push_back(std::move(note));
+  }
+  pruning.reset();
+}
+
 void broker_core::impl::maybe_submit() {
-  if (writer->busy() || committing || current.empty()) return;
+  if (writer->busy() || committing) return;
+  if (pruning && !draining && !current.b.prune_before_ms) current.b.prune_before_ms = pruning->before_ms;
+  if (current.empty()) return;
   committing = std::move(current);
   current = open_batch{};
   writer->submit(committing->b);  // copy: the batch stays for the replies and a retry
@@ -256,6 +286,7 @@ void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) 
   for (size_t i = 0; i < ob.b.children.size() && i < out.children_inserted.size(); ++i)
     if (out.children_inserted[i]) add_live(ob.b.children[i], now);
   for (auto& n : ob.finished) notify_waiters(n);
+  if (ob.b.prune_before_ms && pruning) prune_committed(out);
 }
 
 void broker_core::impl::fail_commit(open_batch& ob, const store_error& err) {

@@ -48,6 +48,15 @@ struct finished_note {
   std::optional<protocol::error_info> error;
 };
 
+/// Retention pruning started by a successful cleanupData (§3): runs a chunk per
+/// batch until nothing is due; the job's result gets the total as "pruned" and
+/// its waiters hear of it once that is stored.
+struct prune_run {
+  int64_t before_ms = 0;
+  int64_t total = 0;
+  std::vector<std::pair<job_update, finished_note>> jobs;  ///< cleanupData jobs to complete
+};
+
 /// An invoke waiting for its job's end.
 struct waiter {
   client_ref client;
@@ -137,6 +146,8 @@ struct broker_core::impl {
   void check_nodes(int64_t now);
   bool send_node(const std::string& identity, const std::string& frame);
   int64_t retry_delay(const std::string& function, int64_t attempts, int64_t retry_after_ms);
+  void start_prune(const job_update& done, finished_note note, int64_t now);
+  void prune_committed(const commit_outcome& out);
 
   zmq::context_t& ctx;
   broker_options opts;
@@ -158,6 +169,7 @@ struct broker_core::impl {
   std::unordered_multimap<std::string, waiter> waiters;  ///< job id -> waiters
   std::map<std::string, node_session> nodes;            ///< identity -> session
   std::set<std::string> fanouts;                        ///< running fan-out job ids
+  std::optional<prune_run> pruning;
   bool draining = false;
   int64_t drain_deadline = 0;
   std::mt19937_64 rng{std::random_device{}()};

@@ -222,6 +222,7 @@ void broker_core::impl::complete(live_job& jr, const cl::done& d, int64_t now) {
       current.b.children.push_back(std::move(r));
     }
     record(*j, job_state::done, "ok", "", d.result_json, d.duration_ms);
+    if (function == "cleanupData") start_prune(current.b.updates.back(), note, now);
     queue.finish(j->id, job_state::done);
   } else {
     const bool permanent = d.outcome == "permanent";
@@ -253,7 +254,8 @@ void broker_core::impl::complete(live_job& jr, const cl::done& d, int64_t now) {
   }
   ++outcomes[function][outcome];
   durations[function].observe(static_cast<double>(d.duration_ms) / 1000.0);
-  if (outcome != "retry") current.finished.push_back(std::move(note));
+  if (outcome != "retry" && !(outcome == "ok" && function == "cleanupData"))
+    current.finished.push_back(std::move(note));
 }
 
 void broker_core::impl::lose_job(const std::string& job_id, const std::string& why, int64_t now) {

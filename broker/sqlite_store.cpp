@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs(
   last_error TEXT NOT NULL DEFAULT '', result TEXT NOT NULL DEFAULT '') WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(seq) WHERE state < 3;
 CREATE INDEX IF NOT EXISTS jobs_dead ON jobs(updated_ms) WHERE state = 4;
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(updated_ms) WHERE state IN (3, 5);
+CREATE INDEX IF NOT EXISTS requests_accepted ON requests(accepted_ms);
 CREATE INDEX IF NOT EXISTS jobs_auto_release ON jobs(okey) WHERE auto_release = 1 AND state < 3;
 CREATE TABLE IF NOT EXISTS closed_pickups(pickup_id INTEGER PRIMARY KEY, closed_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts(
@@ -184,6 +186,7 @@ class sqlite_store final : public store {
       for (auto& u : b.updates) apply_update(u);
       out.children_inserted.reserve(b.children.size());
       for (auto& c : b.children) out.children_inserted.push_back(insert_job(c));
+      if (b.prune_before_ms) prune_chunk(*b.prune_before_ms, b.prune_limit, out);
       exec("COMMIT");
       return out;
     } catch (const std::exception& e) {
@@ -254,23 +257,6 @@ class sqlite_store final : public store {
     return out;
   }
 
-  int64_t prune(int64_t before_ms) override {
-    exec("BEGIN IMMEDIATE");
-    int64_t n = 0;
-    try {
-      for (const char* name : {"prune_attempts", "prune_jobs", "prune_requests"}) {
-        auto& s = get(name);
-        s.bind(1, before_ms).run();
-        n += sqlite3_changes(db_);
-      }
-      exec("COMMIT");
-    } catch (...) {
-      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-      throw;
-    }
-    return n;
-  }
-
  private:
   void exec(const char* sql) {
     char* msg = nullptr;
@@ -321,17 +307,32 @@ class sqlite_store final : public store {
         "SELECT attempt, node, outcome, error, duration_ms, at_ms FROM attempts WHERE job_id = ?1 "
         "ORDER BY attempt");
     add("count", "SELECT function, state, COUNT(*) FROM jobs GROUP BY function, state");
-    add("prune_attempts",
-        "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE state IN (3, 5) AND "
-        "updated_ms < ?1)");
-    add("prune_jobs", "DELETE FROM jobs WHERE state IN (3, 5) AND updated_ms < ?1");
-    add("prune_requests", "DELETE FROM requests WHERE accepted_ms < ?1");
+    const std::string oldest_finished =
+        "SELECT id FROM jobs WHERE state IN (3, 5) AND updated_ms < ?1 ORDER BY updated_ms LIMIT ?2";
+    add("prune_attempts", "DELETE FROM attempts WHERE job_id IN (" + oldest_finished + ")");
+    add("prune_jobs", "DELETE FROM jobs WHERE id IN (" + oldest_finished + ")");
+    add("prune_requests",
+        "DELETE FROM requests WHERE id IN (SELECT r.id FROM requests r WHERE r.accepted_ms < ?1 AND "
+        "NOT EXISTS (SELECT 1 FROM json_each(r.jobs) e JOIN jobs j ON j.id = e.value) "
+        "ORDER BY r.accepted_ms LIMIT ?2)");
   }
 
   void add(const std::string& name, const std::string& sql) {
     stmts_.emplace(name, stmt(db_, sql.c_str()));
   }
   stmt& get(const char* name) { return stmts_.at(name); }
+
+  // One chunk of retention: finished jobs (with their history) first, then the
+  // dedup keys of old requests none of whose jobs is left.
+  void prune_chunk(int64_t before_ms, int64_t limit, commit_outcome& out) {
+    get("prune_attempts").bind(1, before_ms).bind(2, limit).run();
+    get("prune_jobs").bind(1, before_ms).bind(2, limit).run();
+    const int64_t jobs = sqlite3_changes(db_);
+    get("prune_requests").bind(1, before_ms).bind(2, limit).run();
+    const int64_t requests = sqlite3_changes(db_);
+    out.pruned += jobs + requests;
+    out.prune_more = jobs >= limit || requests >= limit;
+  }
 
   request_outcome apply_request(const new_request& r) {
     request_outcome out;
@@ -421,6 +422,19 @@ class sqlite_store final : public store {
 };
 
 }  // namespace
+
+int64_t store::prune(int64_t before_ms) {
+  int64_t total = 0;
+  for (;;) {
+    batch b;
+    b.prune_before_ms = before_ms;
+    store_error err;
+    auto out = commit(b, err);
+    if (!out) throw std::runtime_error("prune failed: " + err.message);
+    total += out->pruned;
+    if (!out->prune_more) return total;
+  }
+}
 
 std::unique_ptr<store> open_sqlite_store(const sqlite_options& opts, store_error& err) {
   try {

@@ -77,7 +77,14 @@ struct batch {
   std::vector<new_request> requests;
   std::vector<job_update> updates;
   std::vector<job_record> children;  ///< jobs created by jobs: inserted unless the id exists
-  bool empty() const { return requests.empty() && updates.empty() && children.empty(); }
+  /// Retention: delete up to `prune_limit` finished (done/cancelled) jobs last
+  /// updated before this time, their attempt history, and the dedup keys of
+  /// requests accepted before it whose jobs are all gone (store.dedup_retention_days).
+  std::optional<int64_t> prune_before_ms;
+  int64_t prune_limit = 2000;
+  bool empty() const {
+    return requests.empty() && updates.empty() && children.empty() && !prune_before_ms;
+  }
 };
 
 struct request_outcome {
@@ -92,6 +99,8 @@ struct request_outcome {
 struct commit_outcome {
   std::vector<request_outcome> requests;  ///< one per batch.requests, same order
   std::vector<bool> children_inserted;    ///< one per batch.children
+  int64_t pruned = 0;       ///< rows deleted by the batch's prune (jobs + dedup keys)
+  bool prune_more = false;  ///< the prune hit its limit: more rows are due
 };
 
 /// A store failure: `message` names what failed ("disk full", the file, ...).
@@ -124,8 +133,9 @@ class store {
   /// Counts of jobs per (function, state).
   virtual std::vector<std::tuple<std::string, job_state, int64_t>> count_by_function() = 0;
 
-  /// Deletes finished jobs and request dedup keys older than `before_ms`; returns rows pruned.
-  virtual int64_t prune(int64_t before_ms) = 0;
+  /// Deletes finished jobs and request dedup keys older than `before_ms` (in
+  /// transactions of batch::prune_limit rows); returns the rows pruned.
+  int64_t prune(int64_t before_ms);
 };
 
 struct sqlite_options {

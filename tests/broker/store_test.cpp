@@ -591,8 +591,41 @@ TEST_CASE("prune removes finished jobs and old dedup keys but never unfinished j
   CHECK(commit_one(*s, make_request("recent", {make_job("recent#1", 20)})).duplicate);
   auto again = commit_one(*s, make_request("old-done", {make_job("old-done#1", 21)}));
   CHECK(!again.duplicate);
+  // A request one of whose jobs is still there keeps its dedup key.
+  CHECK(commit_one(*s, make_request("old-ready", {make_job("old-ready#1", 22)})).duplicate);
+  CHECK(commit_one(*s, make_request("old-dead", {make_job("old-dead#1", 23)})).duplicate);
 
   CHECK(s->prune(0) == 0);
+}
+
+TEST_CASE("pruning runs in chunks of batch::prune_limit, inside an ordinary commit", "[store]") {
+  temp_dir dir;
+  auto s = open_store(dir.db());
+  batch b;
+  for (int i = 0; i < 5; ++i) {
+    auto id = "p" + std::to_string(i);
+    b.requests.push_back(make_request(id, {make_job(id + "#1", i + 1)}));
+  }
+  commit_ok(*s, b);
+  batch done;
+  for (int i = 0; i < 5; ++i) done.updates.push_back(update("p" + std::to_string(i) + "#1", job_state::done, 1, i + 1));
+  commit_ok(*s, done);
+  const int64_t cut = wall_ms() + 1000;
+  int64_t total = 0;
+  int chunks = 0;
+  for (bool more = true; more; ++chunks) {
+    batch c;
+    c.prune_before_ms = cut;
+    c.prune_limit = 2;
+    REQUIRE(!c.empty());
+    auto out = commit_ok(*s, c);
+    total += out.pruned;
+    more = out.prune_more;
+    REQUIRE(chunks < 10);
+  }
+  CHECK(chunks == 3);  // 2 + 2 + 1 jobs (the requests follow their jobs)
+  CHECK(total == 10);  // 5 jobs and 5 dedup keys
+  for (int i = 0; i < 5; ++i) CHECK(!s->find_job("p" + std::to_string(i) + "#1"));
 }
 
 TEST_CASE("a store with a newer schema version refuses to open and names the version",

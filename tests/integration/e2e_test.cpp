@@ -4,6 +4,8 @@
 #include <regex>
 #include <set>
 
+#include <sqlite3.h>
+
 #include "django_support.hpp"
 
 using namespace klynaa::test;
@@ -139,6 +141,61 @@ TEST_CASE("the two invoke commands of the old Lambda layer work", "[e2e]") {
                            R"({"pickup_id": )" + pid + R"(, "release_reason": "admin"})"});
   CHECK(c3 == 0);
   CHECK(o3.find("\"already_released\"") != std::string::npos);
+}
+
+namespace {
+/// Runs SQL on a stopped broker's store (to make its records look old).
+void exec_sql(const std::string& db_path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(db_path.c_str(), &db) == SQLITE_OK);
+  char* msg = nullptr;
+  int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &msg);
+  INFO((msg ? msg : ""));
+  sqlite3_free(msg);
+  sqlite3_close(db);
+  REQUIRE(rc == SQLITE_OK);
+}
+}  // namespace
+
+TEST_CASE("cleanupData prunes finished jobs and dedup keys past store.dedup_retention_days", "[e2e][retention]") {
+  cluster_under_test c;
+  auto acc = accepted_pickup(*c.django);
+  auto ev = acc["event"];
+  REQUIRE(wait_for([&] { return outcome_count(c.stats(), "sendPickupNotification", "ok") == 1; }, 30000ms));
+  zmq::context_t ctx;
+  {
+    raw_client cl(ctx, c.klynaa->ingress());
+    auto dup = cl.call(publish_frame(ev["id"], "pickup.accepted", ev["data"]));
+    REQUIRE(dup);
+    CHECK(dup->status == reply_status::duplicate);  // within retention: a duplicate
+  }
+  // Eight days pass for everything stored so far.
+  c.klynaa->stop();
+  exec_sql(c.klynaa->data_dir() + "/broker.db",
+           "UPDATE jobs SET updated_ms = updated_ms - 8 * 86400000; "
+           "UPDATE requests SET accepted_ms = accepted_ms - 8 * 86400000;");
+  c.klynaa->start();
+  auto [code, out] = run_cli({"invoke", "cleanupData", "--ingress", c.klynaa->ingress(), "--data",
+                              R"({"older_than_days": 90})"});
+  INFO(out);
+  REQUIRE(code == 0);
+  auto reply = json::parse(out.substr(out.find('{')), nullptr, false);
+  REQUIRE(reply.is_object());
+  // The accepted event's request and its notification job are gone (2 rows at least).
+  CHECK(reply["result"]["pruned"].get<int64_t>() >= 2);
+  CHECK(reply["result"].contains("deleted"));
+  // The old id is no longer a duplicate: its dedup key was pruned.
+  raw_client cl(ctx, c.klynaa->ingress());
+  auto again = cl.call(publish_frame(ev["id"], "pickup.accepted", ev["data"]));
+  REQUIRE(again);
+  CHECK(again->status == reply_status::accepted);
+  // The cleanupData job itself and its request are recent: kept.
+  auto [code2, out2] = run_cli({"invoke", "cleanupData", "--ingress", c.klynaa->ingress(), "--data",
+                                R"({"older_than_days": 90})"});
+  INFO(out2);
+  REQUIRE(code2 == 0);
+  auto reply2 = json::parse(out2.substr(out2.find('{')), nullptr, false);
+  CHECK(reply2["result"]["pruned"] == 0);
 }
 
 TEST_CASE("an escrow release for an unknown pickup ends failed and dead", "[e2e]") {

@@ -184,6 +184,12 @@ class klynaa_server {
     REQUIRE(up);
   }
 
+  /// SIGTERM and wait for the exit (the data dir stays).
+  void stop() {
+    proc_->kill(SIGTERM);
+    if (!proc_->wait(15000ms)) proc_->kill(SIGKILL);
+  }
+
   /// SIGKILL, then start again on the same data dir (new ports).
   void kill9_and_restart() {
     proc_->kill(SIGKILL);
