@@ -1,6 +1,7 @@
 // End to end (issue 4): `klynaa run` and the reference Django app as real
 // processes: events travel ingress -> store -> node -> actor -> Django and a push.
 #include <cstring>
+#include <ctime>
 #include <regex>
 #include <set>
 
@@ -20,14 +21,14 @@ struct cluster_under_test {
   std::unique_ptr<django_app> django;
 
   cluster_under_test() : cluster_under_test(std::map<std::string, std::string>{}) {}
-  explicit cluster_under_test(std::map<std::string, std::string> env) {
+  explicit cluster_under_test(std::map<std::string, std::string> env, std::vector<std::string> extra = {}) {
     env["DJANGO_API_URL"] = "http://127.0.0.1:" + std::to_string(django_port);
     env["DJANGO_API_KEY"] = "test-key";
     env.emplace("KLYNAA_RETRY_BASE_DELAY_MS", "100");
     env.emplace("KLYNAA_RETRY_MAX_DELAY_MS", "1000");
     env.emplace("KLYNAA_RETRY_MAX_ATTEMPTS", "40");  // outlasts a Django restart
     env.emplace("KLYNAA_DJANGO_TIMEOUT_MS", "3000");
-    klynaa = std::make_unique<klynaa_server>("run", env);
+    klynaa = std::make_unique<klynaa_server>("run", env, std::move(extra));
     django = std::make_unique<django_app>(klynaa->ingress(), django_port);
   }
 
@@ -100,6 +101,101 @@ TEST_CASE("a pickup's events reach Django and the outbox: accepted, delivered, c
   for (auto& call : final_state["escrow_calls"])
     if (call["pickup_id"] == id) ++calls;
   CHECK(calls == 1);
+}
+
+namespace {
+/// A daily cron expression for the UTC minute `minutes_ago` minutes before now.
+std::string cron_minutes_ago(int minutes_ago) {
+  std::time_t t = std::time(nullptr) - minutes_ago * 60;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  return std::to_string(tm.tm_min) + " " + std::to_string(tm.tm_hour) + " * * *";
+}
+
+/// Tokens that received a push of `type` about pickup `id` (0: any pickup).
+std::multiset<std::string> pushed(const std::vector<json>& lines, const std::string& type, int id = 0) {
+  std::multiset<std::string> out;
+  for (auto& l : lines)
+    if (l.value("notification_type", "") == type && (id == 0 || l["data"].value("pickup_id", 0) == id))
+      out.insert(l.value("token", ""));
+  return out;
+}
+}  // namespace
+
+// Klynaa's four-step event flow (issue 6): created -> nearby workers notified;
+// accepted -> customer notified; delivered -> escrow released after the hold and
+// the worker notified; the daily schedule -> report posted and admins notified.
+TEST_CASE("the four-step flow: created, accepted, delivered and auto-released, daily report", "[e2e][flow]") {
+  temp_dir d;
+  write_file(d / "klynaa.toml", "[[schedule]]\nname = \"daily-report\"\ncron = \"" + cron_minutes_ago(1) +
+                                    "\"\nfunction = \"generateDailyReport\"\n");
+  cluster_under_test c({{"KLYNAA_ESCROW_HOLD_SECONDS", "2"}, {"KLYNAA_SCHEDULER_MISFIRE_GRACE_SECONDS", "600"}},
+                       {"--config", d / "klynaa.toml"});
+  // 1. created: the workers near Lagos whose service radius reaches the pickup.
+  auto created = c.django->post("/api/demo/pickups/", {{"customer_id", 101}, {"lat", 6.5254}, {"lng", 3.3812},
+                                                       {"price", 1500}, {"publish", true}});
+  REQUIRE(created["ingress"]["status"] == "accepted");
+  int id = created["pickup"]["id"];
+  auto pid = std::to_string(id);
+  std::vector<json> lines;
+  bool notified = wait_for([&] {
+    lines = outbox(c.klynaa->data_dir());
+    return pushed(lines, "pickup_requested", id).size() >= 4;
+  }, 30000ms);
+  INFO(c.klynaa->log());
+  REQUIRE(notified);
+  // 201-204 are within 5 km and their own radius; 205 (8.5 km, radius 3 km) is not.
+  CHECK(pushed(lines, "pickup_requested", id) ==
+        std::multiset<std::string>{"fcm-worker-201", "fcm-worker-202", "fcm-worker-203", "fcm-worker-204"});
+
+  // 2. accepted: the customer (two devices).
+  auto acc = c.django->post("/api/demo/pickups/" + pid + "/accept/", {{"worker_id", 202}});
+  REQUIRE(acc["ingress"]["status"] == "accepted");
+  REQUIRE(wait_for([&] {
+    lines = outbox(c.klynaa->data_dir());
+    return pushed(lines, "pickup_accepted", id).size() >= 2;
+  }, 30000ms));
+  CHECK(pushed(lines, "pickup_accepted", id) ==
+        std::multiset<std::string>{"apns-customer-101", "fcm-customer-101"});
+
+  // 3. delivered: the customer hears of it; the escrow is released after the
+  // 2 s hold without a confirmation, and the worker hears of the release once.
+  auto del = c.django->post("/api/demo/pickups/" + pid + "/deliver/", json::object());
+  REQUIRE(del["ingress"]["status"] == "accepted");
+  const auto delivered_at = std::chrono::steady_clock::now();
+  REQUIRE(wait_for([&] {
+    lines = outbox(c.klynaa->data_dir());
+    return pushed(lines, "escrow_released", id).size() >= 1;
+  }, 30000ms));
+  CHECK(std::chrono::steady_clock::now() - delivered_at >= 1500ms);  // not before the hold
+  CHECK(pushed(lines, "pickup_delivered", id) ==
+        std::multiset<std::string>{"apns-customer-101", "fcm-customer-101"});
+  CHECK(pushed(lines, "escrow_released", id) == std::multiset<std::string>{"fcm-worker-202"});
+  auto state = c.django->state();
+  int releases = 0;
+  for (auto& r : state["escrow_releases"])
+    if (r["pickup_id"] == id) {
+      ++releases;
+      CHECK(r["reason"] == "auto_release");
+    }
+  CHECK(releases == 1);
+
+  // 4. The daily schedule (its time passed a minute ago, within the misfire
+  // grace): one report posted to Django, every admin notified.
+  REQUIRE(wait_for([&] {
+    lines = outbox(c.klynaa->data_dir());
+    return pushed(lines, "daily_report").size() >= 3;
+  }, 30000ms));
+  CHECK(pushed(lines, "daily_report") ==
+        std::multiset<std::string>{"fcm-admin-1", "fcm-admin-2", "fcm-admin-3"});
+  state = c.django->state();
+  int daily = 0;
+  for (auto& r : state["reports"])
+    if (r["kind"] == "daily") ++daily;
+  CHECK(daily == 1);
+  CHECK(c.all_done({"sendPickupNotification", "processEscrowRelease", "notifyNearbyWorkers",
+                    "generateDailyReport"}));
+  CHECK(c.stats().value("dead_letters", -1) == 0);
 }
 
 TEST_CASE("a duplicate publish runs nothing twice", "[e2e]") {
