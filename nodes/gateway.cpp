@@ -68,8 +68,21 @@ void send_ready(gateway_ptr self) {
   // credit, so it never holds more than it granted.
   r.credit = std::max<int64_t>(0, st.capacity - static_cast<int64_t>(st.held.size()));
   st.last_ready = clock::now();
-  log::info("node", "registering with the broker",
-            {{"node", r.node}, {"kinds", r.kinds}, {"credit", r.credit}, {"endpoint", st.cfg.broker_endpoint}});
+  // Backoff: register_retry_ms, doubling up to register_retry_max_ms, so that an
+  // unreachable or wrong endpoint costs one line and one frame per interval.
+  st.ready_wait_ms = st.ready_attempts == 0
+                         ? st.cfg.register_retry_ms
+                         : std::min(st.ready_wait_ms * 2, std::max(st.cfg.register_retry_max_ms, st.cfg.register_retry_ms));
+  ++st.ready_attempts;
+  if (st.ready_attempts == 1)
+    log::info("node", "registering with the broker",
+              {{"node", r.node}, {"kinds", r.kinds}, {"credit", r.credit}, {"endpoint", st.cfg.broker_endpoint}});
+  else
+    log::warning("node",
+                 "no answer from the broker: the endpoint is unreachable, is not a Klynaa broker's cluster "
+                 "endpoint, or the broker refused this node (see the broker's log); registering again with backoff",
+                 {{"node", r.node}, {"endpoint", st.cfg.broker_endpoint}, {"attempt", st.ready_attempts},
+                  {"retry_in_ms", st.ready_wait_ms}});
   send_msg(self, r);
 }
 
@@ -152,6 +165,7 @@ void on_welcome(gateway_ptr self, const cl::welcome& w) {
     log::info("node", "registered with the broker",
               {{"node", st.cfg.node}, {"heartbeat_ms", w.heartbeat_ms}, {"lease_ms", w.lease_ms}});
   st.sess = gateway_state::session::registered;
+  st.ready_attempts = 0;
   st.heartbeat_ms = w.heartbeat_ms;
   st.lease_ms = w.lease_ms;
 }
@@ -160,6 +174,7 @@ void on_broker_bye(gateway_ptr self) {
   auto& st = self->state;
   log::info("node", "the broker is shutting down; registering again", node_field(self));
   st.sess = gateway_state::session::registering;
+  st.ready_attempts = 0;
   if (st.lf == gateway_state::life::running)
     send_ready(self);  // waits in the DEALER until the broker is back
 }
@@ -263,11 +278,12 @@ void on_tick(gateway_ptr self) {
     log::warning("node", "the broker is silent; registering again",
                  {{"node", st.cfg.node}, {"silent_ms", elapsed_ms(st.last_rx, now)}});
     st.sess = session::registering;
+    st.ready_attempts = 0;
     if (st.lf == life::running)
       send_ready(self);
   }
   if (st.sess == session::registering && st.lf == life::running
-      && elapsed_ms(st.last_ready, now) >= st.cfg.register_retry_ms)
+      && elapsed_ms(st.last_ready, now) >= st.ready_wait_ms)
     send_ready(self);
   if (st.sess == session::registered) {
     if (st.lf == life::running && st.cfg.stats_interval_ms > 0

@@ -46,7 +46,8 @@ struct gateway_config {
   zmq::context_t* ctx = nullptr;
   std::string out_endpoint;  ///< the I/O thread's PULL (io_thread::out_endpoint)
   std::string broker_endpoint;  ///< for logs
-  int64_t register_retry_ms = 1000;
+  int64_t register_retry_ms = 1000;      ///< first wait for a WELCOME; doubles per attempt
+  int64_t register_retry_max_ms = 5000;  ///< the backoff's ceiling
   int64_t stats_interval_ms = 5000;
   std::shared_ptr<std::atomic<int>> busy;  ///< see worker_config::busy
   std::function<nlohmann::json()> extra_stats;  ///< see node_options::extra_stats
@@ -77,6 +78,8 @@ struct gateway_state {
   int64_t lease_ms = 30000;     ///< from WELCOME
   int64_t capacity = 0;         ///< sum of workers over kinds
   clock::time_point last_rx, last_tx, last_ready, last_stats, stop_deadline;
+  int64_t ready_attempts = 0;  ///< READYs sent without a WELCOME since the last one
+  int64_t ready_wait_ms = 0;   ///< when the next READY is due after last_ready
   std::map<std::string, caf::actor> pool_of;  ///< function -> pool of its kind
   std::vector<caf::actor> pools;
   std::map<int64_t, held_job> held;           ///< lease -> job, queued or running

@@ -115,6 +115,7 @@ void node_runtime::impl::start() {
   gc.out_endpoint = io->out_endpoint();
   gc.broker_endpoint = opts.broker_endpoint;
   gc.register_retry_ms = std::max<int64_t>(1, opts.register_retry_ms);
+  gc.register_retry_max_ms = std::max<int64_t>(gc.register_retry_ms, opts.register_retry_max_ms);
   gc.stats_interval_ms = opts.stats_interval_ms;
   gc.busy = busy;
   gc.extra_stats = opts.extra_stats;

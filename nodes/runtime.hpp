@@ -37,7 +37,8 @@ struct node_options {
   /// back to the broker in BYE.
   int64_t shutdown_grace_ms = 30000;
   /// Until a WELCOME arrives, READY is re-sent this often.
-  int64_t register_retry_ms = 1000;
+  int64_t register_retry_ms = 1000;      ///< first wait for WELCOME, doubling per attempt
+  int64_t register_retry_max_ms = 5000;  ///< ceiling of that backoff
   /// How often node_stats goes to the broker while registered; 0 = never.
   int64_t stats_interval_ms = 5000;
   /// Called on the gateway's thread for each node_stats: a JSON object merged

@@ -148,3 +148,44 @@ TEST_CASE("kill -9 of the broker under load: the node reconnects and all accepte
   }
   CHECK(node->running());  // the node kept running through the broker's restart
 }
+
+TEST_CASE("a node whose broker is unreachable or not a broker says so, backs off, and registers once it is up",
+          "[multinode][bad-input]") {
+  temp_dir dir;
+  const int port = free_tcp_port();
+  const std::string endpoint = "tcp://127.0.0.1:" + std::to_string(port);
+  auto env = cluster_env(free_tcp_port());
+  auto count = [](const std::string& log, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = log.find(what); at != std::string::npos; at = log.find(what, at + 1)) ++n;
+    return n;
+  };
+  const std::string warning = "no answer from the broker";
+
+  // Not a broker: an HTTP server (the reference Django) on the endpoint.
+  django_app http;
+  auto wrong = start_node(dir, "node-wrong", "tcp://127.0.0.1:" + std::to_string(http.port()), env);
+  // Nothing listening yet on the broker's future port.
+  auto node = start_node(dir, "node-a", endpoint, env);
+  std::this_thread::sleep_for(3500ms);  // READYs at 0, 1 and 3 s, then every 4-5 s
+  for (auto* p : {wrong.get(), node.get()}) {
+    auto log = p->log();
+    INFO(log);
+    CHECK(p->running());
+    CHECK(count(log, warning) >= 1);
+    CHECK(count(log, warning) <= 3);  // backing off, not spinning
+    CHECK(log.find("\"retry_in_ms\"") != std::string::npos);
+  }
+
+  // The broker comes up on that endpoint: the node registers without help.
+  klynaa_server broker("broker", env, {"--cluster", endpoint});
+  CHECK(wait_for([&] { return broker_stats(broker).value("nodes", json::array()).size() == 1; }, 15000ms));
+  CHECK(node->log().find("registered with the broker") != std::string::npos);
+  for (auto* p : {wrong.get(), node.get()}) {
+    p->kill(SIGTERM);
+    auto code = p->wait(15000ms);
+    REQUIRE(code);
+    CHECK(*code == 0);
+    check_no_sanitizer_report(p->log());
+  }
+}

@@ -114,6 +114,28 @@ bool eventually(Pred p, std::chrono::milliseconds timeout) {
 
 }  // namespace
 
+TEST_CASE("an unanswered node backs off: READY intervals double up to the ceiling, then stay there") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  broker.auto_welcome = false;
+  auto o = options_for(broker, {kind_of("k", {"f"}, 1, ok_handler)});
+  o.register_retry_ms = 100;
+  o.register_retry_max_ms = 400;
+  nodes::node_runtime node{ctx, o};
+  node.start();
+  // READYs at about 0, 100, 300, 700, 1100, 1500 ms: 6 in 1.6 s (a fixed 100 ms
+  // interval would send 16; no backoff ceiling: 5 with ever longer gaps).
+  broker.pump_for(1650ms);
+  auto n = broker.count<cl::ready>();
+  CHECK(n >= 5);
+  CHECK(n <= 8);
+  // At the ceiling it keeps trying (never gives up): another two in 800 ms.
+  broker.pump_for(850ms);
+  CHECK(broker.count<cl::ready>() >= n + 1);
+  CHECK(broker.count<cl::ready>() <= n + 3);
+  node.stop();
+}
+
 TEST_CASE("a node registers with its kinds and the sum of its workers as credit") {
   zmq::context_t ctx;
   fake_broker broker{ctx, unique_inproc()};
