@@ -96,14 +96,18 @@ push_result classify_fcm(const http_response& r) {
     detail = " (" + code + (e.message.empty() ? "" : ": " + e.message) + ")";
   }
   bool invalid_argument = e.error_code == "INVALID_ARGUMENT" || e.status == "INVALID_ARGUMENT";
-  if (e.error_code == "UNREGISTERED" || (r.status == 404 && e.google_json && e.status == "NOT_FOUND") ||
-      (r.status == 400 && invalid_argument && e.about_token))
+  // Only UNREGISTERED (or a 400 about the token itself) invalidates a token, as
+  // in Firebase's Admin SDKs: a plain NOT_FOUND (a wrong project) must not make
+  // the notifier delete every token it tries.
+  if (e.error_code == "UNREGISTERED" || (r.status == 400 && invalid_argument && e.about_token))
     return push_result::fail(push_result::status::invalid_token,
                              "FCM answered HTTP " + std::to_string(r.status) + detail +
                                  ": the token is no longer valid.",
                              r.status);
   std::string hint;
-  if (r.status == 404) hint = " FCM's error JSON is missing: check [notifications] firebase_url.";
+  if (r.status == 404)
+    hint = e.google_json ? " Check [notifications] firebase_project."
+                         : " FCM's error JSON is missing: check [notifications] firebase_url.";
   if (r.status == 403) hint = " Check that the service account may send for the project.";
   return from_job_result(classify(r, "FCM messages:send"), detail + hint);
 }

@@ -373,6 +373,19 @@ TEST_CASE("firebase: a 404 that is not FCM's is permanent, never an invalid toke
   REQUIRE(google.requests_to("POST", "/v1/projects/wrong-project/messages:send").size() == 1);
 }
 
+TEST_CASE("firebase: FCM's NOT_FOUND without UNREGISTERED (a wrong project) is permanent, not an invalid token",
+          "[providers]") {
+  scratch_dir dir;
+  fake_server google;
+  google.on("POST", "/token", token_answer("ya29.t"));
+  google.on("POST", send_path, [](const recorded_request&) -> canned {
+    return {404, fcm_error(404, "NOT_FOUND", "Requested entity was not found.", json::array())};
+  });
+  auto r = factory_for(firebase_config(google, write_key_file(dir, key_file_json("unused"))))()->send(sample_push());
+  CHECK(r.kind == push_result::status::permanent);
+  CHECK_THAT(r.error, Catch::Contains("firebase_project"));
+}
+
 TEST_CASE("firebase: a 401 fetches a new access token and sends once more", "[providers]") {
   scratch_dir dir;
   std::atomic<bool> accept_fresh{true};  // before the server: its handler reads it
