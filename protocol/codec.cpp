@@ -293,7 +293,8 @@ void decode(const void* data, size_t size, int64_t now_ms, const decode_limits& 
   request r;
   r.operation = read_op(top);
   r.ts_ms = now_ms;
-  if (r.operation == op::ping) {
+  if (r.operation == op::ping) {  // its id is optional and not validated, only echoed
+    r.id = out.id.value_or("");
     out.req = std::move(r);
     return;
   }

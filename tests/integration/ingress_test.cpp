@@ -35,6 +35,14 @@ void expect_ping_answers(zmq::context_t& ctx, const std::string& ep) {
   auto r = p.call(ping_frame());
   REQUIRE(r);
   CHECK(r->status == reply_status::pong);
+  CHECK(!r->id);  // a ping without id: id nil
+  klynaa::protocol::request with_id;
+  with_id.operation = klynaa::protocol::op::ping;
+  with_id.id = "ping-1";
+  auto echoed = p.call(klynaa::protocol::encode_request(with_id));
+  REQUIRE(echoed);
+  CHECK(echoed->status == reply_status::pong);
+  CHECK(echoed->id == std::optional<std::string>("ping-1"));
 }
 
 }  // namespace
