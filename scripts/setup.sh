@@ -10,7 +10,7 @@ PACKAGES=(
   catch2 libsqlite3-dev sqlite3 libcurl4-openssl-dev tzdata
   libtomlplusplus-dev nlohmann-json3-dev libhowardhinnant-date-dev
   libjwt-dev libssl-dev libcpp-httplib-dev libpq-dev
-  python3 python3-zmq python3-msgpack python3-django python3-botocore python3-jwt python3-yaml systemd curl
+  python3 python3-zmq python3-msgpack python3-django python3-botocore python3-jwt python3-cryptography python3-yaml systemd curl
 )
 
 missing=()

@@ -3,38 +3,35 @@
 Pattern (transactional outbox):
   1. inside the domain transaction an OutboxEvent row is written next to the
      change, with a fresh event id;
-  2. `transaction.on_commit` marks it for publishing, so an event is only ever
-     sent for a change that was committed;
-  3. after the commit (and outside the write lock) it is published through the
-     Python client with that id; the row keeps the broker's reply.
-  An event that got no answer stays `pending`; `manage.py flush_outbox` resends
-  it with the same id, which the broker deduplicates.
+  2. the Python client's `publish_on_commit` (clients/python/klynaa_client.py)
+     registers the publish with `transaction.on_commit`, so an event is only
+     ever sent for a change that was committed, under the row's stable id;
+  3. `run_action` lets the send run after the commit *and* outside the write
+     lock (its `runner` collects the send instead of running it inside the
+     commit hook); the row keeps the broker's reply.
+  An event that got no answer (or an `overloaded` / `shutting_down` rejection)
+  stays `pending`; `manage.py flush_outbox` resends it with the same id, which
+  the broker deduplicates.
 """
+import functools
 import logging
-import threading
 import uuid
 
-from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
+
+from klynaa_client import KlynaaError, KlynaaRejected, django_client, publish_on_commit
 
 from .models import AdminUser, DeviceToken, OutboxEvent, Pickup, Worker
 from .util import WRITE_LOCK, ApiError, iso, money, now
 
 log = logging.getLogger("demo")
 
-_client = None
-_client_lock = threading.Lock()
-
 
 def client():
-    global _client
-    with _client_lock:
-        if _client is None:
-            from klynaa_client import Client
-            _client = Client(settings.KLYNAA_INGRESS, timeout_s=settings.KLYNAA_INGRESS_TIMEOUT_S,
-                             retries=settings.KLYNAA_INGRESS_RETRIES)
-        return _client
+    """The shared ingress client, configured by settings.KLYNAA_INGRESS*."""
+    return django_client()
 
 
 # ---------------------------------------------------------------- serializers
@@ -54,32 +51,59 @@ def worker_json(w):
 # ------------------------------------------------------------------- outbox
 
 def _emit(committed, type_, data, key):
-    """Write an outbox row in the current transaction; publish after commit."""
+    """Write an outbox row in the current transaction; publish it after commit.
+
+    The send is appended to `committed` as (row pk, send) when the transaction
+    commits; run_action runs it once the write lock is released.
+    """
     at = timezone.now()  # ms precision for `ts` (worker.location staleness compares it)
     ev = OutboxEvent.objects.create(event_id="%s.%s.%s" % (type_, key, uuid.uuid4().hex[:12]), type=type_,
                                     data=data, ts=int(at.timestamp() * 1000), created_at=at)
-    transaction.on_commit(lambda: committed.append(ev.pk))
+    publish_on_commit(type_, data, id=ev.event_id, ts=ev.ts, client=client(),
+                      on_reply=functools.partial(_record_reply, ev.pk),
+                      on_error=functools.partial(_record_error, ev.pk),
+                      runner=lambda send, pk=ev.pk: committed.append((pk, send)))
     return ev
 
 
+def _record_reply(pk, reply):
+    """Store the broker's reply (accepted / duplicate) on the outbox row."""
+    status = reply.get("status")
+    new_status = status if status in ("accepted", "duplicate") else "pending"
+    with WRITE_LOCK:
+        OutboxEvent.objects.filter(pk=pk).update(status=new_status, reply=_jsonable(reply),
+                                                 attempts=F("attempts") + 1)
+    return _jsonable(reply)
+
+
+def _record_error(pk, exc):
+    """A rejection is final (`rejected`); anything else leaves the row `pending`."""
+    if isinstance(exc, KlynaaRejected):
+        reply, new_status = exc.reply, "rejected"
+        log.error("event %s rejected: %s", exc.request_id, exc)
+    else:
+        reply = {"status": "unavailable", "id": exc.request_id,
+                 "error": {"code": getattr(exc, "code", None) or "unavailable", "message": str(exc)}}
+        if getattr(exc, "retry_after_ms", None) is not None:
+            reply["retry_after_ms"] = exc.retry_after_ms
+        new_status = "pending"
+        log.warning("event %s not published: %s", exc.request_id, exc)
+    with WRITE_LOCK:
+        OutboxEvent.objects.filter(pk=pk).update(status=new_status, reply=_jsonable(reply),
+                                                 attempts=F("attempts") + 1)
+    return _jsonable(reply)
+
+
 def publish_outbox(pk):
-    """Publish one outbox event; returns the ingress reply (or an `unavailable` pseudo-reply)."""
-    from klynaa_client import KlynaaUnavailable
+    """Publish one outbox event now (same id); returns the reply or an `unavailable` pseudo-reply."""
     ev = OutboxEvent.objects.get(pk=pk)
     if ev.status in ("accepted", "duplicate", "rejected"):
         return ev.reply
     try:
         reply = client().publish(ev.type, ev.data, id=ev.event_id, ts=ev.ts)
-        status = reply.get("status")
-        new_status = status if status in ("accepted", "duplicate", "rejected") else "pending"
-    except KlynaaUnavailable as e:
-        reply = {"status": "unavailable", "id": ev.event_id, "error": {"code": "unavailable", "message": str(e)}}
-        new_status = "pending"
-        log.warning("event %s not published: %s", ev.event_id, e)
-    with WRITE_LOCK:
-        OutboxEvent.objects.filter(pk=pk).update(status=new_status, reply=_jsonable(reply),
-                                                 attempts=ev.attempts + 1)
-    return _jsonable(reply)
+    except KlynaaError as e:
+        return _record_error(pk, e)
+    return _record_reply(pk, reply)
 
 
 def flush_outbox():
@@ -100,15 +124,21 @@ def _jsonable(v):
 def run_action(fn):
     """Run fn(committed) in a write transaction, then publish what it emitted.
 
-    Returns (fn's result, [(event, reply), ...]).
+    Returns (fn's result, [(event, reply), ...]); reply is None for an event
+    whose transaction did not commit.
     """
     committed = []
     with WRITE_LOCK:
         with transaction.atomic():
             result, events = fn(committed)
+    # Committed, and the write lock is free: send now (publish_on_commit's runner
+    # put the sends here instead of running them inside the lock).
+    for _pk, send in committed:
+        send()
+    sent = {pk for pk, _ in committed}
     out = []
     for ev in events:
-        reply = publish_outbox(ev.pk) if ev.pk in committed else None
+        reply = OutboxEvent.objects.values_list("reply", flat=True).get(pk=ev.pk) if ev.pk in sent else None
         out.append(({"id": ev.event_id, "type": ev.type, "data": ev.data, "ts": ev.ts}, reply))
     return result, out
 

@@ -7,7 +7,8 @@ urlpatterns = [
     path("api/serverless/pickups/<int:pickup_id>/", v.serverless_pickup),
     path("api/users/admins/", v.admins),
     path("api/users/<int:user_id>/tokens/", v.user_tokens),
-    path("api/users/<int:user_id>/tokens/<str:token>/", v.user_token_delete),
+    # <path:token>: an SNS endpoint ARN has "/" in it, and %2F arrives decoded in PATH_INFO
+    path("api/users/<int:user_id>/tokens/<path:token>/", v.user_token_delete),
     path("api/workers/available/", v.workers_available),
     path("api/serverless/escrow/<int:pickup_id>/release/", v.escrow_release),
     path("api/analytics/pickups/", v.analytics_pickups),

@@ -5,6 +5,7 @@ Environment:
   KLYNAA_INGRESS         ingress endpoint(s), comma-separated (default tcp://127.0.0.1:5555)
   KLYNAA_INGRESS_TIMEOUT_S  per-attempt reply timeout of the client (default 5)
   KLYNAA_INGRESS_RETRIES    resends after a timeout (default 1)
+  KLYNAA_INGRESS_RETRY_BUSY "0": no client-side retry of overloaded / shutting_down (default 1)
   KLYNAA_DEMO_DB         directory of the SQLite file db.sqlite3 (default: this folder)
   KLYNAA_DEMO_PAGE_SIZE  page size of GET /api/analytics/pickups/ (default 100)
   KLYNAA_DEMO_DEBUG      "1" for Django DEBUG
@@ -29,6 +30,8 @@ DJANGO_API_KEY = os.environ.get("DJANGO_API_KEY", "dev-key")
 KLYNAA_INGRESS = os.environ.get("KLYNAA_INGRESS", "tcp://127.0.0.1:5555")
 KLYNAA_INGRESS_TIMEOUT_S = float(os.environ.get("KLYNAA_INGRESS_TIMEOUT_S", "5"))
 KLYNAA_INGRESS_RETRIES = int(os.environ.get("KLYNAA_INGRESS_RETRIES", "1"))
+KLYNAA_INGRESS_RETRY_BUSY = os.environ.get("KLYNAA_INGRESS_RETRY_BUSY", "1") != "0"
+# These four configure klynaa_client.django_client(), used by demo/services.py.
 KLYNAA_DEMO_PAGE_SIZE = max(1, int(os.environ.get("KLYNAA_DEMO_PAGE_SIZE", "100")))
 
 _db_dir = os.environ.get("KLYNAA_DEMO_DB")
