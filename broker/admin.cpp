@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <sstream>
 
 #include "protocol/log.hpp"
@@ -163,6 +164,44 @@ bool admin_server::start(const std::string& bind, const std::string& token, admi
     res.set_content(h.stats().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
                     "application/json");
   });
+  // Dead-letter queue (klynaa dlq, the dashboard). Job ids go in the query
+  // string (?id=...; they contain '#' and ':'), never in the path.
+  auto json_reply = [](httplib::Response& res, int status, const nlohmann::json& body) {
+    res.status = status;
+    res.set_content(body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "application/json");
+  };
+  srv.Get("/dlq", [h, json_reply](const httplib::Request& req, httplib::Response& res) {
+    size_t limit = 100;
+    if (req.has_param("limit")) {
+      try {
+        limit = std::stoul(req.get_param_value("limit"));
+      } catch (...) {
+        return json_reply(res, 400, {{"error", "bad_request"}, {"message", "limit must be a number"}});
+      }
+    }
+    json_reply(res, 200, h.dlq_list(std::min<size_t>(std::max<size_t>(limit, 1), 10000)));
+  });
+  srv.Get("/dlq/job", [h, json_reply](const httplib::Request& req, httplib::Response& res) {
+    if (!req.has_param("id"))
+      return json_reply(res, 400, {{"error", "bad_request"}, {"message", "give the job as ?id=JOB"}});
+    auto id = req.get_param_value("id");
+    auto job = h.dlq_show(id);
+    if (job.is_null())
+      return json_reply(res, 404, {{"error", "not_found"}, {"message", "no dead job " + id}});
+    json_reply(res, 200, job);
+  });
+  for (std::string action : {"replay", "purge"}) {
+    srv.Post("/dlq/" + action, [h, json_reply, action](const httplib::Request& req, httplib::Response& res) {
+      std::vector<std::string> ids;
+      for (size_t i = 0, n = req.get_param_value_count("id"); i < n; ++i) ids.push_back(req.get_param_value("id", i));
+      const bool all = req.has_param("all") && req.get_param_value("all") != "0";
+      if (ids.empty() == !all)
+        return json_reply(res, 400, {{"error", "bad_request"},
+                                     {"message", "give the jobs as ?id=JOB (repeatable) or all of them as ?all=1"}});
+      auto out = h.dlq_command(action, ids, all);
+      json_reply(res, out.contains("error") ? 503 : 200, out);
+    });
+  }
   srv.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content(R"({"status":"ok"})", "application/json");
   });

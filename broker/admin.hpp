@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -15,6 +16,13 @@ namespace klynaa::broker {
 
 struct admin_handlers {
   std::function<nlohmann::json()> stats;  ///< the broker's snapshot (broker_core::stats)
+  /// Dead-letter queue. list: {"jobs": [...], "total": n}; show: the job with
+  /// its history, or null when it is not a dead job; command: see
+  /// broker_core::dlq_command.
+  std::function<nlohmann::json(size_t limit)> dlq_list;
+  std::function<nlohmann::json(const std::string& job_id)> dlq_show;
+  std::function<nlohmann::json(const std::string& action, const std::vector<std::string>& ids, bool all)>
+      dlq_command;
 };
 
 class admin_server {

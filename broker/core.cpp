@@ -91,6 +91,7 @@ void broker_core::impl::add_live(const job_record& r, int64_t now) {
   j.due_ms = r.due_ms;
   j.ts_ms = r.ts_ms;
   j.attempts = r.attempts;
+  j.attempt_base = r.attempt_base;
   j.state = r.state;
   j.auto_release = r.auto_release;
   queue.add(std::move(j), now);
@@ -155,6 +156,7 @@ int broker_core::impl::run(const std::atomic<int>& ph) {
       last_tick = now;
     }
     if (!draining) dispatch(now);
+    if (dlq_waiting.load(std::memory_order_relaxed)) take_dlq_command();
     maybe_submit();
   }
   // Say goodbye so nodes reconnect to the next broker at once.
@@ -234,6 +236,66 @@ void broker_core::impl::prune_committed(const commit_outcome& out) {
   pruning.reset();
 }
 
+// One dead-letter command per batch; its seqs are reserved here so that replayed
+// jobs queue behind everything accepted so far, in their old relative order.
+void broker_core::impl::take_dlq_command() {
+  if (current.dlq) return;
+  std::lock_guard<std::mutex> lk(dlq_mu);
+  if (dlq_queue.empty()) return;
+  current.dlq = dlq_queue.front();
+  dlq_queue.pop_front();
+  dlq_waiting.store(!dlq_queue.empty());
+  auto& c = *current.dlq;
+  auto& b = current.b;
+  if (c.action == "replay") {
+    constexpr int64_t replay_chunk = 10000;
+    b.replay_all = c.all;
+    b.replay_ids = c.ids;
+    b.replay_limit = replay_chunk;
+    b.replay_seq_base = seq_ + 1;
+    seq_ += c.all ? replay_chunk : static_cast<int64_t>(c.ids.size());
+  } else {
+    b.purge_all = c.all;
+    b.purge_ids = c.ids;
+  }
+}
+
+void broker_core::impl::dlq_committed(open_batch& ob, const commit_outcome& out, int64_t now) {
+  auto& c = *ob.dlq;
+  std::set<std::string> done;
+  nlohmann::json ids = nlohmann::json::array();
+  if (c.action == "replay") {
+    for (auto& j : out.replayed) {
+      add_live(j, now);
+      done.insert(j.id);
+      ids.push_back(j.id);
+    }
+  } else {
+    for (auto& id : out.purged) {
+      done.insert(id);
+      ids.push_back(id);
+    }
+  }
+  dead_letters = std::max<int64_t>(0, dead_letters - static_cast<int64_t>(done.size()));
+  nlohmann::json missing = nlohmann::json::array();
+  for (auto& id : c.ids)
+    if (!done.count(id)) missing.push_back(id);
+  log::info(component, c.action == "replay" ? "dead jobs replayed" : "dead jobs purged",
+            {{"jobs", ids}, {"missing", missing}});
+  c.answer.set_value({{c.action == "replay" ? "replayed" : "purged", ids},
+                      {"missing", missing},
+                      {"more", out.replay_more}});
+  ob.dlq.reset();
+}
+
+void broker_core::impl::note_failure(const live_job& j, const std::string& outcome, const std::string& code,
+                                     const std::string& message, int64_t now) {
+  recent_failures.push_back({{"ts_ms", now}, {"job_id", j.id}, {"function", j.function},
+                             {"attempt", j.attempts}, {"node", j.node_name}, {"outcome", outcome},
+                             {"code", code}, {"message", message}});
+  if (recent_failures.size() > 50) recent_failures.erase(recent_failures.begin());
+}
+
 void broker_core::impl::maybe_submit() {
   if (writer->busy() || committing) return;
   if (pruning && !draining && !current.b.prune_before_ms) current.b.prune_before_ms = pruning->before_ms;
@@ -287,6 +349,7 @@ void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) 
     if (out.children_inserted[i]) add_live(ob.b.children[i], now);
   for (auto& n : ob.finished) notify_waiters(n);
   if (ob.b.prune_before_ms && pruning) prune_committed(out);
+  if (ob.dlq) dlq_committed(ob, out, now);
 }
 
 void broker_core::impl::fail_commit(open_batch& ob, const store_error& err) {
@@ -311,6 +374,7 @@ void broker_core::impl::fail_commit(open_batch& ob, const store_error& err) {
   nb.updates.insert(nb.updates.begin(), ob.b.updates.begin(), ob.b.updates.end());
   nb.children.insert(nb.children.begin(), ob.b.children.begin(), ob.b.children.end());
   current.finished.insert(current.finished.begin(), ob.finished.begin(), ob.finished.end());
+  if (ob.dlq) ob.dlq->answer.set_value({{"error", "the store could not commit: " + err.message}});
 }
 
 void broker_core::impl::notify_waiters(const finished_note& n) {
@@ -370,8 +434,8 @@ void broker_core::impl::publish_stats(int64_t now) {
   int64_t uncommitted_children = 0;
   auto count_children = [&](const batch& b) {
     for (auto& c : b.children) {
-      auto& f = functions[c.function];
-      f["ready"] = f.value("ready", int64_t{0}) + 1;
+      auto& f = functions[c.function];  // null when no job of it is live: value() would throw
+      f["ready"] = (f.is_object() && f.contains("ready") ? f["ready"].get<int64_t>() : 0) + 1;
       ++uncommitted_children;
     }
   };
@@ -383,6 +447,26 @@ void broker_core::impl::publish_stats(int64_t now) {
   for (auto& [id, n] : nodes)
     ns.push_back({{"name", n.name}, {"kinds", n.kinds}, {"credit", n.credit}, {"running", n.running},
                   {"last_heartbeat_ms", n.last_seen}, {"stats", n.stats}});
+  // Totals every 5 s over the last 10 minutes, for the dashboard's charts.
+  if (now - last_history >= 5000) {
+    last_history = now;
+    int64_t ok = 0, retry = 0, dead = 0;
+    for (auto& [fn, per] : outcomes) {
+      auto get = [&](const char* o) { auto it = per.find(o); return it == per.end() ? int64_t{0} : it->second; };
+      ok += get("ok");
+      retry += get("retry");
+      dead += get("dead");
+    }
+    auto acc = ingress_counts.find("accepted");
+    history.push_back({{"ts_ms", now}, {"ok", ok}, {"retry", retry}, {"dead", dead},
+                       {"accepted", acc == ingress_counts.end() ? 0 : acc->second},
+                       {"pending", static_cast<int64_t>(queue.size())}});
+    if (history.size() > 120) history.erase(history.begin());
+  }
+  nlohmann::json retrying = nlohmann::json::array();  // the next retries, soonest first
+  for (auto* j : queue.soonest_retries(20))
+    retrying.push_back({{"job_id", j->id}, {"function", j->function}, {"attempts", j->attempts},
+                        {"next_run_ms", j->due_ms}});
   nlohmann::json s = {{"ts_ms", now},
                       {"pending", static_cast<int64_t>(queue.size()) + uncommitted_children},
                       {"functions", functions},
@@ -391,6 +475,9 @@ void broker_core::impl::publish_stats(int64_t now) {
                       {"dead_total", dead_total},
                       {"dead_letters", dead_letters},
                       {"durations", durations_json()},
+                      {"recent_failures", recent_failures},
+                      {"retrying", retrying},
+                      {"history", history},
                       {"draining", draining}};
   std::lock_guard<std::mutex> lk(snapshot_mu);
   snapshot = std::move(s);
@@ -407,6 +494,24 @@ int broker_core::run(const std::atomic<int>& ph) { return impl_->run(ph); }
 
 nlohmann::json broker_core::bound_endpoints() const {
   return {{"ingress", impl_->ingress_endpoint}, {"cluster", impl_->cluster_endpoints}};
+}
+
+nlohmann::json broker_core::dlq_command(const std::string& action, const std::vector<std::string>& ids,
+                                        bool all, std::chrono::milliseconds timeout) {
+  auto req = std::make_shared<dlq_request>();
+  req->action = action;
+  req->ids = ids;
+  req->all = all;
+  auto answer = req->answer.get_future();
+  {
+    std::lock_guard<std::mutex> lk(impl_->dlq_mu);
+    impl_->dlq_queue.push_back(req);
+    impl_->dlq_waiting.store(true);
+  }
+  if (answer.wait_for(timeout) != std::future_status::ready)
+    return {{"error", "the broker did not answer within " + std::to_string(timeout.count()) +
+                          " ms; the command may still happen (check klynaa dlq list)"}};
+  return answer.get();
 }
 
 nlohmann::json broker_core::stats() const {

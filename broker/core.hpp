@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -67,6 +68,13 @@ class broker_core {
 
   /// Thread-safe copy of the latest stats (see docs/operations.md).
   nlohmann::json stats() const;
+
+  /// Thread-safe (the admin endpoint): `action` "replay" or "purge" of the dead
+  /// jobs `ids`, or of all of them. Runs through the loop and the store's next
+  /// commit; waits for it up to `timeout`. Returns {"replayed"|"purged": [ids],
+  /// "missing": [ids not in the dead-letter queue], "more": bool} or {"error": text}.
+  nlohmann::json dlq_command(const std::string& action, const std::vector<std::string>& ids, bool all,
+                             std::chrono::milliseconds timeout);
 
  private:
   struct impl;

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
+#include <future>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -76,8 +78,17 @@ struct node_session {
   nlohmann::json stats = nlohmann::json::object();
 };
 
+/// A dead-letter command from the admin endpoint, answered after its commit.
+struct dlq_request {
+  std::string action;  ///< "replay" or "purge"
+  std::vector<std::string> ids;
+  bool all = false;
+  std::promise<nlohmann::json> answer;
+};
+
 struct open_batch {
   batch b;
+  std::shared_ptr<dlq_request> dlq;  ///< the dead-letter command this batch carries
   std::vector<pending_request> reqs;    ///< parallel to b.requests
   std::vector<finished_note> finished;
   bool empty() const { return b.empty() && finished.empty(); }
@@ -148,6 +159,10 @@ struct broker_core::impl {
   int64_t retry_delay(const std::string& function, int64_t attempts, int64_t retry_after_ms);
   void start_prune(const job_update& done, finished_note note, int64_t now);
   void prune_committed(const commit_outcome& out);
+  void take_dlq_command();
+  void dlq_committed(open_batch& ob, const commit_outcome& out, int64_t now);
+  void note_failure(const live_job& j, const std::string& outcome, const std::string& code,
+                    const std::string& message, int64_t now);
 
   zmq::context_t& ctx;
   broker_options opts;
@@ -170,6 +185,12 @@ struct broker_core::impl {
   std::map<std::string, node_session> nodes;            ///< identity -> session
   std::set<std::string> fanouts;                        ///< running fan-out job ids
   std::optional<prune_run> pruning;
+  std::mutex dlq_mu;
+  std::deque<std::shared_ptr<dlq_request>> dlq_queue;  ///< from admin threads
+  std::atomic<bool> dlq_waiting{false};
+  nlohmann::json recent_failures = nlohmann::json::array();  ///< newest last, at most 50
+  nlohmann::json history = nlohmann::json::array();          ///< totals every 5 s, 10 minutes
+  int64_t last_history = 0;
   bool draining = false;
   int64_t drain_deadline = 0;
   std::mt19937_64 rng{std::random_device{}()};

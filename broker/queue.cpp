@@ -184,6 +184,15 @@ std::vector<std::string> job_queue::fire_timers(int64_t now,
   return changed;
 }
 
+std::vector<const live_job*> job_queue::soonest_retries(size_t n) const {
+  std::vector<const live_job*> out;
+  for (auto it = timers_.begin(); it != timers_.end() && out.size() < n; ++it) {
+    auto j = jobs_.find(it->second);
+    if (j != jobs_.end() && j->second.state == job_state::retry_wait) out.push_back(&j->second);
+  }
+  return out;
+}
+
 int64_t job_queue::next_due() const {
   return timers_.empty() ? INT64_MAX : timers_.begin()->first;
 }

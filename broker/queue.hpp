@@ -36,6 +36,7 @@ struct live_job {
   int64_t due_ms = 0;
   int64_t ts_ms = 0;
   int64_t attempts = 0;
+  int64_t attempt_base = 0;  ///< attempts before its last replay: the budget counts from here
   job_state state = job_state::ready;
   bool auto_release = false;
   bool delayed = false;    ///< waits to join its key's FIFO (resequenced when due)
@@ -88,6 +89,9 @@ class job_queue {
   /// sequence numbers to delayed jobs joining their key. Returns the ids whose
   /// seq or state changed (to be recorded).
   std::vector<std::string> fire_timers(int64_t now, const std::function<int64_t()>& next_seq);
+
+  /// Up to `n` jobs waiting to retry (retry_wait), soonest first.
+  std::vector<const live_job*> soonest_retries(size_t n) const;
 
   /// The earliest timer, or INT64_MAX.
   int64_t next_due() const;

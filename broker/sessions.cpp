@@ -226,7 +226,7 @@ void broker_core::impl::complete(live_job& jr, const cl::done& d, int64_t now) {
     queue.finish(j->id, job_state::done);
   } else {
     const bool permanent = d.outcome == "permanent";
-    const bool exhausted = !permanent && j->attempts >= policy.max_attempts;
+    const bool exhausted = !permanent && j->attempts - j->attempt_base >= policy.max_attempts;
     const std::string kind = permanent ? "permanent" : (exhausted ? "exhausted" : "transient");
     auto err = error_json(kind, d.error_code, d.error_message, d.http_status);
     if (permanent || exhausted) {
@@ -234,12 +234,13 @@ void broker_core::impl::complete(live_job& jr, const cl::done& d, int64_t now) {
       note.status = protocol::reply_status::failed;
       protocol::error_info e;
       e.code = permanent ? "permanent" : "exhausted";
-      e.message = exhausted ? "gave up after " + std::to_string(j->attempts) +
+      e.message = exhausted ? "gave up after " + std::to_string(j->attempts - j->attempt_base) +
                                   " attempts; last error: " + d.error_message
                             : d.error_message;
       if (d.http_status > 0) e.http_status = static_cast<int>(d.http_status);
       note.error = e;
       record(*j, job_state::dead, "dead", err, "", d.duration_ms);
+      note_failure(*j, "dead", d.error_code, d.error_message, now);
       ++dead_total;
       ++dead_letters;
       log::warning(component, "job dead", {{"job_id", j->id}, {"function", j->function},
@@ -247,7 +248,12 @@ void broker_core::impl::complete(live_job& jr, const cl::done& d, int64_t now) {
       queue.finish(j->id, job_state::dead);
     } else {
       outcome = "retry";
-      int64_t due = now + retry_delay(j->function, j->attempts, d.retry_after_ms);
+      int64_t due = now + retry_delay(j->function, j->attempts - j->attempt_base, d.retry_after_ms);
+      note_failure(*j, "retry", d.error_code, d.error_message, now);
+      log::info(component, "job will retry", {{"job_id", j->id}, {"function", j->function},
+                                              {"attempt", j->attempts}, {"error", d.error_message},
+                                              {"next_run", log::iso8601_utc_ms(due)},
+                                              {"retry_in_ms", due - now}});
       queue.retry_later(j->id, due);
       record(*j, job_state::retry_wait, "retry", err, "", d.duration_ms);
     }
@@ -267,13 +273,14 @@ void broker_core::impl::lose_job(const std::string& job_id, const std::string& w
   }
   const auto policy = opts.cfg.retry_for(j->function);
   auto err = error_json("transient", "lost", why, 0);
-  if (j->attempts >= policy.max_attempts) {
+  if (j->attempts - j->attempt_base >= policy.max_attempts) {
     finished_note note;
     note.job_id = j->id;
     note.status = protocol::reply_status::failed;
-    note.error = protocol::error_info{"exhausted", "gave up after " + std::to_string(j->attempts) +
+    note.error = protocol::error_info{"exhausted", "gave up after " + std::to_string(j->attempts - j->attempt_base) +
                                                        " attempts; last: " + why, "", std::nullopt};
     record(*j, job_state::dead, "dead", error_json("exhausted", "lost", why, 0));
+    note_failure(*j, "dead", "lost", why, now);
     ++dead_total;
     ++dead_letters;
     ++outcomes[j->function]["dead"];
@@ -282,6 +289,7 @@ void broker_core::impl::lose_job(const std::string& job_id, const std::string& w
     return;
   }
   log::warning(component, "job lease lost; it runs again", {{"job_id", job_id}, {"reason", why}});
+  note_failure(*j, "retry", "lost", why, now);
   ++outcomes[j->function]["retry"];
   queue.retry_now(job_id);
   record(*queue.find(job_id), job_state::ready, "lost", err);

@@ -2,6 +2,7 @@
 // transaction per batch, prepared statements reused across batches.
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <stdexcept>
@@ -26,7 +27,8 @@ const char* to_string(job_state s) {
 
 namespace {
 
-constexpr int schema_version = 1;
+// 1: first layout. 2: jobs.attempt_base (replays from the dead-letter queue).
+constexpr int schema_version = 2;
 
 const char* const schema_sql = R"sql(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -38,7 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs(
   okey TEXT NOT NULL, seq INTEGER NOT NULL, state INTEGER NOT NULL, due_ms INTEGER NOT NULL,
   attempts INTEGER NOT NULL, ts_ms INTEGER NOT NULL, created_ms INTEGER NOT NULL,
   updated_ms INTEGER NOT NULL, auto_release INTEGER NOT NULL,
-  last_error TEXT NOT NULL DEFAULT '', result TEXT NOT NULL DEFAULT '') WITHOUT ROWID;
+  last_error TEXT NOT NULL DEFAULT '', result TEXT NOT NULL DEFAULT '',
+  attempt_base INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs(seq) WHERE state < 3;
 CREATE INDEX IF NOT EXISTS jobs_dead ON jobs(updated_ms) WHERE state = 4;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(updated_ms) WHERE state IN (3, 5);
@@ -119,7 +122,7 @@ class stmt {
 
 constexpr const char* job_columns =
     "id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms, created_ms, "
-    "updated_ms, auto_release, last_error, result";
+    "updated_ms, auto_release, last_error, result, attempt_base";
 
 job_record read_job(const stmt& s) {
   job_record j;
@@ -138,6 +141,7 @@ job_record read_job(const stmt& s) {
   j.auto_release = s.i64(12) != 0;
   j.last_error_json = s.text(13);
   j.result_json = s.text(14);
+  j.attempt_base = s.i64(15);
   return j;
 }
 
@@ -187,6 +191,8 @@ class sqlite_store final : public store {
       out.children_inserted.reserve(b.children.size());
       for (auto& c : b.children) out.children_inserted.push_back(insert_job(c));
       if (b.prune_before_ms) prune_chunk(*b.prune_before_ms, b.prune_limit, out);
+      if (!b.replay_ids.empty() || b.replay_all) replay_dead(b, out);
+      if (!b.purge_ids.empty() || b.purge_all) purge_dead(b, out);
       exec("COMMIT");
       return out;
     } catch (const std::exception& e) {
@@ -267,14 +273,30 @@ class sqlite_store final : public store {
     }
   }
 
+  bool has_column(const std::string& table, const std::string& column) {
+    stmt s(db_, ("SELECT 1 FROM pragma_table_info('" + table + "') WHERE name = '" + column + "'").c_str());
+    return s.step();
+  }
+
   void check_version(bool may_write) {
     stmt s(db_, "SELECT value FROM meta WHERE key='schema_version'");
     if (s.step()) {
       int v = std::stoi(s.text(0));
+      s.reset();
       if (v > schema_version)
         throw sqlite_failure("the store has schema version " + std::to_string(v) +
                              ", newer than this klynaa understands (" +
                              std::to_string(schema_version) + "); upgrade klynaa");
+      if (v < 2) {
+        if (!may_write)
+          throw sqlite_failure("the store has schema version " + std::to_string(v) +
+                               "; start the broker once to upgrade it");
+        exec("BEGIN IMMEDIATE");
+        if (!has_column("jobs", "attempt_base"))
+          exec("ALTER TABLE jobs ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0");
+        exec("UPDATE meta SET value = '2' WHERE key = 'schema_version'");
+        exec("COMMIT");
+      }
     } else if (may_write) {
       exec(("INSERT INTO meta(key, value) VALUES('schema_version', '" +
             std::to_string(schema_version) + "')").c_str());
@@ -287,7 +309,7 @@ class sqlite_store final : public store {
     add("insert_request",
         "INSERT INTO requests(id, op, type, ts_ms, accepted_ms, jobs) VALUES(?1, ?2, ?3, ?4, ?5, ?6)");
     add("insert_job", "INSERT OR IGNORE INTO jobs(" + cols +
-                          ") VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
+                          ") VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)");
     add("update_job",
         "UPDATE jobs SET state = ?2, attempts = ?3, due_ms = ?4, seq = ?5, last_error = ?6, "
         "result = ?7, updated_ms = ?8 WHERE id = ?1");
@@ -307,6 +329,13 @@ class sqlite_store final : public store {
         "SELECT attempt, node, outcome, error, duration_ms, at_ms FROM attempts WHERE job_id = ?1 "
         "ORDER BY attempt");
     add("count", "SELECT function, state, COUNT(*) FROM jobs GROUP BY function, state");
+    add("dead_oldest", "SELECT " + cols + " FROM jobs WHERE state = 4 ORDER BY seq LIMIT ?1");
+    add("dead_ids", "SELECT id FROM jobs WHERE state = 4");
+    add("replay_job",
+        "UPDATE jobs SET state = 0, seq = ?2, due_ms = ?3, updated_ms = ?3, attempt_base = ?4 "
+        "WHERE id = ?1 AND state = 4");
+    add("purge_attempts", "DELETE FROM attempts WHERE job_id = ?1");
+    add("purge_job", "DELETE FROM jobs WHERE id = ?1 AND state = 4");
     const std::string oldest_finished =
         "SELECT id FROM jobs WHERE state IN (3, 5) AND updated_ms < ?1 ORDER BY updated_ms LIMIT ?2";
     add("prune_attempts", "DELETE FROM attempts WHERE job_id IN (" + oldest_finished + ")");
@@ -332,6 +361,50 @@ class sqlite_store final : public store {
     const int64_t requests = sqlite3_changes(db_);
     out.pruned += jobs + requests;
     out.prune_more = jobs >= limit || requests >= limit;
+  }
+
+  void replay_dead(const batch& b, commit_outcome& out) {
+    std::vector<job_record> dead;
+    if (b.replay_all) {
+      auto& s = get("dead_oldest");
+      s.bind(1, b.replay_limit + 1);
+      while (s.step()) dead.push_back(read_job(s));
+      s.reset();
+      out.replay_more = static_cast<int64_t>(dead.size()) > b.replay_limit;
+      if (out.replay_more) dead.resize(static_cast<size_t>(b.replay_limit));
+    } else {
+      for (auto& id : b.replay_ids)
+        if (auto j = find_job(id); j && j->state == job_state::dead) dead.push_back(std::move(*j));
+      std::sort(dead.begin(), dead.end(), [](auto& a, auto& c) { return a.seq < c.seq; });
+    }
+    const int64_t now = now_ms();
+    int64_t seq = b.replay_seq_base;
+    for (auto& j : dead) {
+      j.state = job_state::ready;
+      j.seq = seq++;
+      j.due_ms = now;
+      j.attempt_base = j.attempts;
+      j.updated_ms = now;
+      get("replay_job").bind(1, j.id).bind(2, j.seq).bind(3, now).bind(4, j.attempt_base).run();
+      out.replayed.push_back(std::move(j));
+    }
+  }
+
+  void purge_dead(const batch& b, commit_outcome& out) {
+    std::vector<std::string> ids;
+    if (b.purge_all) {
+      auto& s = get("dead_ids");
+      while (s.step()) ids.push_back(s.text(0));
+      s.reset();
+    } else {
+      for (auto& id : b.purge_ids)
+        if (auto j = find_job(id); j && j->state == job_state::dead) ids.push_back(id);
+    }
+    for (auto& id : ids) {
+      get("purge_attempts").bind(1, id).run();
+      get("purge_job").bind(1, id).run();
+      out.purged.push_back(id);
+    }
   }
 
   request_outcome apply_request(const new_request& r) {
@@ -402,7 +475,8 @@ class sqlite_store final : public store {
         .bind(5, j.ordering_key).bind(6, j.seq).bind(7, static_cast<int64_t>(j.state))
         .bind(8, j.due_ms).bind(9, j.attempts).bind(10, j.ts_ms)
         .bind(11, j.created_ms ? j.created_ms : now).bind(12, now)
-        .bind(13, j.auto_release ? 1 : 0).bind(14, j.last_error_json).bind(15, j.result_json);
+        .bind(13, j.auto_release ? 1 : 0).bind(14, j.last_error_json).bind(15, j.result_json)
+        .bind(16, j.attempt_base);
     s.run();
     return sqlite3_changes(db_) > 0;
   }

@@ -43,6 +43,7 @@ struct job_record {
   int64_t created_ms = 0;
   int64_t updated_ms = 0;
   bool auto_release = false; ///< the delayed escrow release of pickup.delivered
+  int64_t attempt_base = 0;  ///< attempts before its last replay from the dead-letter queue
   std::string last_error_json;  ///< {"code","message","http_status"?} of the last failure
   std::string result_json;      ///< the result of a successful run
 };
@@ -82,8 +83,19 @@ struct batch {
   /// requests accepted before it whose jobs are all gone (store.dedup_retention_days).
   std::optional<int64_t> prune_before_ms;
   int64_t prune_limit = 2000;
+  /// Dead-letter queue (klynaa dlq): dead jobs made ready again (due now, new seq
+  /// from replay_seq_base upwards in seq order, a fresh attempt budget, same id,
+  /// data and ordering key) — `replay_ids`, or the oldest `replay_limit` with
+  /// replay_all; and dead jobs deleted with their history.
+  std::vector<std::string> replay_ids;
+  bool replay_all = false;
+  int64_t replay_limit = 0;
+  int64_t replay_seq_base = 0;
+  std::vector<std::string> purge_ids;
+  bool purge_all = false;
   bool empty() const {
-    return requests.empty() && updates.empty() && children.empty() && !prune_before_ms;
+    return requests.empty() && updates.empty() && children.empty() && !prune_before_ms &&
+           replay_ids.empty() && !replay_all && purge_ids.empty() && !purge_all;
   }
 };
 
@@ -101,6 +113,9 @@ struct commit_outcome {
   std::vector<bool> children_inserted;    ///< one per batch.children
   int64_t pruned = 0;       ///< rows deleted by the batch's prune (jobs + dedup keys)
   bool prune_more = false;  ///< the prune hit its limit: more rows are due
+  std::vector<job_record> replayed;  ///< the dead jobs made ready, as stored now
+  bool replay_more = false;          ///< replay_all hit replay_limit: more dead jobs remain
+  std::vector<std::string> purged;   ///< the dead jobs deleted
 };
 
 /// A store failure: `message` names what failed ("disk full", the file, ...).
@@ -124,7 +139,7 @@ class store {
 
   virtual std::optional<job_record> find_job(const std::string& id) = 0;
 
-  /// Jobs in `state`, newest first, at most `limit`.
+  /// Jobs in `state`, most recently changed first, at most `limit`.
   virtual std::vector<job_record> list_jobs(job_state state, size_t limit) = 0;
 
   /// Attempt history of a job as a JSON array text.

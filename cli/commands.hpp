@@ -17,6 +17,7 @@ int cmd_publish(int argc, char** argv);  ///< publish one event
 int cmd_invoke(int argc, char** argv);   ///< invoke one function and wait
 int cmd_config(int argc, char** argv);   ///< check a config or print the example
 int cmd_stats(int argc, char** argv);    ///< queues and nodes via the admin endpoint
+int cmd_dlq(int argc, char** argv);      ///< the dead-letter queue via the admin endpoint
 
 /// Reads --config (or no file: embedded defaults) and the environment. False
 /// with `error` naming the file, key or variable.

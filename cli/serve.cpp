@@ -12,6 +12,7 @@
 
 #include "broker/admin.hpp"
 #include "broker/core.hpp"
+#include "broker/dlq.hpp"
 #include "broker/schedules.hpp"
 #include "cli/commands.hpp"
 #include "cli/node_host.hpp"
@@ -163,6 +164,18 @@ int serve_broker(prepared& p, bool with_node) {
   broker::admin_server admin;
   broker::admin_handlers handlers;
   handlers.stats = [&core] { return core.stats(); };
+  broker::dlq_reader dlq([path = so.path]() -> std::unique_ptr<broker::store> {
+    broker::sqlite_options ro;
+    ro.path = path;
+    ro.read_only = true;
+    broker::store_error e;
+    return broker::open_sqlite_store(ro, e);
+  });
+  handlers.dlq_list = [&dlq](size_t limit) { return dlq.list(limit); };
+  handlers.dlq_show = [&dlq](const std::string& id) { return dlq.show(id); };
+  handlers.dlq_command = [&core](const std::string& action, const std::vector<std::string>& ids, bool all) {
+    return core.dlq_command(action, ids, all, std::chrono::seconds(10));
+  };
   if (!admin.start(p.cfg.admin.bind, p.cfg.admin.token, handlers, err)) {
     std::cerr << "klynaa: " << err << "\n";
     return 1;
@@ -187,7 +200,16 @@ int serve_broker(prepared& p, bool with_node) {
     else wait_until([] { return g_phase.load() >= 2; });  // a second signal: stop now
     broker_phase.store(static_cast<int>(broker::phase::stopping));
   });
-  int rc = core.run(broker_phase);
+  int rc = 1;
+  try {
+    rc = core.run(broker_phase);
+  } catch (const std::exception& e) {
+    // A bug, not bad input: say what it was and exit 1 (systemd restarts us; the
+    // store has everything accepted). Never std::terminate with a joinable thread.
+    log::error("broker", "the broker loop failed; exiting", {{"error", e.what()}});
+    std::cerr << "klynaa: the broker loop failed: " << e.what() << "\n";
+    g_phase.store(2);
+  }
   loop_done.store(true);
   watcher.join();
   if (node) node->stop();

@@ -59,6 +59,9 @@ clients:
 operations:
   stats   [--admin A] [--json] [--config F]
           queue depth, in flight, done, retrying, dead per function; nodes
+  dlq list [--limit N] | dlq show JOB | dlq replay JOB...|--all | dlq purge JOB...|--all
+          [--admin A] [--json] [--config F]
+          the dead-letter queue: replay keeps the job's id, data and ordering key
 
 config:
   config  --check [--config F]     validate a config file (exit 2 naming the key)

@@ -1,45 +1,14 @@
 // `klynaa stats`: the broker's queues and nodes through its admin endpoint
 // (contract §5): a table for people, --json for scripts.
-#include <httplib.h>
-
 #include <cstdio>
 #include <iostream>
 
+#include "cli/admin_client.hpp"
 #include "cli/commands.hpp"
 
 namespace klynaa::cli {
 
 namespace {
-
-/// GET `path` from the admin endpoint `addr` ("host:port"); bearer token when set.
-std::optional<nlohmann::json> admin_get(const std::string& addr, const std::string& token,
-                                        const std::string& path, std::string& err) {
-  auto colon = addr.rfind(':');
-  if (colon == std::string::npos) {
-    err = "--admin must be HOST:PORT, got '" + addr + "'";
-    return std::nullopt;
-  }
-  httplib::Client c(addr.substr(0, colon), std::atoi(addr.substr(colon + 1).c_str()));
-  c.set_connection_timeout(3, 0);
-  c.set_read_timeout(10, 0);
-  httplib::Headers h;
-  if (!token.empty()) h.emplace("Authorization", "Bearer " + token);
-  auto r = c.Get(path.c_str(), h);
-  if (!r) {
-    err = "no answer from the admin endpoint " + addr + " (--admin, admin.bind)";
-    return std::nullopt;
-  }
-  if (r->status != 200) {
-    err = "the admin endpoint answered " + std::to_string(r->status) + ": " + r->body;
-    return std::nullopt;
-  }
-  auto j = nlohmann::json::parse(r->body, nullptr, false);
-  if (j.is_discarded()) {
-    err = "the admin endpoint's answer is not JSON";
-    return std::nullopt;
-  }
-  return j;
-}
 
 int64_t num(const nlohmann::json& j, const char* key) {
   return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<int64_t>() : 0;
@@ -57,6 +26,15 @@ void print_table(const nlohmann::json& s) {
                 static_cast<long long>(num(o, "retry")), static_cast<long long>(num(o, "dead")));
   }
   std::printf("\ndead-letter queue: %lld job(s)\n\n", static_cast<long long>(num(s, "dead_letters")));
+  const auto retrying = s.value("retrying", nlohmann::json::array());
+  if (!retrying.empty()) {
+    std::printf("%-44s %-26s %8s %12s\n", "next retries", "function", "attempts", "in");
+    for (auto& r : retrying)
+      std::printf("%-44s %-26s %8lld %10.1f s\n", r.value("job_id", "").c_str(), r.value("function", "").c_str(),
+                  static_cast<long long>(num(r, "attempts")),
+                  static_cast<double>(num(r, "next_run_ms") - num(s, "ts_ms")) / 1000.0);
+    std::printf("\n");
+  }
   auto nodes = s.value("nodes", nlohmann::json::array());
   std::printf("%-24s %-34s %8s %8s %16s\n", "node", "actors", "running", "credit", "last heartbeat");
   const int64_t now = num(s, "ts_ms");
@@ -89,7 +67,7 @@ int cmd_stats(int argc, char** argv) {
     std::cerr << "klynaa: " << err << "\n";
     return 2;
   }
-  auto s = admin_get(args.get("admin").value_or(cfg.admin.bind), cfg.admin.token, "/stats", err);
+  auto s = admin_call("GET", args.get("admin").value_or(cfg.admin.bind), cfg.admin.token, "/stats", err);
   if (!s) {
     std::cerr << "klynaa stats: " << err << "\n";
     return 1;

@@ -649,6 +649,109 @@ TEST_CASE("a store with a newer schema version refuses to open and names the ver
   open_store(dir.db(), true);
 }
 
+TEST_CASE("replaying dead jobs makes them ready with new seqs, a fresh budget and their history kept",
+          "[store][dlq]") {
+  temp_dir dir;
+  auto s = open_store(dir.db());
+  batch b;
+  for (int i = 1; i <= 4; ++i) {
+    auto id = "d" + std::to_string(i);
+    b.requests.push_back(make_request(id, {make_job(id + "#1", i, "processEscrowRelease", "pickup:" + std::to_string(i))}));
+  }
+  commit_ok(*s, b);
+  batch kill;
+  for (int i = 1; i <= 3; ++i) {
+    auto u = update("d" + std::to_string(i) + "#1", job_state::dead, 5, i);
+    u.outcome = "dead";
+    kill.updates.push_back(u);
+  }
+  commit_ok(*s, kill);
+
+  batch one;
+  one.replay_ids = {"d2#1", "d4#1", "nope"};  // d4 is not dead, nope does not exist
+  one.replay_seq_base = 100;
+  auto out = commit_ok(*s, one);
+  REQUIRE(out.replayed.size() == 1);
+  auto& r = out.replayed[0];
+  CHECK(r.id == "d2#1");
+  CHECK(r.state == job_state::ready);
+  CHECK(r.seq == 100);
+  CHECK(r.attempts == 5);
+  CHECK(r.attempt_base == 5);  // the next attempt is 6, the first of a fresh budget
+  CHECK(r.ordering_key == "pickup:2");
+  CHECK(s->find_job("d2#1")->state == job_state::ready);
+  CHECK(nlohmann::json::parse(s->history_json("d2#1")).size() == 1);  // history kept
+  CHECK(ids_of(unfinished(*s)) == std::vector<std::string>{"d4#1", "d2#1"});  // by seq: after d4
+
+  batch all;
+  all.replay_all = true;
+  all.replay_limit = 1;  // the oldest first, and more remain
+  all.replay_seq_base = 200;
+  auto first = commit_ok(*s, all);
+  REQUIRE(first.replayed.size() == 1);
+  CHECK(first.replayed[0].id == "d1#1");
+  CHECK(first.replay_more);
+  all.replay_seq_base = 300;
+  auto second = commit_ok(*s, all);
+  REQUIRE(second.replayed.size() == 1);
+  CHECK(second.replayed[0].id == "d3#1");
+  CHECK(!second.replay_more);
+  CHECK(s->list_jobs(job_state::dead, 10).empty());
+}
+
+TEST_CASE("purging dead jobs deletes them and their history, and nothing else", "[store][dlq]") {
+  temp_dir dir;
+  auto s = open_store(dir.db());
+  batch b;
+  for (int i = 1; i <= 3; ++i) {
+    auto id = "p" + std::to_string(i);
+    b.requests.push_back(make_request(id, {make_job(id + "#1", i)}));
+  }
+  commit_ok(*s, b);
+  batch kill;
+  for (int i = 1; i <= 2; ++i) {
+    auto u = update("p" + std::to_string(i) + "#1", job_state::dead, 3, i);
+    u.outcome = "dead";
+    kill.updates.push_back(u);
+  }
+  commit_ok(*s, kill);
+  batch one;
+  one.purge_ids = {"p1#1", "p3#1"};  // p3 is not dead: kept
+  auto out = commit_ok(*s, one);
+  CHECK(out.purged == std::vector<std::string>{"p1#1"});
+  CHECK(!s->find_job("p1#1"));
+  CHECK(s->history_json("p1#1") == "[]");
+  CHECK(s->find_job("p3#1"));
+  batch all;
+  all.purge_all = true;
+  CHECK(commit_ok(*s, all).purged == std::vector<std::string>{"p2#1"});
+  CHECK(s->find_job("p3#1"));
+  CHECK(s->list_jobs(job_state::dead, 10).empty());
+}
+
+TEST_CASE("a version 1 store is upgraded in place: its jobs gain attempt_base 0", "[store]") {
+  temp_dir dir;
+  {
+    auto s = open_store(dir.db());
+    commit_one(*s, make_request("v1", {make_job("v1#1", 1)}));
+  }
+  raw_sql(dir.db(), "ALTER TABLE jobs DROP COLUMN attempt_base; "
+                    "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
+  {
+    sqlite_options o;
+    o.path = dir.db();
+    o.read_only = true;
+    store_error err;
+    CHECK(open_sqlite_store(o, err) == nullptr);  // a reader cannot upgrade
+    CHECK(err.message.find("schema version 1") != std::string::npos);
+  }
+  auto s = open_store(dir.db());
+  auto j = s->find_job("v1#1");
+  REQUIRE(j);
+  CHECK(j->attempt_base == 0);
+  CHECK(ids_of(unfinished(*s)) == std::vector<std::string>{"v1#1"});
+}
+
 TEST_CASE("a store that cannot be opened says which file", "[store]") {
   temp_dir dir;
   sqlite_options o;

@@ -203,3 +203,36 @@ TEST_CASE("a node claiming an unknown actor kind, or speaking garbage, is refuse
   CHECK(srv.log().find("unknown actor kind") != std::string::npos);
   CHECK(srv.log().find("undecodable cluster message") != std::string::npos);
 }
+
+// Regression (found by the netns test): stats taken while a job's children of a
+// function with no live job yet were uncommitted made the broker abort.
+TEST_CASE("stats while thousands of children of a new function wait for their commit keep the broker up",
+          "[cluster][stats]") {
+  klynaa_server srv("broker");
+  zmq::context_t ctx;
+  fake_node node(ctx, srv.cluster(), "a", {"escrow"}, 4);  // no notifier: the children stay ready
+  raw_client client(ctx, srv.ingress());
+  auto r = client.call(publish_frame("c7", "pickup.confirmed", {{"pickup_id", 7}, {"customer_id", 101}}));
+  REQUIRE(r);
+  REQUIRE(r->status == reply_status::accepted);
+  auto job = node.next_job();
+  REQUIRE(job);
+  cl::done d;
+  d.job_id = job->job_id;
+  d.lease = job->lease;
+  d.outcome = "ok";
+  d.result_json = "{}";
+  const int n = 20000;
+  for (int i = 0; i < n; ++i)
+    d.children.push_back({"#escrow-released-7-" + std::to_string(i), "sendPickupNotification",
+                          R"({"pickup_id":7,"notification_type":"escrow_released","user_type":"customer","user_id":101})",
+                          0});
+  node.send(d);
+  for (int i = 0; i < 20; ++i) {  // stats published every 250 ms while they commit
+    stats_of(srv);
+    std::this_thread::sleep_for(100ms);
+  }
+  CHECK(srv.proc().running());
+  CHECK(client.call(ping_frame()));
+  CHECK(wait_for([&] { return count_of(stats_of(srv), "sendPickupNotification", "ready") == n; }, 30000ms));
+}

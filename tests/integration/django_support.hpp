@@ -140,4 +140,35 @@ inline int64_t outcome_count(const json& stats, const std::string& function, con
   return f["outcomes"].value(outcome, int64_t{0});
 }
 
+/// `klynaa run` and the reference Django app wired to each other, with quick retries.
+struct cluster_under_test {
+  int django_port = free_tcp_port();
+  std::unique_ptr<klynaa_server> klynaa;
+  std::unique_ptr<django_app> django;
+
+  cluster_under_test() : cluster_under_test(std::map<std::string, std::string>{}) {}
+  explicit cluster_under_test(std::map<std::string, std::string> env, std::vector<std::string> extra = {}) {
+    env["DJANGO_API_URL"] = "http://127.0.0.1:" + std::to_string(django_port);
+    env["DJANGO_API_KEY"] = "test-key";
+    env.emplace("KLYNAA_RETRY_BASE_DELAY_MS", "100");
+    env.emplace("KLYNAA_RETRY_MAX_DELAY_MS", "1000");
+    env.emplace("KLYNAA_RETRY_MAX_ATTEMPTS", "40");  // outlasts a Django restart
+    env.emplace("KLYNAA_DJANGO_TIMEOUT_MS", "3000");
+    klynaa = std::make_unique<klynaa_server>("run", env, std::move(extra));
+    django = std::make_unique<django_app>(klynaa->ingress(), django_port);
+  }
+
+  json stats() { return broker_stats(*klynaa); }
+
+  bool all_done(const std::vector<std::string>& functions, std::chrono::milliseconds timeout = 30000ms) {
+    return wait_for([&] {
+      auto s = stats();
+      if (!s.contains("functions")) return false;
+      for (auto& f : functions)
+        if (unfinished(s, f) != 0) return false;
+      return true;
+    }, timeout);
+  }
+};
+
 }  // namespace klynaa::test

@@ -15,36 +15,6 @@ using klynaa::protocol::reply_status;
 namespace {
 
 
-struct cluster_under_test {
-  int django_port = free_tcp_port();
-  std::unique_ptr<klynaa_server> klynaa;
-  std::unique_ptr<django_app> django;
-
-  cluster_under_test() : cluster_under_test(std::map<std::string, std::string>{}) {}
-  explicit cluster_under_test(std::map<std::string, std::string> env, std::vector<std::string> extra = {}) {
-    env["DJANGO_API_URL"] = "http://127.0.0.1:" + std::to_string(django_port);
-    env["DJANGO_API_KEY"] = "test-key";
-    env.emplace("KLYNAA_RETRY_BASE_DELAY_MS", "100");
-    env.emplace("KLYNAA_RETRY_MAX_DELAY_MS", "1000");
-    env.emplace("KLYNAA_RETRY_MAX_ATTEMPTS", "40");  // outlasts a Django restart
-    env.emplace("KLYNAA_DJANGO_TIMEOUT_MS", "3000");
-    klynaa = std::make_unique<klynaa_server>("run", env, std::move(extra));
-    django = std::make_unique<django_app>(klynaa->ingress(), django_port);
-  }
-
-  json stats() { return broker_stats(*klynaa); }
-
-  bool all_done(const std::vector<std::string>& functions, std::chrono::milliseconds timeout = 30000ms) {
-    return wait_for([&] {
-      auto s = stats();
-      if (!s.contains("functions")) return false;
-      for (auto& f : functions)
-        if (unfinished(s, f) != 0) return false;
-      return true;
-    }, timeout);
-  }
-};
-
 json accepted_pickup(django_app& d) {
   auto p = d.post("/api/demo/pickups/", {{"customer_id", 101}, {"lat", 6.52}, {"lng", 3.37},
                                          {"price", 2500.5}, {"publish", false}});
@@ -319,7 +289,27 @@ TEST_CASE("with Django stopped for a few seconds, jobs are retried and complete"
   }
   bool retried = wait_for([&] { return outcome_count(c.stats(), "sendPickupNotification", "retry") > 0; }, 15000ms);
   CHECK(retried);
-  std::this_thread::sleep_for(2000ms);
+  // The waiting retries are visible with their attempts and next run: /stats
+  // and `klynaa stats`; the failures with their errors too.
+  json s;
+  CHECK(wait_for([&] {
+    s = c.stats();
+    return !s.value("retrying", json::array()).empty();
+  }, 10000ms));
+  INFO(s.dump());
+  if (!s.value("retrying", json::array()).empty()) {
+    auto r = s["retrying"][0];
+    CHECK(r["function"] == "sendPickupNotification");
+    CHECK(r["attempts"].get<int>() >= 1);
+    CHECK(r["next_run_ms"].get<int64_t>() > 0);
+  }
+  REQUIRE(!s.value("recent_failures", json::array()).empty());
+  CHECK(s["recent_failures"].back()["outcome"] == "retry");
+  auto [code, table] = run_cli({"stats", "--admin", c.klynaa->endpoints()["admin"].get<std::string>()});
+  INFO(table);
+  CHECK(code == 0);
+  CHECK(c.klynaa->log().find("job will retry") != std::string::npos);
+  std::this_thread::sleep_for(1000ms);
   c.django->restart(c.klynaa->ingress());
   CHECK(c.all_done({"sendPickupNotification"}, 60000ms));
   CHECK(outcome_count(c.stats(), "sendPickupNotification", "ok") == 5);
