@@ -45,10 +45,11 @@ std::vector<int> confirm_delivered_pickups(django_app& django, const std::string
 }
 
 std::unique_ptr<process> start_node(const temp_dir& dir, const std::string& name, const std::string& broker,
-                                    const std::map<std::string, std::string>& env) {
+                                    const std::map<std::string, std::string>& env,
+                                    const std::string& actors = "notifier,escrow") {
   return std::make_unique<process>(
       std::vector<std::string>{KLYNAA_BINARY, "node", "--broker", broker, "--name", name, "--actors",
-                               "notifier,escrow", "--data-dir", dir / name},
+                               actors, "--data-dir", dir / name},
       env, dir / (name + ".log"));
 }
 
@@ -188,4 +189,70 @@ TEST_CASE("a node whose broker is unreachable or not a broker says so, backs off
     CHECK(*code == 0);
     check_no_sanitizer_report(p->log());
   }
+}
+
+TEST_CASE("jobs wait, visible in stats, while no node hosts their kind, and run when one connects",
+          "[multinode][placement]") {
+  const int django_port = free_tcp_port();
+  auto env = cluster_env(django_port);
+  klynaa_server broker("broker", env);
+  django_app django(broker.ingress(), django_port);
+  temp_dir dir;
+  auto geo = start_node(dir, "node-geo", broker.cluster(), env, "geo");  // no escrow anywhere
+  REQUIRE(wait_for([&] { return broker_stats(broker).value("nodes", json::array()).size() == 1; }, 30000ms));
+  auto pickups = confirm_delivered_pickups(django, broker.ingress(), 3, "wait-");
+  std::this_thread::sleep_for(2000ms);
+  auto s = broker_stats(broker);
+  INFO(s.dump());
+  CHECK(s["functions"]["processEscrowRelease"].value("ready", 0) == 3);  // waiting, not failed
+  CHECK(outcome_count(s, "processEscrowRelease", "retry") == 0);
+  CHECK(s.value("dead_letters", -1) == 0);
+  CHECK(s["nodes"][0]["stats"].value("jobs", json::object()).count("processEscrowRelease") == 0);
+  auto escrow = start_node(dir, "node-escrow", broker.cluster(), env, "escrow,notifier");
+  CHECK(wait_for([&] {
+    auto st = broker_stats(broker);
+    return outcome_count(st, "processEscrowRelease", "ok") == 3 && unfinished(st, "processEscrowRelease") == 0;
+  }, 60000ms));
+  for (auto* p : {geo.get(), escrow.get()}) {
+    p->kill(SIGTERM);
+    auto code = p->wait(15000ms);
+    REQUIRE(code);
+    CHECK(*code == 0);
+  }
+}
+
+TEST_CASE("a geo node that joins late answers like the others: Django's list plus the updates since",
+          "[multinode][geo]") {
+  const int django_port = free_tcp_port();
+  auto env = cluster_env(django_port);
+  klynaa_server broker("broker", env);
+  django_app django(broker.ingress(), django_port);
+  temp_dir dir;
+  auto a = start_node(dir, "geo-a", broker.cluster(), env, "geo");
+  REQUIRE(wait_for([&] { return broker_stats(broker).value("nodes", json::array()).size() == 1; }, 30000ms));
+  auto moved = [&](int worker, int applied) {
+    auto r = django.post("/api/demo/workers/" + std::to_string(worker) + "/location/",
+                         {{"lat", 6.70}, {"lng", 3.60}, {"available", true}});
+    REQUIRE(r["ingress"]["status"] == "accepted");
+    REQUIRE(wait_for([&] { return outcome_count(broker_stats(broker), "updateWorkerLocation", "ok") == applied; },
+                     30000ms));
+  };
+  moved(205, 1);  // before b exists: b learns it from Django's available list
+  auto b = start_node(dir, "geo-b", broker.cluster(), env, "geo");
+  REQUIRE(wait_for([&] { return broker_stats(broker).value("nodes", json::array()).size() == 2; }, 30000ms));
+  moved(204, 2);  // after b joined: the fan-out brings it to both
+  a->kill(SIGTERM);
+  REQUIRE(a->wait(15000ms));
+  REQUIRE(wait_for([&] { return broker_stats(broker).value("nodes", json::array()).size() == 1; }, 30000ms));
+  // Only b is left to answer.
+  auto [code, out] = run_cli({"invoke", "notifyNearbyWorkers", "--ingress", broker.ingress(), "--data",
+                              R"({"pickup_id": 1, "lat": 6.70, "lng": 3.60, "radius_km": 1})"});
+  INFO(out);
+  REQUIRE(code == 0);
+  auto reply = json::parse(out.substr(out.find('{')));
+  std::set<int> found;
+  for (auto& w : reply["result"]["workers"]) found.insert(w.get<int>());
+  CHECK(found == std::set<int>{204, 205});
+  b->kill(SIGTERM);
+  CHECK(b->wait(15000ms));
 }
