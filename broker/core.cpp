@@ -446,7 +446,8 @@ void broker_core::impl::publish_stats(int64_t now) {
   nlohmann::json ns = nlohmann::json::array();
   for (auto& [id, n] : nodes)
     ns.push_back({{"name", n.name}, {"kinds", n.kinds}, {"credit", n.credit}, {"running", n.running},
-                  {"last_heartbeat_ms", n.last_seen}, {"stats", n.stats}});
+                  {"last_heartbeat_ms", n.last_seen}, {"stats", n.stats},
+                  {"withdrawn", n.withdrawn}});
   // Totals every 5 s over the last 10 minutes, for the dashboard's charts.
   if (now - last_history >= 5000) {
     last_history = now;

@@ -76,6 +76,7 @@ struct node_session {
   int64_t last_sent = 0;
   int64_t running = 0;
   nlohmann::json stats = nlohmann::json::object();
+  std::map<std::string, std::string> withdrawn;  ///< kind -> reason the node gave up on it
 };
 
 /// A dead-letter command from the admin endpoint, answered after its commit.
@@ -153,7 +154,7 @@ struct broker_core::impl {
   void fanout_done(node_session& n, live_job& j, const protocol::cluster::done& d, int64_t now);
   void fanout_forget_node(const std::string& identity, int64_t now);
   void complete(live_job& j, const protocol::cluster::done& d, int64_t now);
-  void drop_node(const std::string& identity, const std::string& why, int64_t now);
+  void drop_node(std::string identity, const std::string& why, int64_t now);  // by value: callers pass map keys
   void check_nodes(int64_t now);
   bool send_node(const std::string& identity, const std::string& frame);
   int64_t retry_delay(const std::string& function, int64_t attempts, int64_t retry_after_ms);

@@ -106,6 +106,23 @@ void broker_core::impl::handle_node_message(const std::string& identity, const z
   } else if (auto* b = std::get_if<cl::bye>(&*msg)) {
     log::info(component, "node left", {{"node", n.name}, {"handed_back", b->jobs.size()}});
     drop_node(identity, "said bye", now);
+  } else if (auto* w = std::get_if<cl::withdraw>(&*msg)) {
+    // The node's supervisor gave up on these kinds: send it none of them again
+    // (until it registers anew) and run the jobs it hands back elsewhere.
+    int64_t returned = 0;
+    for (auto& k : w->kinds) {
+      n.kinds.erase(k);
+      n.withdrawn[k] = w->reason;
+    }
+    for (auto& id : w->jobs) {
+      auto* j = queue.find(id);
+      if (!j || j->state != job_state::running || j->node != identity) continue;
+      ++returned;
+      lose_job(id, "node " + n.name + " withdrew " + j->kind + ": " + w->reason, now);
+    }
+    n.credit = std::max<int64_t>(0, n.credit + returned - w->credit);
+    log::warning(component, "node withdrew actor kinds", {{"node", n.name}, {"kinds", w->kinds},
+                                                          {"reason", w->reason}, {"jobs_returned", returned}});
   } else if (auto* s = std::get_if<cl::node_stats>(&*msg)) {
     auto j = nlohmann::json::parse(s->json, nullptr, false);
     if (j.is_object()) n.stats = std::move(j);
@@ -296,7 +313,7 @@ void broker_core::impl::lose_job(const std::string& job_id, const std::string& w
   (void)now;
 }
 
-void broker_core::impl::drop_node(const std::string& identity, const std::string& why, int64_t now) {
+void broker_core::impl::drop_node(std::string identity, const std::string& why, int64_t now) {
   auto it = nodes.find(identity);
   if (it == nodes.end()) return;
   std::vector<std::string> held;

@@ -54,6 +54,11 @@ void node_host::start(zmq::context_t& ctx, const std::string& broker_endpoint) {
   o.broker_endpoint = broker_endpoint;
   o.name = name_;
   o.kinds = actors::make_actor_kinds(cfg_, data_dir_, kinds_);
+  for (auto& k : o.kinds) {  // supervision limits (nodes/pool.hpp), the same for every kind
+    k.limits.job_timeout_ms = cfg_.node.job_timeout_seconds * 1000;
+    k.limits.max_restarts = cfg_.node.max_restarts;
+    k.limits.restart_window_ms = cfg_.node.restart_window_seconds * 1000;
+  }
   o.shutdown_grace_ms = cfg_.shutdown.grace_seconds * 1000;
   o.extra_stats = [] {
     nlohmann::json d = nlohmann::json::object();

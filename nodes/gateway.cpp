@@ -63,7 +63,8 @@ void send_ready(gateway_ptr self) {
   cl::ready r;
   r.node = st.cfg.node;
   for (const auto& k : st.cfg.kinds)
-    r.kinds.push_back(k.kind);
+    if (!st.withdrawn.count(k.kind))
+      r.kinds.push_back(k.kind);
   // Jobs this node still holds (from a previous session) count against the
   // credit, so it never holds more than it granted.
   r.credit = std::max<int64_t>(0, st.capacity - static_cast<int64_t>(st.held.size()));
@@ -95,7 +96,8 @@ void send_stats(gateway_ptr self) {
   for (const auto& k : st.cfg.kinds)
     kinds.push_back({{"kind", k.kind}, {"workers", k.workers}});
   nlohmann::json stats = {{"node", st.cfg.node}, {"kinds", kinds}, {"capacity", st.capacity},
-                          {"held", st.held.size()}, {"running", st.cfg.busy->load()}, {"jobs", jobs}};
+                          {"held", st.held.size()}, {"running", st.cfg.busy->load()}, {"jobs", jobs},
+                          {"withdrawn", st.withdrawn}};
   if (st.cfg.extra_stats) {
     try {
       stats["extra"] = st.cfg.extra_stats();
@@ -218,13 +220,15 @@ void on_done(gateway_ptr self, int64_t lease, const std::string& frame) {
                  {{"node", st.cfg.node}, {"job_id", h != st.held.end() ? h->second.job_id : std::string{}}});
     return;
   }
+  bool withdrawn_kind = false;
   if (h != st.held.end()) {
     count_outcome(self, h->second.function, frame);
+    withdrawn_kind = st.withdrawn_functions.count(h->second.function) > 0;
     st.held.erase(h);
   }
   if (!frame.empty())
     send_frame(self, frame);
-  if (st.lf == life::running)
+  if (st.lf == life::running && !withdrawn_kind)  // a withdrawn kind's slots are not granted again
     send_msg(self, cl::credit{1});
   else
     maybe_finish_stop(self);
@@ -232,9 +236,51 @@ void on_done(gateway_ptr self, int64_t lease, const std::string& frame) {
 
 void on_handback(gateway_ptr self, int64_t lease, std::string job_id) {
   auto& st = self->state;
+  auto h = st.held.find(lease);
+  std::string function = h != st.held.end() ? h->second.function : std::string{};
   st.held.erase(lease);
   if (st.lf == gateway_state::life::stopping) {
     st.handed_back.push_back(std::move(job_id));
+    maybe_finish_stop(self);
+    return;
+  }
+  if (st.lf == gateway_state::life::running && st.withdrawn_functions.count(function)) {
+    // Sent before the broker knew the kind was withdrawn: give it back at once.
+    for (const auto& k : st.cfg.kinds)
+      if (std::find(k.functions.begin(), k.functions.end(), function) != k.functions.end())
+        send_msg(self, cl::withdraw{{k.kind}, st.withdrawn[k.kind], 0, {std::move(job_id)}});
+  }
+}
+
+/// A pool gave up on its kind (nodes/pool.hpp): tell the broker, which stops
+/// sending that kind here and runs the handed-back jobs elsewhere.
+void on_withdraw(gateway_ptr self, const std::string& kind, const std::string& reason, const std::string& handed) {
+  auto& st = self->state;
+  cl::withdraw w;
+  w.kinds = {kind};
+  w.reason = reason;
+  for (const auto& k : st.cfg.kinds)
+    if (k.kind == kind) {
+      w.credit = k.workers;
+      st.capacity -= k.workers;
+      st.withdrawn_functions.insert(k.functions.begin(), k.functions.end());
+    }
+  st.withdrawn[kind] = reason;
+  auto h = nlohmann::json::parse(handed, nullptr, false);
+  if (h.is_object()) {
+    for (auto& l : h.value("leases", nlohmann::json::array()))
+      if (l.is_number_integer())
+        st.held.erase(l.get<int64_t>());
+    for (auto& id : h.value("jobs", nlohmann::json::array()))
+      if (id.is_string())
+        w.jobs.push_back(id.get<std::string>());
+  }
+  log::error("node", "withdrew an actor kind from the broker",
+             {{"node", st.cfg.node}, {"kind", kind}, {"reason", reason}, {"handed_back", w.jobs}});
+  if (st.lf == gateway_state::life::running) {
+    send_msg(self, w);
+  } else {  // stopping: they go back in the BYE like the other queued jobs
+    st.handed_back.insert(st.handed_back.end(), w.jobs.begin(), w.jobs.end());
     maybe_finish_stop(self);
   }
 }
@@ -323,6 +369,9 @@ caf::behavior gateway_actor(gateway_ptr self, gateway_config cfg) {
       [self](frame_atom, std::string& frame) { on_frame(self, std::move(frame)); },
       [self](done_atom, int64_t lease, const std::string& frame) { on_done(self, lease, frame); },
       [self](handback_atom, int64_t lease, std::string& job_id) { on_handback(self, lease, std::move(job_id)); },
+      [self](withdraw_atom, const std::string& kind, const std::string& reason, const std::string& handed) {
+        on_withdraw(self, kind, reason, handed);
+      },
       [self](stop_atom, int64_t grace_ms) { return on_stop(self, grace_ms); },
       [self](tick_atom) { on_tick(self); },
   };

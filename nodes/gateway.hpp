@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <vector>
@@ -86,6 +87,8 @@ struct gateway_state {
   std::vector<std::string> handed_back;       ///< job ids for the BYE
   caf::response_promise stop_promise;
   std::map<std::string, counts> jobs_by_function;  ///< for node_stats
+  std::map<std::string, std::string> withdrawn;    ///< kind -> why its pool gave up
+  std::set<std::string> withdrawn_functions;       ///< functions of those kinds
 
   ~gateway_state();
 };

@@ -77,14 +77,28 @@ class job_handler {
   virtual job_result run(const job& j) = 0;
 };
 
+/// How a kind's pool supervises its workers (nodes/pool.hpp), OTP style: a
+/// worker that dies (its handler threw, or it was abandoned past the job time
+/// limit) is restarted after a backoff; more than `max_restarts` restarts within
+/// `restart_window_ms` escalate: the node withdraws the kind from the broker.
+struct supervision {
+  int64_t job_timeout_ms = 300000;        ///< node.job_timeout_seconds; 0 = no limit
+  int64_t max_restarts = 10;              ///< node.max_restarts
+  int64_t restart_window_ms = 60000;      ///< node.restart_window_seconds
+  int64_t restart_backoff_ms = 100;       ///< first restart delay; doubles per recent restart
+  int64_t restart_backoff_max_ms = 5000;  ///< its ceiling
+};
+
 /// One actor kind a node can host: its name ("notifier", "escrow", "geo",
 /// "scheduler"), the functions it runs, how many workers run in parallel, and a
-/// factory that makes one handler per worker.
+/// factory that makes one handler per worker. Each kind has its own pool and
+/// limits (a bulkhead): a stuck escrow call never delays geo or notifications.
 struct actor_kind_spec {
   std::string kind;
   std::vector<std::string> functions;
   int workers = 1;
   std::function<std::unique_ptr<job_handler>()> make_handler;
+  supervision limits;
 };
 
 }  // namespace klynaa::nodes

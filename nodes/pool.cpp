@@ -1,8 +1,10 @@
 // See pool.hpp. Order of events for one job: gateway -> run -> queue ->
 // dispatch to an idle worker -> done from the worker -> forwarded to the
 // gateway -> next dispatch. A worker's death between run and done turns into a
-// transient DONE built here.
+// transient DONE built here; so does a job past its time limit.
 #include "nodes/pool.hpp"
+
+#include <algorithm>
 
 #include <caf/actor_cast.hpp>
 #include <caf/event_based_actor.hpp>
@@ -22,13 +24,19 @@ namespace klynaa::nodes {
 namespace cl = protocol::cluster;
 
 using pool_actor_ptr = caf::stateful_actor<pool_state>*;
+using clock = pool_state::clock;
 
 pool_state::~pool_state() {
   for (auto& s : slots)
-    caf::anon_send_exit(s.worker, caf::exit_reason::user_shutdown);
+    if (s.worker)
+      caf::anon_send_exit(s.worker, caf::exit_reason::user_shutdown);
+  for (auto& w : abandoned)
+    caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
 }
 
 namespace {
+
+constexpr auto tick_interval = std::chrono::milliseconds{100};
 
 caf::actor spawn_worker(pool_actor_ptr self) {
   const auto& c = self->state.cfg;
@@ -36,25 +44,30 @@ caf::actor spawn_worker(pool_actor_ptr self) {
                                                       worker_config{c.node, c.spec.kind, c.spec.make_handler, c.busy});
 }
 
+nlohmann::json fields(pool_actor_ptr self) {
+  return {{"node", self->state.cfg.node}, {"kind", self->state.cfg.spec.kind}};
+}
+
 void dispatch(pool_actor_ptr self) {
   auto& st = self->state;
   for (auto& s : st.slots) {
     if (st.queue.empty())
       return;
-    if (s.busy)
+    if (s.busy || !s.worker)
       continue;
     auto p = std::move(st.queue.front());
     st.queue.pop_front();
     s.busy = true;
     s.lease = p.lease;
     s.frame = std::move(p.frame);
+    s.started = clock::now();
     self->send(s.worker, run_atom::value, s.lease, s.frame);
   }
 }
 
 pool_state::slot* slot_of(pool_actor_ptr self, const caf::actor_addr& worker) {
   for (auto& s : self->state.slots)
-    if (s.worker.address() == worker)
+    if (s.worker && s.worker.address() == worker)
       return &s;
   return nullptr;
 }
@@ -67,10 +80,73 @@ std::string failure_frame(const std::string& frame, const std::string& code, con
   return cl::encode(failure_done(std::get<cl::job>(*msg), outcome::transient, code, message));
 }
 
+/// Reports the slot's job as failed and frees the slot.
+void fail_running(pool_actor_ptr self, pool_state::slot& s, const std::string& code, const std::string& message) {
+  if (!s.busy)
+    return;
+  self->send(self->state.gateway, done_atom::value, s.lease, failure_frame(s.frame, code, message));
+  s.busy = false;
+  s.frame.clear();
+}
+
+/// Gives up on the kind: no more restarts or jobs; the queue goes back to the
+/// broker through the gateway, which withdraws the kind.
+void escalate(pool_actor_ptr self, const std::string& reason) {
+  auto& st = self->state;
+  st.withdrawn = true;
+  nlohmann::json leases = nlohmann::json::array();
+  nlohmann::json ids = nlohmann::json::array();
+  for (auto& p : st.queue) {
+    leases.push_back(p.lease);
+    ids.push_back(p.job_id);
+  }
+  st.queue.clear();
+  auto f = fields(self);
+  f["reason"] = reason;
+  f["handed_back"] = ids;
+  log::error("node", "too many restarts: withdrawing the actor kind from the broker", f);
+  // The handed-back jobs travel as JSON text: only strings and integers cross
+  // between the node's actors (atoms.hpp).
+  nlohmann::json handed = {{"leases", leases}, {"jobs", ids}};
+  self->send(st.gateway, withdraw_atom::value, st.cfg.spec.kind, reason, handed.dump());
+}
+
+/// Counts a restart; false when it is one too many (the pool escalated).
+bool note_restart(pool_actor_ptr self, clock::time_point now) {
+  auto& st = self->state;
+  const auto& lim = st.cfg.spec.limits;
+  const auto window = std::chrono::milliseconds{lim.restart_window_ms};
+  while (!st.restarts.empty() && now - st.restarts.front() > window)
+    st.restarts.pop_front();
+  st.restarts.push_back(now);
+  if (static_cast<int64_t>(st.restarts.size()) > lim.max_restarts) {
+    escalate(self, std::to_string(st.restarts.size()) + " worker restarts within " +
+                       std::to_string(lim.restart_window_ms / 1000) + " s (node.max_restarts = " +
+                       std::to_string(lim.max_restarts) + ", node.restart_window_seconds)");
+    return false;
+  }
+  return true;
+}
+
+/// The backoff before the next restart: base doubled per recent restart, capped.
+std::chrono::milliseconds restart_delay(const pool_state& st) {
+  const auto& lim = st.cfg.spec.limits;
+  int64_t d = lim.restart_backoff_ms;
+  for (size_t i = 1; i < st.restarts.size() && d < lim.restart_backoff_max_ms; ++i)
+    d *= 2;
+  return std::chrono::milliseconds{std::min(d, lim.restart_backoff_max_ms)};
+}
+
 void on_done(pool_actor_ptr self, int64_t lease, std::string done) {
   auto* s = slot_of(self, caf::actor_cast<caf::actor_addr>(self->current_sender()));
   if (s == nullptr || !s->busy || s->lease != lease) {
-    log::error("node", "pool got a done it did not expect", {{"kind", self->state.cfg.spec.kind}, {"lease", lease}});
+    // An abandoned worker's handler returned after its job was reported: the
+    // broker already has that attempt as a timeout, so its result is dropped.
+    log::warning("node", "dropped the late result of an abandoned worker", [&] {
+      auto f = fields(self);
+      f["lease"] = lease;
+      return f;
+    }());
     return;
   }
   if (done.empty())
@@ -82,20 +158,66 @@ void on_done(pool_actor_ptr self, int64_t lease, std::string done) {
 }
 
 void on_worker_down(pool_actor_ptr self, const caf::down_msg& msg) {
+  auto& st = self->state;
+  auto gone = std::find_if(st.abandoned.begin(), st.abandoned.end(),
+                           [&](const caf::actor& a) { return a.address() == msg.source; });
+  if (gone != st.abandoned.end()) {  // an abandoned worker's call returned at last
+    st.abandoned.erase(gone);
+    return;
+  }
   auto* s = slot_of(self, msg.source);
   if (s == nullptr)
     return;
   auto reason = self->system().render(msg.reason);
-  log::error("node", "worker died; restarting it", {{"kind", self->state.cfg.spec.kind}, {"reason", reason},
-                                                    {"node", self->state.cfg.node}});
-  if (s->busy) {
-    auto done = failure_frame(s->frame, "worker_died", "the worker running this job died: " + reason);
-    self->send(self->state.gateway, done_atom::value, s->lease, std::move(done));
+  fail_running(self, *s, "worker_died", "the worker running this job died: " + reason);
+  s->worker = nullptr;
+  if (st.draining || st.withdrawn)
+    return;
+  auto now = clock::now();
+  if (!note_restart(self, now))
+    return;
+  auto delay = restart_delay(st);
+  s->restart_at = now + delay;
+  auto f = fields(self);
+  f["reason"] = reason;
+  f["restart_in_ms"] = delay.count();
+  f["recent_restarts"] = st.restarts.size();
+  log::warning("node", "worker died; restarting it after a backoff", f);
+}
+
+/// Restarts due, and jobs past their time limit.
+void on_tick(pool_actor_ptr self) {
+  auto& st = self->state;
+  auto now = clock::now();
+  const auto& lim = st.cfg.spec.limits;
+  for (auto& s : st.slots) {
+    if (st.withdrawn)
+      break;
+    if (!s.worker && !st.draining && now >= s.restart_at) {
+      s.worker = spawn_worker(self);
+      log::info("node", "worker restarted", fields(self));
+    }
+    if (s.busy && lim.job_timeout_ms > 0 && now - s.started > std::chrono::milliseconds{lim.job_timeout_ms}) {
+      auto f = fields(self);
+      f["lease"] = s.lease;
+      f["job_timeout_ms"] = lim.job_timeout_ms;
+      log::error("node", "job ran past its time limit: reported as failed, its worker abandoned and replaced", f);
+      fail_running(self, s, "timeout",
+                   "the job ran longer than node.job_timeout_seconds (" + std::to_string(lim.job_timeout_ms / 1000) +
+                       " s); it was abandoned and will be retried");
+      self->demonitor(s.worker);
+      self->monitor(s.worker);  // keep watching it, as an abandoned worker
+      st.abandoned.push_back(s.worker);
+      caf::anon_send_exit(s.worker, caf::exit_reason::user_shutdown);
+      s.worker = nullptr;
+      s.restart_at = now;  // replaced at once: the kind keeps its capacity
+      if (!note_restart(self, now))
+        break;
+      s.worker = spawn_worker(self);
+    }
   }
-  s->busy = false;
-  s->frame.clear();
-  s->worker = spawn_worker(self);
   dispatch(self);
+  self->delayed_send(self, tick_interval, tick_atom::value);
 }
 
 void on_drain(pool_actor_ptr self) {
@@ -116,10 +238,11 @@ caf::behavior pool_actor(pool_actor_ptr self, caf::actor gateway, pool_config cf
   for (auto& s : st.slots)
     s.worker = spawn_worker(self);
   self->set_down_handler([self](caf::down_msg& msg) { on_worker_down(self, msg); });
+  self->delayed_send(self, tick_interval, tick_atom::value);
   return {
       [self](run_atom, int64_t lease, std::string& job_id, std::string& frame) {
         auto& st = self->state;
-        if (st.draining) {
+        if (st.draining || st.withdrawn) {
           self->send(st.gateway, handback_atom::value, lease, std::move(job_id));
           return;
         }
@@ -128,6 +251,7 @@ caf::behavior pool_actor(pool_actor_ptr self, caf::actor gateway, pool_config cf
       },
       [self](done_atom, int64_t lease, std::string& done) { on_done(self, lease, std::move(done)); },
       [self](drain_atom) { on_drain(self); },
+      [self](tick_atom) { on_tick(self); },
   };
 }
 

@@ -1,20 +1,37 @@
 // A pool: the jobs of one actor kind. It keeps a FIFO queue and `workers`
 // worker actors (nodes/worker.hpp), hands each idle worker the next job, and
-// supervises them: it monitors each worker and replaces one that dies,
-// reporting the job it had as a transient failure (never lost).
+// supervises them in the OTP style (CAF 0.17 has no supervisor: monitors, a
+// tick, restarts):
+//   - a worker that dies (its handler threw: the worker reports the job and
+//     exits so that its handler is made afresh) is restarted after a backoff
+//     (limits.restart_backoff_ms, doubling with each recent restart, at most
+//     restart_backoff_max_ms); a job it was running counts as a failed attempt
+//     (transient), never lost;
+//   - a job running longer than limits.job_timeout_ms is reported as a transient
+//     failure ("timeout"); its worker is abandoned (a thread blocked in a call
+//     cannot be killed: it ends when the call returns, and its late result is
+//     dropped) and replaced, which counts as a restart;
+//   - more than limits.max_restarts restarts within limits.restart_window_ms
+//     escalate instead of looping: the pool stops taking jobs, hands its queue
+//     back and tells the gateway, which withdraws the kind from the broker.
 //
 // Messages:
 //   (run_atom, lease, job_id, job frame)  queue this job (from the gateway);
-//       while draining it is handed back at once.
+//       while draining or withdrawn it is handed back at once.
 //   (done_atom, lease, done frame)        from a worker: forwarded to the gateway
 //       as (done_atom, lease, done frame); the worker takes the next job.
 //   (drain_atom)                          stop taking jobs: every queued job goes
 //       back to the gateway as (handback_atom, lease, job_id); running jobs finish.
+//   (tick_atom)                           to itself every 100 ms: restarts due,
+//       job time limits.
+// To the gateway on escalation: (withdraw_atom, kind, reason, handed-back JSON
+// {"leases": [...], "jobs": [...]}).
 // When the pool exits, it sends an exit to its workers (an idle one ends at
 // once, a busy one after its handler returns).
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -35,13 +52,16 @@ struct pool_config {
 };
 
 struct pool_state {
+  using clock = std::chrono::steady_clock;
   static inline const char* name = "pool";
 
   struct slot {
-    caf::actor worker;
+    caf::actor worker;  ///< invalid while it waits to be restarted
     bool busy = false;
     int64_t lease = 0;
     std::string frame;  ///< the job it runs, to report it if the worker dies
+    clock::time_point started;
+    clock::time_point restart_at;  ///< when an empty slot gets a new worker
   };
   struct pending {
     int64_t lease = 0;
@@ -53,7 +73,10 @@ struct pool_state {
   caf::actor gateway;
   std::vector<slot> slots;
   std::deque<pending> queue;
+  std::deque<clock::time_point> restarts;  ///< within the restart window
+  std::vector<caf::actor> abandoned;       ///< timed-out workers still blocked in a handler
   bool draining = false;
+  bool withdrawn = false;
 
   ~pool_state();
 };

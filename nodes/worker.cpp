@@ -7,6 +7,7 @@
 
 #include <caf/actor_cast.hpp>
 #include <caf/event_based_actor.hpp>
+#include <caf/sec.hpp>
 #include <caf/stateful_actor.hpp>
 
 #include "nodes/atoms.hpp"
@@ -27,15 +28,20 @@ struct busy_scope {
   std::atomic<int>& n_;
 };
 
-job_result call_handler(job_handler* handler, const job& j, std::atomic<int>& busy) {
+/// Runs the handler; `threw` tells the worker to exit after reporting, so that
+/// its pool restarts it with a fresh handler (a handler that threw may be in a
+/// bad state).
+job_result call_handler(job_handler* handler, const job& j, std::atomic<int>& busy, bool& threw) {
   busy_scope scope{busy};
   if (handler == nullptr)
     return job_result::failure(outcome::transient, "no_handler", "the node could not create a handler for this kind");
   try {
     return handler->run(j);
   } catch (const std::exception& e) {
+    threw = true;
     return job_result::failure(outcome::transient, "exception", e.what());
   } catch (...) {
+    threw = true;
     return job_result::failure(outcome::transient, "exception", "the handler threw a non-standard exception");
   }
 }
@@ -60,7 +66,7 @@ void log_end(const cl::job& wire, const worker_config& cfg, const job_result& r,
 }
 
 /// Runs one job frame to its DONE frame.
-std::string run_one(job_handler* handler, const worker_config& cfg, const std::string& frame) {
+std::string run_one(job_handler* handler, const worker_config& cfg, const std::string& frame, bool& threw) {
   std::string error;
   auto msg = cl::decode(frame.data(), frame.size(), &error);
   if (!msg || !std::holds_alternative<cl::job>(*msg)) {
@@ -73,7 +79,7 @@ std::string run_one(job_handler* handler, const worker_config& cfg, const std::s
   auto start = std::chrono::steady_clock::now();
   job_result result;
   if (auto j = to_job(wire, cfg.node, &error))
-    result = call_handler(handler, *j, *cfg.busy);
+    result = call_handler(handler, *j, *cfg.busy, threw);
   else
     result = job_result::failure(outcome::permanent, "invalid_data", error);
   auto duration_ms =
@@ -103,8 +109,11 @@ caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_confi
   return {
       [self](run_atom, int64_t lease, const std::string& frame) {
         auto& st = self->state;
-        auto done = run_one(st.handler.get(), st.cfg, frame);
+        bool threw = false;
+        auto done = run_one(st.handler.get(), st.cfg, frame, threw);
         self->send(caf::actor_cast<caf::actor>(self->current_sender()), done_atom::value, lease, std::move(done));
+        if (threw)  // the job is reported; now die, to be restarted afresh
+          self->quit(caf::make_error(caf::sec::runtime_error, "the job handler threw"));
       },
   };
 }

@@ -4,8 +4,9 @@
 //
 // Messages:
 //   (run_atom, lease, job frame) -> sends (done_atom, lease, done frame) to the
-//     sender. Never fails: a handler that throws is a transient failure with the
-//     exception's text; data that is not a JSON object is a permanent failure.
+//     sender. A handler that throws is a transient failure with the exception's
+//     text, after which the worker exits (its pool restarts it with a fresh
+//     handler); data that is not a JSON object is a permanent failure.
 // It logs a line at each job's start and end (contract §7).
 #pragma once
 

@@ -129,6 +129,14 @@ struct encoder {
     pack_kv(pk, "t", std::string{"node_stats"});
     pack_kv(pk, "json", m.json);
   }
+  void operator()(const withdraw& m) const {
+    pk.pack_map(5);
+    pack_kv(pk, "t", std::string{"withdraw"});
+    pack_strings(pk, "kinds", m.kinds);
+    pack_kv(pk, "reason", m.reason);
+    pack_kv(pk, "credit", m.credit);
+    pack_strings(pk, "jobs", m.jobs);
+  }
 };
 
 // -- decoding ----------------------------------------------------------------
@@ -295,6 +303,15 @@ bool read_stats(map_reader& r, node_stats& m) {
   return r.str("json", m.json);
 }
 
+bool read_withdraw(map_reader& r, withdraw& m) {
+  if (!r.strings("kinds", m.kinds) || !r.str("reason", m.reason) || !r.int64("credit", m.credit) ||
+      !r.strings("jobs", m.jobs, false))
+    return false;
+  if (m.credit < 0)
+    return r.fail("credit", "must not be negative");
+  return true;
+}
+
 template <class T, class Reader>
 std::optional<message> read_as(map_reader& r, Reader read) {
   T m;
@@ -328,6 +345,8 @@ std::optional<message> decode_map(const msgpack::object& o, std::string* error) 
     return read_as<bye>(r, read_bye);
   if (t == "node_stats")
     return read_as<node_stats>(r, read_stats);
+  if (t == "withdraw")
+    return read_as<withdraw>(r, read_withdraw);
   set_error(error, "unknown message type \"" + t.substr(0, 32) + "\"");
   return std::nullopt;
 }
@@ -366,7 +385,8 @@ std::optional<message> decode(const void* data, size_t size, std::string* error)
 }
 
 const char* name_of(const message& m) {
-  static constexpr const char* names[] = {"ready", "welcome", "job", "done", "credit", "heartbeat", "bye", "node_stats"};
+  static constexpr const char* names[] = {"ready",     "welcome", "job",        "done",    "credit",
+                                          "heartbeat", "bye",     "node_stats", "withdraw"};
   static_assert(std::variant_size_v<message> == std::size(names));
   return names[m.index()];
 }

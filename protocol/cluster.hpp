@@ -82,7 +82,17 @@ struct node_stats {
   std::string json;  ///< free-form JSON object (see docs/cluster-protocol.md)
 };
 
-using message = std::variant<ready, welcome, job, done, credit, heartbeat, bye, node_stats>;
+/// N->B: the node stops hosting `kinds` (its supervisor gave up on them after
+/// too many restarts) and takes back `credit`; `jobs` are jobs of those kinds it
+/// held but did not start, handed back to run elsewhere.
+struct withdraw {
+  std::vector<std::string> kinds;
+  std::string reason;
+  int64_t credit = 0;
+  std::vector<std::string> jobs;
+};
+
+using message = std::variant<ready, welcome, job, done, credit, heartbeat, bye, node_stats, withdraw>;
 
 /// Encodes one message as a msgpack frame.
 std::string encode(const message& m);

@@ -173,6 +173,11 @@ const key_spec keys[] = {
     KLYNAA_KEY(node, escrow_workers, at_least_one, "jobs a node's escrow actor runs at once"),
     KLYNAA_KEY(node, geo_workers, at_least_one, "jobs a node's geo actor runs at once"),
     KLYNAA_KEY(node, scheduler_workers, at_least_one, "jobs a node's scheduler runs at once"),
+    KLYNAA_KEY(node, job_timeout_seconds, not_negative,
+               "a job running longer fails (retried) and its worker is replaced; 0 means no limit"),
+    KLYNAA_KEY(node, max_restarts, at_least_one,
+               "worker restarts of one kind within restart_window_seconds before the node withdraws the kind"),
+    KLYNAA_KEY(node, restart_window_seconds, at_least_one, "the window of max_restarts"),
 };
 
 #undef KLYNAA_KEY

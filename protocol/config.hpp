@@ -114,6 +114,9 @@ struct config {
     int64_t escrow_workers = 4;
     int64_t geo_workers = 1;
     int64_t scheduler_workers = 1;
+    int64_t job_timeout_seconds = 300;    ///< a job running longer is failed and its worker replaced
+    int64_t max_restarts = 10;            ///< worker restarts per kind within the window ...
+    int64_t restart_window_seconds = 60;  ///< ... before the node withdraws the kind
   } node;
 
   std::vector<schedule_entry> schedules;  ///< [[schedule]]

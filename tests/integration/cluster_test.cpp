@@ -132,7 +132,7 @@ TEST_CASE("a node that goes silent loses its jobs, they run elsewhere, and its l
   CHECK(srv.log().find("node dropped") != std::string::npos);  // a timed out; its late done is not counted
 }
 
-TEST_CASE("jobs of one pickup run one at a time in acceptance order; other pickups in parallel",
+TEST_CASE("jobs of one pickup run one at a time in acceptance order, and other pickups in parallel",
           "[cluster][ordering]") {
   klynaa_server srv("broker");
   zmq::context_t ctx;
@@ -235,4 +235,40 @@ TEST_CASE("stats while thousands of children of a new function wait for their co
   CHECK(srv.proc().running());
   CHECK(client.call(ping_frame()));
   CHECK(wait_for([&] { return count_of(stats_of(srv), "sendPickupNotification", "ready") == n; }, 30000ms));
+}
+
+TEST_CASE("a node that withdraws a kind gets none of it again, and the jobs it hands back run elsewhere",
+          "[cluster][supervision]") {
+  klynaa_server srv("broker");
+  zmq::context_t ctx;
+  fake_node a(ctx, srv.cluster(), "a", {"escrow", "notifier"}, 4);
+  std::this_thread::sleep_for(300ms);  // a registers first and gets the job
+  raw_client client(ctx, srv.ingress());
+  auto r = client.call(publish_frame("w1", "pickup.confirmed", {{"pickup_id", 1}, {"customer_id", 101}}));
+  REQUIRE(r);
+  REQUIRE(r->status == reply_status::accepted);
+  auto job = a.next_job();
+  REQUIRE(job);
+  fake_node b(ctx, srv.cluster(), "b", {"escrow"}, 4);
+  std::this_thread::sleep_for(300ms);
+  a.send(cl::withdraw{{"escrow"}, "11 worker restarts within 60 s", 2, {job->job_id}});
+  auto again = b.next_job();
+  REQUIRE(again);
+  CHECK(again->job_id == job->job_id);
+  CHECK(again->lease != job->lease);
+  b.finish(*again);
+  CHECK(wait_for([&] { return count_of(stats_of(srv), "processEscrowRelease", "ok") == 1; }, 5000ms));
+  // a hosts no escrow any more: the next release goes to b even though a has credit.
+  r = client.call(publish_frame("w2", "pickup.confirmed", {{"pickup_id", 2}, {"customer_id", 101}}));
+  REQUIRE(r);
+  CHECK(!a.next_job(700ms));
+  auto next = b.next_job();
+  REQUIRE(next);
+  CHECK(next->job_id == "w2#1");
+  auto s = stats_of(srv);
+  for (auto& n : s["nodes"])
+    if (n["name"] == "a") {
+      CHECK(n["kinds"] == json::array({"notifier"}));
+      CHECK(n["withdrawn"]["escrow"] == "11 worker restarts within 60 s");
+    }
 }

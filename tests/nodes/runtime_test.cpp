@@ -219,9 +219,112 @@ TEST_CASE("a handler that throws counts as a transient failure with the exceptio
   CHECK(d.outcome == "transient");
   CHECK(d.error_code == "exception");
   CHECK(d.error_message == "boom");
-  // The worker survived: the next job runs.
+  // The worker was restarted (after its backoff): the next job runs.
   broker.send(job_of("j2", "f", 2));
   CHECK(broker.wait_until([&] { return has_done(broker, "j2"); }, 5s));
+  node.stop();
+}
+
+TEST_CASE("a worker whose handler threw is restarted with a fresh handler, and other kinds keep working") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  std::atomic<int> made{0};
+  auto spec = kind_of("k", {"f"}, 1, [](const nodes::job& j) -> nodes::job_result {
+    if (j.id == "boom") throw std::runtime_error("handler bug");
+    return nodes::job_result::success({{"ok", true}});
+  });
+  auto inner = spec.make_handler;
+  spec.make_handler = [&made, inner] {
+    ++made;
+    return inner();
+  };
+  std::atomic<bool> release{false};
+  auto slow = kind_of("other", {"g"}, 1, [&](const nodes::job&) {
+    while (!release) std::this_thread::sleep_for(5ms);
+    return nodes::job_result::success({{"ok", true}});
+  });
+  nodes::node_runtime node{ctx, options_for(broker, {spec, kind_of("third", {"h"}, 1, ok_handler)})};
+  node.start();
+  await_registration(broker);
+  CHECK(made == 1);
+  broker.send(job_of("boom", "f", 1));
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "boom"); }, 5s));
+  CHECK(done_of(broker, "boom")->outcome == "transient");  // a failed attempt, not lost
+  broker.send(job_of("h1", "h", 2));                        // another kind is not disturbed
+  CHECK(broker.wait_until([&] { return has_done(broker, "h1"); }, 5s));
+  CHECK(broker.wait_until([&] { return made == 2; }, 5s));  // restarted afresh
+  broker.send(job_of("after", "f", 3));
+  CHECK(broker.wait_until([&] { return has_done(broker, "after"); }, 5s));
+  CHECK(done_of(broker, "after")->outcome == "ok");
+  release = true;
+  node.stop();
+}
+
+TEST_CASE("more restarts than max_restarts within the window withdraw the kind, and other kinds go on") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto crashing = kind_of("k", {"f"}, 1, [](const nodes::job&) -> nodes::job_result {
+    throw std::runtime_error("poison");
+  });
+  crashing.limits.max_restarts = 2;
+  crashing.limits.restart_backoff_ms = 10;
+  auto o = options_for(broker, {crashing, kind_of("ok", {"g"}, 1, ok_handler)});
+  nodes::node_runtime node{ctx, o};
+  node.start();
+  await_registration(broker);
+  for (int i = 1; i <= 3; ++i) {
+    broker.send(job_of("p" + std::to_string(i), "f", i));
+    REQUIRE(broker.wait_until([&] { return has_done(broker, "p" + std::to_string(i)); }, 5s));
+  }
+  // The third death is one restart too many: the node withdraws "k".
+  REQUIRE(broker.wait_until([&] { return broker.count<cl::withdraw>() == 1; }, 5s));
+  auto w = broker.all<cl::withdraw>().front();
+  CHECK(w.kinds == std::vector<std::string>{"k"});
+  CHECK(w.credit == 1);
+  CHECK(w.reason.find("node.max_restarts") != std::string::npos);
+  // A job of the withdrawn kind the broker still sends comes straight back.
+  broker.send(job_of("late", "f", 10));
+  REQUIRE(broker.wait_until([&] { return broker.count<cl::withdraw>() == 2; }, 5s));
+  CHECK(broker.all<cl::withdraw>()[1].jobs == std::vector<std::string>{"late"});
+  CHECK(!has_done(broker, "late"));
+  // The other kind works on.
+  broker.send(job_of("g1", "g", 11));
+  CHECK(broker.wait_until([&] { return has_done(broker, "g1"); }, 5s));
+  CHECK(done_of(broker, "g1")->outcome == "ok");
+  node.stop();
+}
+
+TEST_CASE("a job past its time limit fails as timeout, its worker is replaced, its late result dropped") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  gate g;
+  auto spec = kind_of("k", {"f"}, 1, [&](const nodes::job& j) {
+    if (j.id == "hang") g.wait(10s);
+    return nodes::job_result::success({{"job", j.id}});
+  });
+  spec.limits.job_timeout_ms = 300;
+  nodes::node_runtime node{ctx, options_for(broker, {spec})};
+  node.start();
+  await_registration(broker);
+  broker.send(job_of("hang", "f", 1));
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "hang"); }, 5s));
+  auto d = *done_of(broker, "hang");
+  CHECK(d.outcome == "transient");
+  CHECK(d.error_code == "timeout");
+  CHECK(g.entered);
+  CHECK(!g.left);  // still blocked: the pool did not wait for it
+  // The replacement worker serves the kind's next job meanwhile.
+  broker.send(job_of("next", "f", 2));
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "next"); }, 5s));
+  CHECK(done_of(broker, "next")->outcome == "ok");
+  // When the abandoned call returns, its result goes nowhere.
+  g.release();
+  REQUIRE(eventually([&] { return g.left.load(); }, 5s));
+  broker.pump_for(300ms);
+  int dones = 0;
+  for (const auto& x : broker.all<cl::done>())
+    if (x.job_id == "hang") ++dones;
+  CHECK(dones == 1);
   node.stop();
 }
 

@@ -120,6 +120,19 @@ TEST_CASE("name_of gives each message its wire name") {
   CHECK(std::string{cl::name_of(cl::heartbeat{})} == "heartbeat");
   CHECK(std::string{cl::name_of(cl::bye{})} == "bye");
   CHECK(std::string{cl::name_of(cl::node_stats{})} == "node_stats");
+  CHECK(std::string{cl::name_of(cl::withdraw{})} == "withdraw");
+}
+
+TEST_CASE("withdraw survives a round trip, and a negative credit is refused") {
+  auto w = std::get<cl::withdraw>(round_trip(cl::withdraw{{"escrow"}, "10 restarts in 60 s", 4, {"j1", "j2"}}));
+  CHECK(w.kinds == std::vector<std::string>{"escrow"});
+  CHECK(w.reason == "10 restarts in 60 s");
+  CHECK(w.credit == 4);
+  CHECK(w.jobs == std::vector<std::string>{"j1", "j2"});
+  auto frame = cl::encode(cl::withdraw{{"escrow"}, "x", -1, {}});
+  std::string err;
+  CHECK(!cl::decode(frame.data(), frame.size(), &err));
+  CHECK(err.find("credit") != std::string::npos);
 }
 
 TEST_CASE("a done without its optional keys decodes with their defaults") {

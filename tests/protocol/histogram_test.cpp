@@ -58,7 +58,7 @@ TEST_CASE("histogram percentiles are within 1% of the exact ones") {
   CHECK(h.min() == values.front());
 }
 
-TEST_CASE("an empty histogram reports zeros; reset empties it") {
+TEST_CASE("an empty histogram reports zeros, and reset empties it") {
   histogram h;
   CHECK(h.quantile(0.99) == 0);
   CHECK(h.count() == 0);
