@@ -343,37 +343,73 @@ google_token_source::access google_token_source::fetch_locked(int64_t now) {
 // ---- firebase_provider ----
 
 firebase_provider::firebase_provider(std::shared_ptr<google_token_source> tokens,
-                                     std::string send_url, http_options opts)
-    : tokens_(std::move(tokens)), send_url_(std::move(send_url)), http_(std::move(opts)) {}
+                                     std::string send_url, http_options opts, int max_connections)
+    : tokens_(std::move(tokens)),
+      send_url_(std::move(send_url)),
+      http_(std::move(opts), max_connections) {}
 
-http_response firebase_provider::post(const std::string& access_token, const std::string& body) {
-  http_response r = http_.request("POST", send_url_,
-                                  {{"Authorization", "Bearer " + access_token},
-                                   {"Content-Type", "application/json; charset=utf-8"},
-                                   {"Accept", "application/json"}},
-                                  body);
-  count_downstream("firebase", outcome_label(r));
-  return r;
+std::vector<http_response> firebase_provider::post(const std::string& access_token,
+                                                   const std::vector<std::string>& bodies,
+                                                   const std::vector<size_t>& which) {
+  std::vector<http_request> requests;
+  requests.reserve(which.size());
+  for (size_t i : which)
+    requests.push_back({"POST", send_url_,
+                        {{"Authorization", "Bearer " + access_token},
+                         {"Content-Type", "application/json; charset=utf-8"},
+                         {"Accept", "application/json"}},
+                        bodies[i]});
+  std::vector<http_response> answers = http_.perform(requests);
+  for (const auto& r : answers) count_downstream("firebase", outcome_label(r));
+  return answers;
 }
 
-push_result firebase_provider::send(const push& p) {
-  std::string body = json_text(fcm_request(p));
+push_result firebase_provider::send(const push& p) { return send_all({p}).front(); }
+
+std::vector<push_result> firebase_provider::send_all(const std::vector<push>& pushes) {
+  if (pushes.empty()) return {};
+  std::vector<std::string> bodies;
+  bodies.reserve(pushes.size());
+  for (const auto& p : pushes) bodies.push_back(json_text(fcm_request(p)));
+
+  // One access token for the whole batch, before any send.
   auto a = tokens_->get();
-  if (a.failure) return *a.failure;
-  http_response r = post(a.token, body);
-  if (r.status == 401) {
-    // The token was revoked or expired early: one fresh token, one more try.
+  if (a.failure) return std::vector<push_result>(pushes.size(), *a.failure);
+  std::vector<size_t> all(pushes.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  std::vector<http_response> answers = post(a.token, bodies, all);
+
+  std::vector<std::optional<push_result>> decided(pushes.size());
+  std::vector<size_t> refused;  // the pushes FCM answered 401
+  for (size_t i = 0; i < answers.size(); ++i)
+    if (answers[i].status == 401) refused.push_back(i);
+  if (!refused.empty()) {
+    // The token was revoked or expired early: one fresh token for the batch,
+    // one more try for each push that was refused.
     tokens_->invalidate(a.token);
-    a = tokens_->get();
-    if (a.failure) return *a.failure;
-    r = post(a.token, body);
-    if (r.status == 401)
-      return push_result::fail(push_result::status::transient,
-                               "FCM answered HTTP 401 to a freshly fetched access token; it will "
-                               "be retried.",
-                               401);
+    auto fresh = tokens_->get();
+    if (fresh.failure) {
+      for (size_t i : refused) decided[i] = *fresh.failure;
+    } else {
+      std::vector<http_response> again = post(fresh.token, bodies, refused);
+      for (size_t k = 0; k < refused.size(); ++k) {
+        size_t i = refused[k];
+        if (again[k].status == 401)
+          decided[i] = push_result::fail(push_result::status::transient,
+                                         "FCM answered HTTP 401 to a freshly fetched access token; "
+                                         "it will be retried.",
+                                         401);
+        else
+          answers[i] = std::move(again[k]);
+      }
+    }
   }
-  return classify_fcm(r);
+
+  std::vector<push_result> out;
+  out.reserve(pushes.size());
+  for (size_t i = 0; i < pushes.size(); ++i)
+    out.push_back(decided[i] ? std::move(*decided[i]) : classify_fcm(answers[i]));
+  return out;
 }
 
 // ---- factory ----

@@ -35,6 +35,12 @@
 // (invalid_grant: bad key, revoked account, clock skew) → permanent, naming
 // GOOGLE_APPLICATION_CREDENTIALS.
 //
+// Batches (send_all, the pushes of one job): the access token is taken once, then
+// every push is sent concurrently (http_multi, at most 8 at once, connections
+// kept for the next batch). If FCM answers 401 to any of them, the token is
+// forgotten and one new token fetched for the batch, and each push that got the
+// 401 is sent once more with it, again concurrently.
+//
 // Threading: google_token_source and rs256_key are thread-safe; a
 // firebase_provider is used by one worker thread at a time. Nothing here throws.
 // The private key and access tokens never appear in messages or logs.
@@ -48,6 +54,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -160,18 +167,24 @@ class google_token_source {
 /// `firebase` provider: one FCM v1 send per push (see the top of this file).
 class firebase_provider : public push_provider {
  public:
-  /// `send_url` is the whole messages:send URL.
+  /// `send_url` is the whole messages:send URL. At most `max_connections` sends
+  /// of a batch are in flight at once.
   firebase_provider(std::shared_ptr<google_token_source> tokens, std::string send_url,
-                    http_options opts);
+                    http_options opts, int max_connections = http_multi::default_max_connections);
   push_result send(const push& p) override;
+  std::vector<push_result> send_all(const std::vector<push>& pushes) override;
   std::string_view name() const override { return "firebase"; }
 
  private:
-  http_response post(const std::string& access_token, const std::string& body);
+  /// POSTs bodies[i] for every i of `which`, concurrently, with `access_token`;
+  /// the answers in the order of `which`.
+  std::vector<http_response> post(const std::string& access_token,
+                                  const std::vector<std::string>& bodies,
+                                  const std::vector<size_t>& which);
 
   std::shared_ptr<google_token_source> tokens_;
   std::string send_url_;
-  http_session http_;
+  http_multi http_;
 };
 
 /// The factory for notifications.service = "firebase": loads the key file of

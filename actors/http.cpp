@@ -1,9 +1,11 @@
-// libcurl behind http_session, and the HTTP → job outcome rules of contract §3.
+// libcurl behind http_session and http_multi, and the HTTP → job outcome rules of
+// contract §3.
 //
 // Each request starts with curl_easy_reset: it clears every option of the last
 // request (so a POST body or custom method never leaks into the next one) but
 // keeps the open connections, DNS and TLS session caches, which is what makes
-// the reuse worth it.
+// the reuse worth it. Both clients set a request up with prepare() and read its
+// answer with finish(), so a request means the same on either.
 #include "actors/http.hpp"
 
 #include <algorithm>
@@ -92,6 +94,76 @@ std::optional<int64_t> parse_http_date(const std::string& v) {
   return std::nullopt;
 }
 
+const char* const no_handle_error = "libcurl could not create a handle (out of memory?)";
+
+/// Sets every option of one request on `c`, after a reset: `t` receives the
+/// answer, `error_buffer` (CURL_ERROR_SIZE bytes) libcurl's error text. `body`
+/// must outlive the transfer (libcurl does not copy it). Returns the header
+/// list, to free with curl_slist_free_all once the transfer is over.
+curl_slist* prepare(CURL* c, const http_options& opts, std::string_view method,
+                    const std::string& url, const std::vector<http_header>& headers,
+                    const std::optional<std::string>& body, transfer& t, char* error_buffer) {
+  curl_easy_reset(c);
+  error_buffer[0] = '\0';
+  std::string method_str(method);
+
+  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);  // many threads: no SIGALRM for DNS timeouts
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, error_buffer);
+  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(opts.connect_timeout_ms));
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(opts.timeout_ms));
+  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, &t);
+  if (!opts.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, opts.ca_file.c_str());
+
+  if (method_str == "GET") {
+    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+  } else if (method_str == "HEAD") {
+    curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+  } else {
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method_str.c_str());  // libcurl copies it
+  }
+  if (body) {
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body->data());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body->size()));
+  }
+
+  curl_slist* list = nullptr;
+  for (const auto& h : headers) {
+    std::string line = h.name + ": " + h.value;
+    list = curl_slist_append(list, line.c_str());
+  }
+  // curl asks for "100 Continue" before larger bodies, costing a round trip
+  // (or a 1 s wait on servers that ignore it).
+  list = curl_slist_append(list, "Expect:");
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
+  return list;
+}
+
+/// Completes `r` (already holding the body and headers the callbacks wrote)
+/// from the outcome `rc` of its transfer on `c`.
+void finish(CURL* c, CURLcode rc, const http_options& opts, const transfer& t,
+            const char* error_buffer, http_response& r) {
+  if (rc != CURLE_OK) {
+    r.status = 0;
+    r.timed_out = rc == CURLE_OPERATION_TIMEDOUT;
+    if (t.too_large) {
+      r.error = "the response body exceeded " + std::to_string(opts.max_body_bytes) + " bytes";
+    } else {
+      r.error = error_buffer[0] != '\0' ? std::string(error_buffer) : curl_easy_strerror(rc);
+    }
+    r.body.clear();
+    return;
+  }
+  long status = 0;
+  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  r.status = static_cast<int>(status);
+}
+
 }  // namespace
 
 std::optional<std::string> http_response::header(const std::string& lower_case_name) const {
@@ -122,67 +194,158 @@ http_response http_session::request(std::string_view method, const std::string& 
                                     const std::optional<std::string>& body) {
   http_response r;
   if (!impl_ || impl_->curl == nullptr) {
-    r.error = "libcurl could not create a handle (out of memory?)";
+    r.error = no_handle_error;
     return r;
   }
-  CURL* c = impl_->curl;
-  curl_easy_reset(c);
-  impl_->error[0] = '\0';
   transfer t{&r, opts_.max_body_bytes};
-  std::string method_str(method);
-
-  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);  // many threads: no SIGALRM for DNS timeouts
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, impl_->error);
-  curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(opts_.connect_timeout_ms));
-  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(opts_.timeout_ms));
-  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
-  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(c, CURLOPT_HEADERDATA, &t);
-  if (!opts_.ca_file.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, opts_.ca_file.c_str());
-
-  if (method_str == "GET") {
-    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
-  } else if (method_str == "HEAD") {
-    curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-  } else {
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method_str.c_str());
-  }
-  if (body) {
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body->data());
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body->size()));
-  }
-
-  curl_slist* list = nullptr;
-  for (const auto& h : headers) {
-    std::string line = h.name + ": " + h.value;
-    list = curl_slist_append(list, line.c_str());
-  }
-  // curl asks for "100 Continue" before larger bodies, costing a round trip
-  // (or a 1 s wait on servers that ignore it).
-  list = curl_slist_append(list, "Expect:");
-  curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
-
-  CURLcode rc = curl_easy_perform(c);
+  curl_slist* list = prepare(impl_->curl, opts_, method, url, headers, body, t, impl_->error);
+  CURLcode rc = curl_easy_perform(impl_->curl);
   curl_slist_free_all(list);
-  if (rc != CURLE_OK) {
-    r.status = 0;
-    r.timed_out = rc == CURLE_OPERATION_TIMEDOUT;
-    if (t.too_large) {
-      r.error = "the response body exceeded " + std::to_string(opts_.max_body_bytes) + " bytes";
-    } else {
-      r.error = impl_->error[0] != '\0' ? std::string(impl_->error) : curl_easy_strerror(rc);
-    }
-    r.body.clear();
-    return r;
-  }
-  long status = 0;
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-  r.status = static_cast<int>(status);
+  finish(impl_->curl, rc, opts_, t, impl_->error, r);
   return r;
+}
+
+// ---- http_multi ----
+
+struct http_multi::impl {
+  CURLM* multi = nullptr;
+  std::vector<CURL*> idle;  // easy handles between transfers, reused
+
+  /// One request in flight: what its callbacks and finish() need.
+  struct active {
+    size_t index = 0;  // into the batch
+    CURL* easy = nullptr;
+    curl_slist* headers = nullptr;
+    transfer t{nullptr, 0};
+    char error[CURL_ERROR_SIZE] = {0};
+  };
+
+  ~impl() {
+    for (CURL* e : idle) curl_easy_cleanup(e);
+    if (multi != nullptr) curl_multi_cleanup(multi);  // closes the cached connections
+  }
+
+  CURL* take_easy() {
+    if (idle.empty()) return curl_easy_init();
+    CURL* e = idle.back();
+    idle.pop_back();
+    return e;
+  }
+
+  /// Ends `a`'s transfer: off the multi handle, its easy handle back to `idle`.
+  void release(active& a) {
+    curl_multi_remove_handle(multi, a.easy);  // its connection goes to the cache
+    curl_slist_free_all(a.headers);
+    a.headers = nullptr;
+    idle.push_back(a.easy);
+  }
+};
+
+http_multi::http_multi(http_options opts, int max_connections)
+    : opts_(std::move(opts)), max_connections_(std::max(1, max_connections)), impl_(new impl) {
+  global_init_once();
+  impl_->multi = curl_multi_init();
+  if (impl_->multi != nullptr) {
+    // perform() never has more than max_connections_ requests in flight, so
+    // these only bound what libcurl may do on its own: connections per host,
+    // and idle connections kept for the next batch.
+    curl_multi_setopt(impl_->multi, CURLMOPT_MAX_HOST_CONNECTIONS, static_cast<long>(max_connections_));
+    curl_multi_setopt(impl_->multi, CURLMOPT_MAXCONNECTS, static_cast<long>(max_connections_));
+  }
+}
+
+http_multi::~http_multi() = default;
+http_multi::http_multi(http_multi&&) noexcept = default;
+http_multi& http_multi::operator=(http_multi&&) noexcept = default;
+
+http_response http_multi::request(std::string_view method, const std::string& url,
+                                  const std::vector<http_header>& headers,
+                                  const std::optional<std::string>& body) {
+  std::vector<http_request> one{{std::string(method), url, headers, body}};
+  return std::move(perform(one).front());
+}
+
+std::vector<http_response> http_multi::perform(const std::vector<http_request>& requests) {
+  std::vector<http_response> out(requests.size());  // never resized: transfers point into it
+  if (!impl_ || impl_->multi == nullptr) {
+    for (auto& r : out) r.error = no_handle_error;
+    return out;
+  }
+  CURLM* m = impl_->multi;
+  std::map<CURL*, std::unique_ptr<impl::active>> running;
+  size_t next = 0;
+
+  // Starts requests until max_connections_ are in flight. A request starts only
+  // now, so its timeout never includes time spent waiting for a free slot.
+  auto start_more = [&] {
+    while (next < requests.size() && running.size() < static_cast<size_t>(max_connections_)) {
+      size_t i = next++;
+      const http_request& req = requests[i];
+      CURL* e = impl_->take_easy();
+      if (e == nullptr) {
+        out[i].error = no_handle_error;
+        continue;
+      }
+      auto a = std::make_unique<impl::active>();
+      a->index = i;
+      a->easy = e;
+      a->t = transfer{&out[i], opts_.max_body_bytes};
+      a->headers = prepare(e, opts_, req.method, req.url, req.headers, req.body, a->t, a->error);
+      CURLMcode mc = curl_multi_add_handle(m, e);
+      if (mc != CURLM_OK) {
+        out[i].error = std::string("libcurl could not start the request: ") + curl_multi_strerror(mc);
+        curl_slist_free_all(a->headers);
+        impl_->idle.push_back(e);
+        continue;
+      }
+      running.emplace(e, std::move(a));
+    }
+  };
+
+  // A failing multi handle (out of memory, a libcurl bug): every request not
+  // answered yet gets the error, none is left attached.
+  auto abandon = [&](CURLMcode mc) {
+    std::string error = std::string("libcurl failed: ") + curl_multi_strerror(mc);
+    for (auto& [easy, a] : running) {
+      out[a->index] = http_response{};
+      out[a->index].error = error;
+      impl_->release(*a);
+    }
+    running.clear();
+    for (; next < requests.size(); ++next) out[next].error = error;
+  };
+
+  start_more();
+  while (!running.empty()) {
+    int still_running = 0;
+    CURLMcode mc = curl_multi_perform(m, &still_running);
+    if (mc != CURLM_OK) {
+      abandon(mc);
+      break;
+    }
+    int left = 0;
+    while (CURLMsg* msg = curl_multi_info_read(m, &left)) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      CURL* e = msg->easy_handle;
+      CURLcode rc = msg->data.result;  // read before release: msg dies with the removal
+      auto it = running.find(e);
+      if (it == running.end()) continue;
+      impl::active& a = *it->second;
+      finish(e, rc, opts_, a.t, a.error, out[a.index]);
+      impl_->release(a);
+      running.erase(it);
+    }
+    start_more();
+    if (running.empty()) break;
+    // Wakes on socket activity or libcurl's next timeout (each request has its
+    // own CURLOPT_TIMEOUT_MS, so the loop ends); at most 1 s per turn.
+    mc = curl_multi_poll(m, nullptr, 0, 1000, nullptr);
+    if (mc != CURLM_OK) {
+      abandon(mc);
+      break;
+    }
+  }
+  return out;
 }
 
 std::string http_session::escape(std::string_view text) {

@@ -1,11 +1,20 @@
-// A blocking HTTP client on one libcurl easy handle, and the rules of contract §3
-// that turn an HTTP answer into a job outcome. The Django client (django_client.hpp)
-// and the webhook push provider (providers.hpp) are built on it.
+// Blocking HTTP clients on libcurl, and the rules of contract §3 that turn an HTTP
+// answer into a job outcome.
 //
-// Threading: an http_session is used by one thread at a time (the node runtime
-// makes one job handler, and so one session, per worker thread). Reusing the one
-// easy handle keeps the connection to the server open between requests
-// (contract §4: "connections are reused"). Different sessions may run in parallel.
+//  - http_session: one request at a time on one reused easy handle. The Django
+//    client (django_client.hpp) and the OAuth2 token source (firebase.hpp) use it.
+//  - http_multi: a batch of requests at once on one libcurl multi handle, whose
+//    connection cache outlives the batch. The webhook, firebase and sns push
+//    providers use it, so the pushes of one job go out concurrently.
+//
+// Both follow the same rules: the timeouts, CA file and body limit of
+// http_options, no redirects, response header names lower-cased, status 0 and
+// `error` when there was no answer.
+//
+// Threading: an http_session or http_multi is used by one thread at a time (the
+// node runtime makes one job handler, and so one client, per worker thread).
+// Reusing handles keeps connections to the server open between requests
+// (contract §4: "connections are reused"). Different clients may run in parallel.
 // Nothing here throws.
 #pragma once
 
@@ -81,6 +90,55 @@ class http_session {
  private:
   struct impl;
   http_options opts_;
+  std::unique_ptr<impl> impl_;
+};
+
+/// One request of an http_multi batch. `body` as in http_session::request.
+struct http_request {
+  std::string method;  ///< "GET", "POST", ...
+  std::string url;
+  std::vector<http_header> headers;
+  std::optional<std::string> body;
+};
+
+/// Runs batches of requests concurrently on one libcurl multi handle. At most
+/// `max_connections` requests of a batch are in flight at once; the next one
+/// starts when one finishes, so each request's timeout counts from its own start
+/// (never from the start of the batch), exactly as in http_session. The multi
+/// handle's connection cache keeps up to `max_connections` idle connections open
+/// between batches (contract §4: "connections are reused"), and the easy handles
+/// are reused too. Not copyable; movable.
+class http_multi {
+ public:
+  /// The default bound on connections per host (and requests in flight).
+  static constexpr int default_max_connections = 8;
+
+  /// `max_connections` below 1 counts as 1.
+  explicit http_multi(http_options opts = {}, int max_connections = default_max_connections);
+  ~http_multi();
+  http_multi(http_multi&&) noexcept;
+  http_multi& operator=(http_multi&&) noexcept;
+  http_multi(const http_multi&) = delete;
+  http_multi& operator=(const http_multi&) = delete;
+
+  /// Sends every request of `requests` and waits for all of them; returns one
+  /// response per request, in the same order, each as http_session::request
+  /// would have returned it. Blocks until the last request is answered or timed
+  /// out. Never throws.
+  std::vector<http_response> perform(const std::vector<http_request>& requests);
+
+  /// A batch of one.
+  http_response request(std::string_view method, const std::string& url,
+                        const std::vector<http_header>& headers,
+                        const std::optional<std::string>& body = std::nullopt);
+
+  const http_options& options() const { return opts_; }
+  int max_connections() const { return max_connections_; }
+
+ private:
+  struct impl;
+  http_options opts_;
+  int max_connections_;
   std::unique_ptr<impl> impl_;
 };
 

@@ -143,9 +143,21 @@ job_result notifier_handler::run_checked(const nodes::job& j) {
   auto text = texts_->render(r.notification_type, values);
   if (!text) return invalid_data("notification_type", "has no template");  // parse() checked it
 
-  tally t;
+  std::vector<push> pushes;
   for (int64_t user : *users) {
-    if (auto failed = notify_user(j, r, user, *text, data, t)) return *failed;
+    if (auto failed = collect_pushes(j, r, user, *text, data, pushes)) return *failed;
+  }
+  // One batch for the whole job: the provider sends its pushes concurrently.
+  std::vector<push_result> results = provider_->send_all(pushes);
+  tally t;
+  for (size_t i = 0; i < pushes.size(); ++i) {
+    // A provider that answered fewer results than pushes has a bug; what it
+    // did not answer for counts as a transient failure rather than a crash.
+    record(j, pushes[i],
+           i < results.size() ? results[i]
+                              : push_result::fail(push_result::status::transient,
+                                                  "The push provider gave no result for this push."),
+           t);
   }
 
   int attempted = t.sent + t.failed + t.invalid_tokens;
@@ -190,10 +202,11 @@ api_result<std::vector<int64_t>> notifier_handler::recipients(
   return result::ok({});
 }
 
-std::optional<job_result> notifier_handler::notify_user(const nodes::job& j, const request& r,
-                                                        int64_t user_id,
-                                                        const message_template& text,
-                                                        const json& data, tally& t) {
+std::optional<job_result> notifier_handler::collect_pushes(const nodes::job& j, const request& r,
+                                                           int64_t user_id,
+                                                           const message_template& text,
+                                                           const json& data,
+                                                           std::vector<push>& pushes) {
   auto tokens = django_->get_tokens(user_id);
   if (!tokens) {
     if (tokens.error.kind == outcome::permanent && tokens.error.http_status == 404) {
@@ -203,37 +216,39 @@ std::optional<job_result> notifier_handler::notify_user(const nodes::job& j, con
     }
     return tokens.error;
   }
-  for (const auto& tok : *tokens) {
-    push p{j.id, user_id, tok.token, tok.platform, r.notification_type, text.title, text.body, data};
-    push_result res = provider_->send(p);
-    switch (res.kind) {
-      case push_result::status::delivered:
-        ++t.sent;
-        break;
-      case push_result::status::invalid_token: {
-        ++t.invalid_tokens;
-        job_result del = django_->delete_token(user_id, tok.token);
-        log::info("notifier", "invalid push token removed",
-                  {{"job_id", j.id}, {"user_id", user_id}, {"token", log::redact(tok.token)},
-                   {"deleted", del.kind == outcome::ok}, {"error", del.message}});
-        break;
-      }
-      case push_result::status::transient:
-      case push_result::status::permanent:
-        ++t.failed;
-        if (res.kind == push_result::status::transient) {
-          ++t.failed_transient;
-          if (res.retry_after_ms)
-            t.retry_after_ms = std::max(t.retry_after_ms.value_or(0), *res.retry_after_ms);
-        }
-        if (t.first_error.empty()) t.first_error = res.error;
-        log::warning("notifier", "push failed",
-                     {{"job_id", j.id}, {"user_id", user_id}, {"provider", provider_->name()},
-                      {"outcome", to_string(res.kind)}, {"error", res.error}});
-        break;
-    }
-  }
+  for (const auto& tok : *tokens)
+    pushes.push_back(
+        {j.id, user_id, tok.token, tok.platform, r.notification_type, text.title, text.body, data});
   return std::nullopt;
+}
+
+void notifier_handler::record(const nodes::job& j, const push& p, const push_result& res, tally& t) {
+  switch (res.kind) {
+    case push_result::status::delivered:
+      ++t.sent;
+      break;
+    case push_result::status::invalid_token: {
+      ++t.invalid_tokens;
+      job_result del = django_->delete_token(p.user_id, p.token);
+      log::info("notifier", "invalid push token removed",
+                {{"job_id", j.id}, {"user_id", p.user_id}, {"token", log::redact(p.token)},
+                 {"deleted", del.kind == outcome::ok}, {"error", del.message}});
+      break;
+    }
+    case push_result::status::transient:
+    case push_result::status::permanent:
+      ++t.failed;
+      if (res.kind == push_result::status::transient) {
+        ++t.failed_transient;
+        if (res.retry_after_ms)
+          t.retry_after_ms = std::max(t.retry_after_ms.value_or(0), *res.retry_after_ms);
+      }
+      if (t.first_error.empty()) t.first_error = res.error;
+      log::warning("notifier", "push failed",
+                   {{"job_id", j.id}, {"user_id", p.user_id}, {"provider", provider_->name()},
+                    {"outcome", to_string(res.kind)}, {"error", res.error}});
+      break;
+  }
 }
 
 }  // namespace klynaa::actors

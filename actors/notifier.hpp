@@ -23,10 +23,14 @@
 //       recipients;
 //     - admin → every admin.
 //     Duplicates are dropped, first occurrence kept.
-//  3. For each recipient: GET its tokens (404 = the user is gone: no tokens), then
-//     one push per token. A push the provider calls invalid_token is removed with
-//     DELETE; a failed DELETE is logged and not retried (the next push to that
-//     token finds it invalid again).
+//  3. For each recipient: GET its tokens (404 = the user is gone: no tokens); one
+//     push per token. Once every recipient's tokens are known, all the pushes of
+//     the job go to the provider in one send_all() batch, which the HTTP
+//     providers send concurrently (providers.hpp); so a Django failure while
+//     listing tokens fails the job before any push of this attempt went out.
+//     A push the provider calls invalid_token is removed with DELETE, in the
+//     order of the batch; a failed DELETE is logged and not retried (the next
+//     push to that token finds it invalid again).
 //
 // Result (outcome ok): {"sent": n, "failed": m, "invalid_tokens": k,
 // "recipients": [user ids]}.
@@ -49,6 +53,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "actors/django_client.hpp"
 #include "actors/providers.hpp"
@@ -76,10 +81,14 @@ class notifier_handler : public nodes::job_handler {
   /// The recipients, or the failure of the Django call that lists them.
   api_result<std::vector<int64_t>> recipients(const request& r,
                                               const std::optional<pickup_info>& pickup);
-  /// Pushes to every token of `user_id`; a failed GET of its tokens comes back.
-  std::optional<nodes::job_result> notify_user(const nodes::job& j, const request& r,
-                                               int64_t user_id, const message_template& text,
-                                               const nlohmann::json& data, tally& t);
+  /// Appends one push per token of `user_id` to `pushes`; a failed GET of its
+  /// tokens comes back.
+  std::optional<nodes::job_result> collect_pushes(const nodes::job& j, const request& r,
+                                                  int64_t user_id, const message_template& text,
+                                                  const nlohmann::json& data,
+                                                  std::vector<push>& pushes);
+  /// Counts `res`, the outcome of `p`, in `t`; deletes an invalid token in Django.
+  void record(const nodes::job& j, const push& p, const push_result& res, tally& t);
 
   std::unique_ptr<django_client> django_;
   std::unique_ptr<push_provider> provider_;

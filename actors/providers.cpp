@@ -31,6 +31,13 @@ push_result from_job_result(const nodes::job_result& c) {
 
 }  // namespace
 
+std::vector<push_result> push_provider::send_all(const std::vector<push>& pushes) {
+  std::vector<push_result> out;
+  out.reserve(pushes.size());
+  for (const auto& p : pushes) out.push_back(send(p));
+  return out;
+}
+
 std::string_view to_string(push_result::status s) {
   switch (s) {
     case push_result::status::delivered: return "delivered";
@@ -102,15 +109,12 @@ push_result log_provider::send(const push& p) {
 
 // ---- webhook_provider ----
 
-webhook_provider::webhook_provider(std::string url, http_options opts)
-    : url_(std::move(url)), http_(std::move(opts)) {}
+webhook_provider::webhook_provider(std::string url, http_options opts, int max_connections)
+    : url_(std::move(url)), http_(std::move(opts), max_connections) {}
 
-push_result webhook_provider::send(const push& p) {
-  http_response r = http_.request("POST", url_,
-                                  {{"Content-Type", "application/json"},
-                                   {"Accept", "application/json"}},
-                                  dump_line(push_json(p, log::now_ms())));
-  count_downstream("webhook", outcome_label(r));
+namespace {
+
+push_result classify_webhook(const http_response& r) {
   if (r.status >= 200 && r.status < 300) return push_result::delivered();
   if (r.status == 404 || r.status == 410)
     return push_result::fail(push_result::status::invalid_token,
@@ -120,6 +124,26 @@ push_result webhook_provider::send(const push& p) {
   nodes::job_result c = classify(r, "POST to the webhook");
   if (c.kind == nodes::outcome::ok) return push_result::delivered();  // unreachable: 2xx above
   return from_job_result(c);
+}
+
+}  // namespace
+
+push_result webhook_provider::send(const push& p) { return send_all({p}).front(); }
+
+std::vector<push_result> webhook_provider::send_all(const std::vector<push>& pushes) {
+  std::vector<http_request> requests;
+  requests.reserve(pushes.size());
+  for (const auto& p : pushes)
+    requests.push_back({"POST", url_,
+                        {{"Content-Type", "application/json"}, {"Accept", "application/json"}},
+                        dump_line(push_json(p, log::now_ms()))});
+  std::vector<push_result> out;
+  out.reserve(pushes.size());
+  for (const auto& r : http_.perform(requests)) {
+    count_downstream("webhook", outcome_label(r));  // one count per request, as ever
+    out.push_back(classify_webhook(r));
+  }
+  return out;
 }
 
 // ---- factory ----

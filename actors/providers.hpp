@@ -6,8 +6,13 @@
 //  - firebase: FCM HTTP v1 with a service account (firebase.hpp).
 //  - sns: Amazon SNS Publish signed with SigV4 (sns.hpp).
 //
+// Batching: the notifier hands a provider all the pushes of one job at once
+// (send_all). The HTTP providers send them concurrently on an http_multi
+// (http.hpp): at most http_multi::default_max_connections (8) at a time, over
+// connections that stay open for the next job.
+//
 // Threading: a push_provider is used by one worker thread at a time (one per
-// job handler), like the HTTP sessions inside it. The log provider's instances
+// job handler), like the HTTP clients inside it. The log provider's instances
 // share one outbox_file, which serialises appends with a mutex.
 // Nothing here throws.
 #pragma once
@@ -20,6 +25,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -70,6 +76,11 @@ class push_provider {
   virtual ~push_provider() = default;
   /// Sends one push, blocking up to the provider's timeout. Never throws.
   virtual push_result send(const push& p) = 0;
+  /// Sends `pushes` (typically those of one job) and returns one result per
+  /// push, in the same order, each what send() would have returned for it.
+  /// Blocks until every push has its result. This default sends them one by
+  /// one; the HTTP providers override it to send them concurrently. Never throws.
+  virtual std::vector<push_result> send_all(const std::vector<push>& pushes);
   /// "log", "webhook", ...: the `service` label of downstream metrics.
   virtual std::string_view name() const = 0;
 };
@@ -121,16 +132,19 @@ class log_provider : public push_provider {
 /// `webhook` provider: POSTs push_json() with `Content-Type: application/json`
 /// to `url`. 2xx → delivered; 404, 410 → invalid_token; the rest per classify()
 /// (http.hpp): no answer, 408, 429, 5xx transient, other 4xx permanent. Timeouts
-/// come from `opts` (make_provider uses config [django]'s).
+/// come from `opts` (make_provider uses config [django]'s). send_all() posts the
+/// pushes concurrently, at most `max_connections` at once.
 class webhook_provider : public push_provider {
  public:
-  webhook_provider(std::string url, http_options opts);
+  webhook_provider(std::string url, http_options opts,
+                   int max_connections = http_multi::default_max_connections);
   push_result send(const push& p) override;
+  std::vector<push_result> send_all(const std::vector<push>& pushes) override;
   std::string_view name() const override { return "webhook"; }
 
  private:
   std::string url_;
-  http_session http_;
+  http_multi http_;
 };
 
 /// Makes one provider per worker.

@@ -302,8 +302,8 @@ std::string sns_publish_body(const std::string& target_arn, const std::string& m
 
 // ---- sns_provider ----
 
-sns_provider::sns_provider(sns_settings settings)
-    : settings_(std::move(settings)), http_(settings_.http) {
+sns_provider::sns_provider(sns_settings settings, int max_connections)
+    : settings_(std::move(settings)), http_(settings_.http, max_connections) {
   if (!settings_.now_ms) settings_.now_ms = wall_now_ms;
   url_ = settings_.endpoint;
   auto parts = split_url(url_);
@@ -311,7 +311,7 @@ sns_provider::sns_provider(sns_settings settings)
   if (parts && url_.find('/', url_.find("://") + 3) == std::string::npos) url_ += "/";
 }
 
-push_result sns_provider::send(const push& p) {
+std::optional<http_request> sns_provider::signed_publish(const push& p) const {
   sigv4_request req;
   req.method = "POST";
   req.url = url_;
@@ -319,15 +319,35 @@ push_result sns_provider::send(const push& p) {
   req.body = sns_publish_body(p.token, sns_message(p));
   sigv4_signature sig = sigv4_sign(req, settings_.credentials, settings_.region, "sns",
                                    amz_date(settings_.now_ms()));
-  if (sig.authorization.empty())
-    return push_result::fail(push_result::status::permanent,
-                             "[notifications] sns_endpoint: cannot parse \"" + settings_.endpoint + "\"");
+  if (sig.authorization.empty()) return std::nullopt;
   std::vector<http_header> headers = req.headers;
   headers.insert(headers.end(), sig.headers.begin(), sig.headers.end());
   headers.push_back({"Accept", "text/xml"});  // not signed: added after signing, as botocore's own
-  http_response r = http_.request("POST", url_, headers, req.body);
-  count_downstream("sns", outcome_label(r));
-  return classify_sns(r);
+  return http_request{"POST", url_, std::move(headers), std::move(req.body)};
+}
+
+push_result sns_provider::send(const push& p) { return send_all({p}).front(); }
+
+std::vector<push_result> sns_provider::send_all(const std::vector<push>& pushes) {
+  std::vector<push_result> out(pushes.size());
+  std::vector<http_request> requests;
+  std::vector<size_t> sent;  // requests[k] is the Publish of pushes[sent[k]]
+  for (size_t i = 0; i < pushes.size(); ++i) {
+    auto req = signed_publish(pushes[i]);
+    if (!req) {
+      out[i] = push_result::fail(push_result::status::permanent,
+                                 "[notifications] sns_endpoint: cannot parse \"" + settings_.endpoint + "\"");
+      continue;
+    }
+    requests.push_back(std::move(*req));
+    sent.push_back(i);
+  }
+  std::vector<http_response> answers = http_.perform(requests);
+  for (size_t k = 0; k < answers.size(); ++k) {
+    count_downstream("sns", outcome_label(answers[k]));
+    out[sent[k]] = classify_sns(answers[k]);
+  }
+  return out;
 }
 
 // ---- factory ----

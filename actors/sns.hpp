@@ -22,6 +22,10 @@
 // NotFound about the target ARN or endpoint → invalid_token; Throttling (any
 // status), 408, 429, 5xx, no answer → transient; other 4xx permanent.
 //
+// Batches (send_all, the pushes of one job): each Publish is signed on its own,
+// then all are sent concurrently (http_multi, at most 8 at once, connections kept
+// for the next batch).
+//
 // Threading: sigv4_* functions are pure and thread-safe; an sns_provider is used
 // by one worker thread at a time. Nothing here throws. The secret key and session
 // token never appear in messages or logs.
@@ -29,6 +33,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -102,17 +107,23 @@ struct sns_settings {
   std::function<int64_t()> now_ms;
 };
 
-/// `sns` provider: one signed Publish per push.
+/// `sns` provider: one signed Publish per push; send_all() sends a batch's
+/// Publish requests concurrently, at most `max_connections` at once.
 class sns_provider : public push_provider {
  public:
-  explicit sns_provider(sns_settings settings);
+  explicit sns_provider(sns_settings settings,
+                        int max_connections = http_multi::default_max_connections);
   push_result send(const push& p) override;
+  std::vector<push_result> send_all(const std::vector<push>& pushes) override;
   std::string_view name() const override { return "sns"; }
 
  private:
+  /// The signed Publish of `p`, or nothing when the endpoint cannot be parsed.
+  std::optional<http_request> signed_publish(const push& p) const;
+
   sns_settings settings_;
   std::string url_;  ///< endpoint with the path "/" when it had none
-  http_session http_;
+  http_multi http_;
 };
 
 /// The factory for notifications.service = "sns": needs AWS_ACCESS_KEY_ID,

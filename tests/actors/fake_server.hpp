@@ -7,12 +7,20 @@
 //   ... django.url() ... django.requests() ...
 //
 // Unscripted requests get 404 {"detail": "Not found."}. Thread-safe.
+//
+// For clients that send concurrently, it also counts requests in flight (being
+// handled at the same moment) and the TCP connections that carried them, and can
+// hold requests until a number of them are in flight at once (hold()). httplib
+// serves each connection on one of its 8 (or more) pool threads, so keep the
+// number of connections a test expects at once below 8.
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -55,8 +63,11 @@ class fake_server {
  public:
   using handler = std::function<canned(const recorded_request&)>;
 
-  fake_server() {
-    server_.set_keep_alive_timeout(1);
+  /// `keep_alive_seconds`: how long an idle connection stays open. Tests of
+  /// connection reuse raise it, so that a slow machine cannot make the server
+  /// close a connection between two batches.
+  explicit fake_server(int keep_alive_seconds = 1) {
+    server_.set_keep_alive_timeout(keep_alive_seconds);
     // Catch-all routes per method (a pre-routing handler would run before
     // httplib reads the request body).
     auto all = [this](const httplib::Request& req, httplib::Response& res) { serve(req, res); };
@@ -108,6 +119,32 @@ class fake_server {
     });
   }
 
+  /// Holds every `method` `path` request until `n` of them are in flight at
+  /// once, then answers them all; later requests are not held. A client that
+  /// sends one at a time never gets there: each of its requests waits
+  /// `max_wait`, and max_in_flight() stays at 1.
+  void hold(const std::string& method, const std::string& path, int n,
+            std::chrono::milliseconds max_wait = std::chrono::seconds(5)) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    gates_[method + " " + path] = gate{n, max_wait, false};
+  }
+
+  /// The most `method` `path` requests that were in flight at once.
+  int max_in_flight(const std::string& method, const std::string& path) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = max_in_flight_.find(method + " " + path);
+    return it == max_in_flight_.end() ? 0 : it->second;
+  }
+
+  /// How many TCP connections carried the requests so far (told apart by the
+  /// client's address and port).
+  size_t connections() const { return peers(requests()); }
+
+  /// How many TCP connections carried the `method` `path` requests so far.
+  size_t connections(const std::string& method, const std::string& path) const {
+    return peers(requests_to(method, path));
+  }
+
   std::vector<recorded_request> requests() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return log_;
@@ -128,18 +165,56 @@ class fake_server {
     r.target = req.target;
     r.body = req.body;
     for (const auto& [k, v] : req.headers) r.headers.emplace(k, v);
+    const std::string key = req.method + " " + req.path;
     handler h;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::unique_lock<std::mutex> lock(mutex_);
       log_.push_back(r);
-      auto it = routes_.find(req.method + " " + req.path);
+      auto it = routes_.find(key);
       if (it != routes_.end()) h = it->second;
+      int now = ++in_flight_[key];
+      max_in_flight_[key] = std::max(max_in_flight_[key], now);
+      in_flight_changed_.notify_all();
+      wait_at_gate(lock, key);
     }
+    // Out of flight once answered, whichever way this function is left.
+    struct landing {
+      fake_server* self;
+      const std::string& key;
+      ~landing() {
+        std::lock_guard<std::mutex> lock(self->mutex_);
+        --self->in_flight_[key];
+      }
+    } landed{this, key};
     canned c = h ? h(r) : canned{404, R"({"detail": "Not found."})"};
     if (c.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(c.delay_ms));
     res.status = c.status;
     for (const auto& [k, v] : c.headers) res.set_header(k.c_str(), v.c_str());
     if (!c.body.empty()) res.set_content(c.body, "application/json");
+  }
+
+  static size_t peers(const std::vector<recorded_request>& reqs) {
+    std::set<std::string> out;
+    for (const auto& r : reqs) out.insert(r.header("REMOTE_ADDR") + ":" + r.header("REMOTE_PORT"));
+    return out.size();
+  }
+
+  struct gate {
+    int n = 0;
+    std::chrono::milliseconds max_wait{0};
+    bool open = false;  // n were in flight once: hold nothing any more
+  };
+
+  // Called with mutex_ held by `lock`.
+  void wait_at_gate(std::unique_lock<std::mutex>& lock, const std::string& key) {
+    auto g = gates_.find(key);
+    if (g == gates_.end()) return;
+    auto deadline = std::chrono::steady_clock::now() + g->second.max_wait;
+    in_flight_changed_.wait_until(lock, deadline, [&] {
+      auto& gt = gates_[key];
+      if (in_flight_[key] >= gt.n) gt.open = true;
+      return gt.open;
+    });
   }
 
   httplib::Server server_;
@@ -148,6 +223,10 @@ class fake_server {
   mutable std::mutex mutex_;
   std::map<std::string, handler> routes_;
   std::vector<recorded_request> log_;
+  std::map<std::string, gate> gates_;
+  std::map<std::string, int> in_flight_;
+  std::map<std::string, int> max_in_flight_;
+  std::condition_variable in_flight_changed_;
 };
 
 /// A port on 127.0.0.1 with nothing listening: bound by the kernel's choice,

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <set>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -414,6 +415,85 @@ TEST_CASE("firebase: a 401 fetches a new access token and sends once more", "[pr
   CHECK(google.requests_to("POST", "/token").size() == 3);
   CHECK(google.requests_to("POST", send_path).size() == 4);
   CHECK_THAT(r.error, !Catch::Contains("ya29."));
+}
+
+TEST_CASE("firebase: the pushes of a batch go out concurrently after one token fetch, over reused connections",
+          "[providers]") {
+  scratch_dir dir;
+  fake_server google(30);  // idle connections stay open between the batches
+  google.on("POST", "/token", token_answer("ya29.batch"));
+  google.on("POST", send_path, [](const recorded_request& r) -> canned {
+    if (token_of(r) == "gone")
+      return {404, fcm_error(404, "NOT_FOUND", "Requested entity was not found.", fcm_code("UNREGISTERED"))};
+    return {200, fcm_ok};
+  });
+  google.hold("POST", send_path, 4);  // nothing is answered until all four are in flight
+  auto provider = factory_for(firebase_config(google, write_key_file(dir, key_file_json("unused"))))();
+  uint64_t before = klynaa::actors::downstream_counts()[{"firebase", "2xx"}];
+
+  std::vector<push> batch{sample_push("a"), sample_push("gone"), sample_push("b"), sample_push("c")};
+  auto results = provider->send_all(batch);
+  REQUIRE(results.size() == 4);
+  CHECK(results[0].kind == push_result::status::delivered);
+  CHECK(results[1].kind == push_result::status::invalid_token);
+  CHECK(results[2].kind == push_result::status::delivered);
+  CHECK(results[3].kind == push_result::status::delivered);
+  CHECK(google.max_in_flight("POST", send_path) == 4);
+
+  batch[1] = sample_push("d");
+  for (const auto& r : provider->send_all(batch)) CHECK(r.kind == push_result::status::delivered);
+  auto sends = google.requests_to("POST", send_path);
+  CHECK(sends.size() == 8);
+  for (const auto& s : sends) CHECK(s.header("Authorization") == "Bearer ya29.batch");
+  CHECK(google.requests_to("POST", "/token").size() == 1);
+  CHECK(google.connections("POST", send_path) == 4);
+  CHECK(klynaa::actors::downstream_counts()[{"firebase", "2xx"}] == before + 7);
+}
+
+TEST_CASE("firebase: a 401 in a batch fetches one new token and resends only the refused pushes",
+          "[providers]") {
+  scratch_dir dir;
+  fake_server google;
+  google.on_sequence("POST", "/token", {token_answer("ya29.revoked"), token_answer("ya29.fresh")});
+  // The revoked token still works for the pushes to "ok-…" (FCM answered them
+  // before it noticed); the others get 401 until the fresh token comes.
+  google.on("POST", send_path, [](const recorded_request& r) -> canned {
+    if (r.header("Authorization") == "Bearer ya29.fresh" || token_of(r).rfind("ok-", 0) == 0)
+      return {200, fcm_ok};
+    return {401, fcm_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.",
+                           json::array())};
+  });
+  google.hold("POST", send_path, 4);
+  auto provider = factory_for(firebase_config(google, write_key_file(dir, key_file_json("unused"))))();
+  auto results = provider->send_all({sample_push("ok-1"), sample_push("r-1"), sample_push("ok-2"),
+                                     sample_push("r-2")});
+  REQUIRE(results.size() == 4);
+  for (const auto& r : results) CHECK(r.kind == push_result::status::delivered);
+  CHECK(google.max_in_flight("POST", send_path) == 4);
+  CHECK(google.requests_to("POST", "/token").size() == 2);
+  auto sends = google.requests_to("POST", send_path);
+  REQUIRE(sends.size() == 6);
+  std::multiset<std::string> resent;
+  for (const auto& s : sends)
+    if (s.header("Authorization") == "Bearer ya29.fresh") resent.insert(token_of(s));
+  CHECK(resent == std::multiset<std::string>{"r-1", "r-2"});
+}
+
+TEST_CASE("firebase: a token endpoint that fails fails every push of the batch, with no send",
+          "[providers]") {
+  scratch_dir dir;
+  fake_server google;
+  google.on("POST", "/token", {503, "", {{"Retry-After", "5"}}});
+  auto provider = factory_for(firebase_config(google, write_key_file(dir, key_file_json("unused"))))();
+  auto results = provider->send_all({sample_push("a"), sample_push("b")});
+  REQUIRE(results.size() == 2);
+  for (const auto& r : results) {
+    CHECK(r.kind == push_result::status::transient);
+    CHECK(r.retry_after_ms == 5000);
+  }
+  CHECK(google.requests_to("POST", "/token").size() == 1);
+  CHECK(google.requests_to("POST", send_path).empty());
+  CHECK(provider->send_all({}).empty());
 }
 
 TEST_CASE("firebase: FCM's 503 and 429 are transient with Retry-After, 403 is permanent", "[providers]") {

@@ -1,12 +1,23 @@
 // Contract §3's HTTP rules, without a server: classify(), Retry-After, escaping.
+// Then http_multi against fake servers: a batch's answers in order, at most
+// max_connections in flight at once, connections reused across batches, and the
+// failures of http_session (no answer, timeout, body too large) per request.
 #include "actors/http.hpp"
 
 #include <catch2/catch.hpp>
 
+#include "fake_server.hpp"
+
 using klynaa::actors::classify;
+using klynaa::actors::http_multi;
+using klynaa::actors::http_options;
+using klynaa::actors::http_request;
 using klynaa::actors::http_response;
 using klynaa::actors::parse_retry_after;
 using klynaa::nodes::outcome;
+using klynaa::test::canned;
+using klynaa::test::fake_server;
+using klynaa::test::recorded_request;
 
 namespace {
 
@@ -107,4 +118,130 @@ TEST_CASE("escape percent-encodes everything but unreserved characters") {
   CHECK(http_session::escape("abcXYZ019-._~") == "abcXYZ019-._~");
   CHECK(http_session::escape("a/b:c d?e&f#g%") == "a%2Fb%3Ac%20d%3Fe%26f%23g%25");
   CHECK(http_session::escape("\xc3\xa9") == "%C3%A9");
+}
+
+// ---- http_multi ----
+
+namespace {
+
+http_options quick(int64_t timeout_ms = 5000) {
+  http_options o;
+  o.connect_timeout_ms = 1000;
+  o.timeout_ms = timeout_ms;
+  return o;
+}
+
+std::vector<http_request> posts(const std::string& url, int n) {
+  std::vector<http_request> out;
+  for (int i = 0; i < n; ++i) out.push_back({"POST", url, {}, "request " + std::to_string(i)});
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("http_multi answers every request of a batch, in the batch's order") {
+  fake_server server;
+  server.on("GET", "/a", {200, R"({"a": 1})", {{"X-Klynaa-Test", "A"}}});
+  server.on("POST", "/echo", [](const recorded_request& r) { return canned{201, r.body}; });
+  server.on("DELETE", "/gone", {410, ""});
+  server.on("GET", "/busy", {503, "", {{"Retry-After", "3"}}});
+  http_multi client(quick());
+  auto answers = client.perform({{"GET", server.url() + "/a", {}, std::nullopt},
+                                 {"POST", server.url() + "/echo", {{"X-Id", "7"}}, "hello"},
+                                 {"DELETE", server.url() + "/gone", {}, std::nullopt},
+                                 {"GET", server.url() + "/busy", {}, std::nullopt}});
+  REQUIRE(answers.size() == 4);
+  CHECK(answers[0].status == 200);
+  CHECK(answers[0].body == R"({"a": 1})");
+  CHECK(answers[0].header("x-klynaa-test") == "A");  // names lower-cased
+  CHECK(answers[1].status == 201);
+  CHECK(answers[1].body == "hello");
+  CHECK(answers[2].status == 410);
+  CHECK(answers[3].status == 503);
+  CHECK(answers[3].header("retry-after") == "3");
+  for (const auto& a : answers) CHECK(a.error.empty());
+  auto echoed = server.requests_to("POST", "/echo");
+  REQUIRE(echoed.size() == 1);
+  CHECK(echoed[0].header("X-Id") == "7");
+  CHECK(echoed[0].header("Expect").empty());
+  CHECK(client.perform({}).empty());
+}
+
+TEST_CASE("http_multi sends a batch concurrently, at most max_connections at once") {
+  fake_server server;
+  server.on("POST", "/slow", {200, "ok"});
+  server.hold("POST", "/slow", 3);  // answers nothing until 3 are in flight together
+  http_multi client(quick(), 3);
+  auto answers = client.perform(posts(server.url() + "/slow", 7));
+  REQUIRE(answers.size() == 7);
+  for (const auto& a : answers) CHECK(a.status == 200);
+  CHECK(server.requests_to("POST", "/slow").size() == 7);
+  CHECK(server.max_in_flight("POST", "/slow") == 3);
+}
+
+TEST_CASE("http_multi reuses its connections across batches") {
+  fake_server server(30);  // keeps idle connections open for the second batch
+  server.on("POST", "/push", {200, ""});
+  server.hold("POST", "/push", 4);
+  http_multi client(quick());
+  for (int batch = 0; batch < 2; ++batch) {
+    auto answers = client.perform(posts(server.url() + "/push", 4));
+    for (const auto& a : answers) CHECK(a.status == 200);
+  }
+  CHECK(server.requests().size() == 8);
+  CHECK(server.max_in_flight("POST", "/push") == 4);
+  CHECK(server.connections() == 4);  // one per request in flight, each used twice
+}
+
+TEST_CASE("http_multi fails each request on its own: refused, timed out, body too large") {
+  fake_server server;
+  server.on("GET", "/fast", {200, "fine"});
+  server.on("GET", "/slow", {200, "late", {}, 1500});
+  server.on("GET", "/big", {200, std::string(2048, 'x')});
+  auto opts = quick(300);
+  opts.max_body_bytes = 1024;
+  http_multi client(opts);
+  std::string refused = "http://127.0.0.1:" + std::to_string(klynaa::test::closed_port()) + "/";
+  auto answers = client.perform({{"GET", refused, {}, std::nullopt},
+                                 {"GET", server.url() + "/slow", {}, std::nullopt},
+                                 {"GET", server.url() + "/big", {}, std::nullopt},
+                                 {"GET", server.url() + "/fast", {}, std::nullopt}});
+  REQUIRE(answers.size() == 4);
+  CHECK(answers[0].status == 0);
+  CHECK_FALSE(answers[0].timed_out);
+  CHECK_FALSE(answers[0].error.empty());
+  CHECK(classify(answers[0], "GET /").error_code == "connect");
+  CHECK(answers[1].status == 0);
+  CHECK(answers[1].timed_out);
+  CHECK(answers[1].body.empty());
+  CHECK(classify(answers[1], "GET /slow").error_code == "timeout");
+  CHECK(answers[2].status == 0);
+  CHECK_THAT(answers[2].error, Catch::Contains("1024 bytes"));
+  CHECK(answers[2].body.empty());
+  CHECK(answers[3].status == 200);
+  CHECK(answers[3].body == "fine");
+}
+
+TEST_CASE("http_multi starts each request's timeout when the request starts, not the batch") {
+  // One connection, five answers of 300 ms each, a 1 s timeout: the batch takes
+  // longer than the timeout, yet no request does.
+  fake_server server;
+  server.on("GET", "/steady", {200, "ok", {}, 300});
+  http_multi client(quick(1000), 1);
+  std::vector<http_request> batch(5, http_request{"GET", server.url() + "/steady", {}, std::nullopt});
+  auto answers = client.perform(batch);
+  for (const auto& a : answers) {
+    CHECK(a.status == 200);
+    CHECK(a.error.empty());
+  }
+  CHECK(server.max_in_flight("GET", "/steady") == 1);
+}
+
+TEST_CASE("http_multi's request() is a batch of one") {
+  fake_server server;
+  server.on("PUT", "/one", [](const recorded_request& r) { return canned{200, r.method + " " + r.body}; });
+  http_multi client(quick());
+  auto r = client.request("PUT", server.url() + "/one", {{"Content-Type", "text/plain"}}, "x");
+  CHECK(r.status == 200);
+  CHECK(r.body == "PUT x");
 }

@@ -21,15 +21,21 @@ using nlohmann::json;
 
 namespace {
 
-/// Records every push; answers per token from `answers`, delivered otherwise.
+/// Records every push and the size of every batch; answers per token from
+/// `answers`, delivered otherwise.
 class recording_provider : public push_provider {
  public:
   std::vector<push> sent;
+  std::vector<size_t> batches;
   std::map<std::string, push_result> answers;
   push_result send(const push& p) override {
     sent.push_back(p);
     auto it = answers.find(p.token);
     return it == answers.end() ? push_result::delivered() : it->second;
+  }
+  std::vector<push_result> send_all(const std::vector<push>& pushes) override {
+    batches.push_back(pushes.size());
+    return push_provider::send_all(pushes);  // the default: send() one by one
   }
   std::string_view name() const override { return "recording"; }
 };
@@ -311,4 +317,56 @@ TEST_CASE("a notification through the log provider lands in the outbox") {
   CHECK(line["notification_type"] == "pickup_delivered");
   CHECK(line["title"] == "Pickup delivered");
   CHECK(line["data"]["pickup_id"] == 7);
+}
+
+TEST_CASE("the pushes of one job go to the provider in one batch") {
+  fixture f;
+  auto r = f.run({{"pickup_id", 7}, {"notification_type", "pickup_disputed"}, {"user_type", "admin"}});
+  REQUIRE(r.kind == outcome::ok);
+  CHECK(f.provider->batches == std::vector<size_t>{2});  // admins 1 and 2, one token each
+  CHECK(f.pushed_users() == std::vector<int64_t>{1, 2});
+}
+
+TEST_CASE("a Django failure while listing tokens fails the job before any push goes out") {
+  fixture f;
+  f.django.on("GET", "/api/users/2/tokens/", {503, ""});
+  auto r = f.run({{"pickup_id", 7}, {"notification_type", "pickup_disputed"}, {"user_type", "admin"}});
+  CHECK(r.kind == outcome::transient);
+  CHECK(f.provider->sent.empty());
+  CHECK(f.provider->batches.empty());
+}
+
+TEST_CASE("a notification through the webhook sends the job's pushes concurrently") {
+  fake_server django;
+  script_django(django);
+  django.on("GET", "/api/users/11/tokens/", {200, tokens(11, {"c-1", "c-2", "c-3"})});
+  django.on("DELETE", "/api/users/11/tokens/c-2/", {204, ""});
+  fake_server hook;
+  hook.on("POST", "/push", [](const klynaa::test::recorded_request& r) -> canned {
+    auto body = json::parse(r.body, nullptr, false);
+    return {!body.is_discarded() && body.value("token", "") == "c-2" ? 410 : 200, ""};
+  });
+  hook.hold("POST", "/push", 3);  // nothing is answered until all three are in flight
+  klynaa::protocol::config cfg;
+  cfg.notifications.service = "webhook";
+  cfg.notifications.webhook_url = hook.url() + "/push";
+  auto made = klynaa::actors::make_provider(cfg, "/nonexistent-is-fine-for-webhooks");
+  REQUIRE(std::holds_alternative<klynaa::actors::provider_factory>(made));
+  notifier_handler handler(std::make_unique<django_client>(django_at(django.url())),
+                           std::get<klynaa::actors::provider_factory>(made)(),
+                           std::make_shared<const templates>());
+  auto counts = [] { return klynaa::actors::downstream_counts(); };
+  uint64_t ok_before = counts()[{"webhook", "2xx"}], gone_before = counts()[{"webhook", "4xx"}];
+
+  job j;
+  j.id = "evt-5#1";
+  j.function = "sendPickupNotification";
+  j.data = {{"pickup_id", 7}, {"notification_type", "pickup_accepted"}, {"user_type", "customer"}};
+  auto r = handler.run(j);
+  REQUIRE(r.kind == outcome::ok);
+  CHECK(r.result == json{{"sent", 2}, {"failed", 0}, {"invalid_tokens", 1}, {"recipients", {11}}});
+  CHECK(hook.max_in_flight("POST", "/push") == 3);
+  CHECK(django.requests_to("DELETE", "/api/users/11/tokens/c-2/").size() == 1);
+  CHECK(counts()[{"webhook", "2xx"}] == ok_before + 2);
+  CHECK(counts()[{"webhook", "4xx"}] == gone_before + 1);
 }

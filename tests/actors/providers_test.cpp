@@ -1,8 +1,10 @@
 // Push providers (contract §6): the log provider's outbox lines, the webhook's
-// status mapping, and the factory's choices.
+// status mapping, batches (send_all: concurrent, connections reused, one result
+// per push in order), and the factory's choices.
 #include "actors/providers.hpp"
 
 #include <regex>
+#include <set>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -18,7 +20,9 @@ using klynaa::actors::provider_factory;
 using klynaa::actors::push;
 using klynaa::actors::push_result;
 using klynaa::actors::webhook_provider;
+using klynaa::test::canned;
 using klynaa::test::fake_server;
+using klynaa::test::recorded_request;
 using klynaa::test::scratch_dir;
 using nlohmann::json;
 
@@ -183,6 +187,112 @@ TEST_CASE("an unreachable webhook is transient") {
   auto r = provider.send(sample_push());
   CHECK(r.kind == push_result::status::transient);
   CHECK_FALSE(r.error.empty());
+}
+
+namespace {
+
+std::vector<push> pushes_to(const std::vector<std::string>& tokens) {
+  std::vector<push> out;
+  for (const auto& t : tokens) {
+    auto p = sample_push();
+    p.token = t;
+    out.push_back(p);
+  }
+  return out;
+}
+
+std::string token_of(const recorded_request& r) {
+  auto j = json::parse(r.body, nullptr, false);
+  return j.is_discarded() ? "" : j.value("token", "");
+}
+
+uint64_t downstream(const std::string& service, const std::string& outcome) {
+  return klynaa::actors::downstream_counts()[{service, outcome}];
+}
+
+}  // namespace
+
+TEST_CASE("the webhook provider sends the pushes of a batch concurrently, one result per push in order") {
+  fake_server hook;
+  hook.on("POST", "/push", [](const recorded_request& r) -> canned {
+    std::string t = token_of(r);
+    if (t == "gone") return {410, ""};
+    if (t == "busy") return {503, "", {{"Retry-After", "6"}}};
+    return {202, ""};
+  });
+  hook.hold("POST", "/push", 4);  // nothing is answered until all four are in flight
+  webhook_provider provider(hook.url() + "/push", quick());
+  uint64_t ok_before = downstream("webhook", "2xx"), gone_before = downstream("webhook", "4xx"),
+           busy_before = downstream("webhook", "5xx");
+
+  auto results = provider.send_all(pushes_to({"a", "gone", "busy", "b"}));
+  REQUIRE(results.size() == 4);
+  CHECK(results[0].kind == push_result::status::delivered);
+  CHECK(results[1].kind == push_result::status::invalid_token);
+  CHECK(results[1].http_status == 410);
+  CHECK(results[2].kind == push_result::status::transient);
+  CHECK(results[2].retry_after_ms == 6000);
+  CHECK(results[3].kind == push_result::status::delivered);
+  CHECK(hook.max_in_flight("POST", "/push") == 4);
+  std::multiset<std::string> tokens;
+  for (const auto& r : hook.requests()) {
+    tokens.insert(token_of(r));
+    CHECK(r.header("Content-Type") == "application/json");
+  }
+  CHECK(tokens == std::multiset<std::string>{"a", "gone", "busy", "b"});
+  // Downstream metrics count each request.
+  CHECK(downstream("webhook", "2xx") == ok_before + 2);
+  CHECK(downstream("webhook", "4xx") == gone_before + 1);
+  CHECK(downstream("webhook", "5xx") == busy_before + 1);
+}
+
+TEST_CASE("the webhook provider reuses its connections from one batch to the next") {
+  fake_server hook(30);  // idle connections stay open between the batches
+  hook.on("POST", "/push", {200, ""});
+  hook.hold("POST", "/push", 3);
+  webhook_provider provider(hook.url() + "/push", quick());
+  for (int batch = 0; batch < 2; ++batch)
+    for (const auto& r : provider.send_all(pushes_to({"a", "b", "c"})))
+      CHECK(r.kind == push_result::status::delivered);
+  CHECK(provider.send(sample_push()).kind == push_result::status::delivered);
+  CHECK(hook.requests().size() == 7);
+  CHECK(hook.max_in_flight("POST", "/push") == 3);
+  CHECK(hook.connections() == 3);
+}
+
+TEST_CASE("the webhook provider keeps at most its connection bound in flight") {
+  fake_server hook;
+  hook.on("POST", "/push", {200, ""});
+  hook.hold("POST", "/push", 2);
+  webhook_provider provider(hook.url() + "/push", quick(), 2);
+  auto results = provider.send_all(pushes_to({"a", "b", "c", "d", "e"}));
+  REQUIRE(results.size() == 5);
+  for (const auto& r : results) CHECK(r.kind == push_result::status::delivered);
+  CHECK(hook.max_in_flight("POST", "/push") == 2);
+}
+
+TEST_CASE("an unreachable webhook fails every push of a batch transiently") {
+  webhook_provider provider("http://127.0.0.1:" + std::to_string(klynaa::test::closed_port()) + "/",
+                            quick());
+  auto results = provider.send_all(pushes_to({"a", "b", "c"}));
+  REQUIRE(results.size() == 3);
+  for (const auto& r : results) {
+    CHECK(r.kind == push_result::status::transient);
+    CHECK_FALSE(r.error.empty());
+  }
+  CHECK(provider.send_all({}).empty());
+}
+
+TEST_CASE("the log provider's batch writes one line per push, in order") {
+  scratch_dir dir;
+  log_provider provider(open_outbox(dir));
+  auto results = provider.send_all(pushes_to({"t1", "t2", "t3"}));
+  REQUIRE(results.size() == 3);
+  for (const auto& r : results) CHECK(r.kind == push_result::status::delivered);
+  auto lines = klynaa::test::read_lines(dir / "outbox.jsonl");
+  REQUIRE(lines.size() == 3);
+  CHECK(json::parse(lines[0])["token"] == "t1");
+  CHECK(json::parse(lines[2])["token"] == "t3");
 }
 
 TEST_CASE("the factory makes log providers that share the data dir's outbox") {

@@ -4,7 +4,10 @@
 // mapped to push results; the factory's config errors.
 #include "actors/sns.hpp"
 
+#include <atomic>
 #include <cstdlib>
+#include <memory>
+#include <set>
 
 #include <catch2/catch.hpp>
 
@@ -307,6 +310,48 @@ TEST_CASE("sns: SNS throttling and server errors are transient, a refused signat
   CHECK_THAT(refused.error, Catch::Contains("SignatureDoesNotMatch"));
   CHECK_THAT(refused.error, Catch::Contains("AWS_SECRET_ACCESS_KEY"));
   CHECK_THAT(refused.error, !Catch::Contains(settings.credentials.secret_access_key));
+}
+
+TEST_CASE("sns: the Publish requests of a batch go out concurrently, each signed on its own", "[providers]") {
+  fake_server sns(30);  // idle connections stay open between the batches
+  sns.on("POST", "/", [](const recorded_request& r) -> canned {
+    if (form_value(r.body, "TargetArn") == "arn:disabled")
+      return {400, sns_error("Sender", "EndpointDisabled", "Endpoint is disabled")};
+    return {200, publish_ok};
+  });
+  sns.hold("POST", "/", 4);  // nothing is answered until all four are in flight
+  auto settings = settings_for(sns.url());
+  // A clock that moves one second per reading: each request gets its own X-Amz-Date.
+  auto clock = std::make_shared<std::atomic<int64_t>>(fixed_ms);
+  settings.now_ms = [clock] { return clock->fetch_add(1000); };
+  sns_provider provider(settings);
+
+  std::vector<push> batch{sample_push("arn:a"), sample_push("arn:disabled"), sample_push("arn:b"),
+                          sample_push("arn:c")};
+  auto results = provider.send_all(batch);
+  REQUIRE(results.size() == 4);
+  CHECK(results[0].kind == push_result::status::delivered);
+  CHECK(results[1].kind == push_result::status::invalid_token);
+  CHECK(results[2].kind == push_result::status::delivered);
+  CHECK(results[3].kind == push_result::status::delivered);
+  CHECK(sns.max_in_flight("POST", "/") == 4);
+
+  batch[1] = sample_push("arn:d");
+  for (const auto& r : provider.send_all(batch)) CHECK(r.kind == push_result::status::delivered);
+  auto reqs = sns.requests();
+  REQUIRE(reqs.size() == 8);
+  std::set<std::string> dates, arns;
+  for (const auto& r : reqs) {
+    // Recomputed from what arrived: the signature covers this request's own body and date.
+    sigv4_request again{"POST", sns.url() + "/", {{"Content-Type", r.header("Content-Type")}}, r.body};
+    auto expected = sigv4_sign(again, settings.credentials, settings.region, "sns", r.header("X-Amz-Date"));
+    CHECK(r.header("Authorization") == expected.authorization);
+    dates.insert(r.header("X-Amz-Date"));
+    arns.insert(form_value(r.body, "TargetArn"));
+  }
+  CHECK(dates.size() == 8);
+  CHECK(arns == std::set<std::string>{"arn:a", "arn:b", "arn:c", "arn:d", "arn:disabled"});
+  CHECK(sns.connections() == 4);
 }
 
 TEST_CASE("sns: an unreachable SNS endpoint is transient", "[providers]") {

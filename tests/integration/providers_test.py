@@ -413,10 +413,12 @@ class FirebaseTest(ProviderCase):
         self.assertEqual(DJANGO.tokens(other), {other_good})
 
         # One access token, fetched once with a verified assertion, served every send
-        # of the first job; after the 401, a second one served the rest.
+        # of the first job (3 pushes, sent together). The second job's two pushes go
+        # out together with the revoked token, both get 401; one new token is
+        # fetched and both are sent again with it (firebase.hpp, send_all).
         mine = self.fake.received()[before:]
         self.assertEqual([r["endpoint"] for r in mine],
-                         ["token", "send", "send", "send", "send", "token", "send", "send"], mine)
+                         ["token", "send", "send", "send", "send", "send", "token", "send", "send"], mine)
         tokens = [r for r in mine if r["endpoint"] == "token"]
         for t in tokens:
             self.assertTrue(t["accepted"], t)
@@ -425,11 +427,14 @@ class FirebaseTest(ProviderCase):
             self.assertEqual(t["claims"]["scope"], FCM_SCOPE)
             self.assertLessEqual(t["claims"]["exp"] - t["claims"]["iat"], 3600)
         self.assertNotEqual(tokens[0]["access_token"], tokens[1]["access_token"])
-        self.assertEqual([s["access_token"] for s in mine[1:5]], [tokens[0]["access_token"]] * 4)
-        self.assertEqual([s["access_token"] for s in mine[6:]], [tokens[1]["access_token"]] * 2)
-        self.assertEqual((mine[4]["status"], mine[4]["error"]), (401, "UNAUTHENTICATED"))
-        self.assertEqual(mine[6]["message"], mine[4]["message"])  # the same push, sent again
-        self.assertEqual(mine[6]["message"]["data"]["job_id"], "fcm-invoke-%d#1" % pickup)
+        self.assertEqual([s["access_token"] for s in mine[1:6]], [tokens[0]["access_token"]] * 5)
+        self.assertEqual([s["access_token"] for s in mine[7:]], [tokens[1]["access_token"]] * 2)
+        for refused in mine[4:6]:
+            self.assertEqual((refused["status"], refused["error"]), (401, "UNAUTHENTICATED"))
+        # the same two pushes, sent again
+        self.assertEqual(sorted(json.dumps(m["message"], sort_keys=True) for m in mine[7:]),
+                         sorted(json.dumps(m["message"], sort_keys=True) for m in mine[4:6]))
+        self.assertEqual(mine[7]["message"]["data"]["job_id"], "fcm-invoke-%d#1" % pickup)
         self.assertEqual([r for r in mine if not r["accepted"] and r.get("error") not in
                           ("UNREGISTERED", "UNAUTHENTICATED")], [])
         self.assert_serving(k)
