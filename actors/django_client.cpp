@@ -3,6 +3,8 @@
 // before reading and turn anything undocumented into bad_response().
 #include "actors/django_client.hpp"
 
+#include "actors/breaker.hpp"
+
 #include <chrono>
 
 #include "protocol/log.hpp"
@@ -76,8 +78,17 @@ http_response django_client::request(std::string_view method, const std::string&
   }
   for (const auto& h : extra) headers.push_back(h);
 
+  auto& breaker = breaker_for(service);
+  int64_t retry_in_ms = 0;
+  if (!breaker.allow(retry_in_ms)) {
+    http_response refused;
+    refused.error = "not sent: the django circuit breaker is open";
+    refused.circuit_open_ms = retry_in_ms;
+    return refused;
+  }
   auto start = std::chrono::steady_clock::now();
   http_response r = http_.request(method, base_url_ + path, headers, payload);
+  breaker.record(breaker_failure(r.status));
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                 std::chrono::steady_clock::now() - start)
                 .count();

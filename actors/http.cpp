@@ -386,6 +386,13 @@ nodes::job_result classify(const http_response& r, std::string_view what) {
     ok.http_status = r.status;
     return ok;
   }
+  if (r.circuit_open_ms >= 0) {
+    job_result j = job_result::failure(outcome::transient, "circuit_open",
+                                       std::string(what) + " was not called: its circuit breaker is open after "
+                                                           "repeated failures; the job waits without using an attempt.");
+    j.retry_after_ms = std::max<int64_t>(r.circuit_open_ms, 100);
+    return j;
+  }
   if (r.status == 0) {
     std::string code = r.timed_out ? "timeout" : "connect";
     return job_result::failure(outcome::transient, code,

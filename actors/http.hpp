@@ -41,6 +41,9 @@ struct http_response {
   std::map<std::string, std::string> headers;
   std::string error;  ///< libcurl's error text when status == 0, else ""
   bool timed_out = false;  ///< status == 0 because a timeout expired
+  /// >= 0: not sent at all, the service's circuit breaker is open; try again in
+  /// this many milliseconds (actors/breaker.hpp). classify() makes it "circuit_open".
+  int64_t circuit_open_ms = -1;
 
   /// The value of header `lower_case_name`, if present.
   std::optional<std::string> header(const std::string& lower_case_name) const;

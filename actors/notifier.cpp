@@ -2,6 +2,8 @@
 // The rules are documented once, in notifier.hpp.
 #include "actors/notifier.hpp"
 
+#include "actors/breaker.hpp"
+
 #include <algorithm>
 #include <cstdio>
 #include <exception>
@@ -61,6 +63,7 @@ struct notifier_handler::tally {
   int sent = 0;
   int failed = 0;
   int failed_transient = 0;
+  int failed_circuit = 0;  ///< of those, not sent because the breaker was open
   int invalid_tokens = 0;
   std::optional<int64_t> retry_after_ms;  ///< the largest a provider asked for
   std::string first_error;
@@ -147,8 +150,33 @@ job_result notifier_handler::run_checked(const nodes::job& j) {
   for (int64_t user : *users) {
     if (auto failed = collect_pushes(j, r, user, *text, data, pushes)) return *failed;
   }
-  // One batch for the whole job: the provider sends its pushes concurrently.
-  std::vector<push_result> results = provider_->send_all(pushes);
+  // One batch for the whole job: the provider sends its pushes concurrently,
+  // unless its circuit breaker is open (actors/breaker.hpp). The `log` provider
+  // writes a file and has none.
+  std::vector<push_result> results;
+  const bool guarded = provider_->name() != "log" && !pushes.empty();
+  int64_t retry_in_ms = 0;
+  if (guarded && !breaker_for(provider_->name()).allow(retry_in_ms)) {
+    for (size_t i = 0; i < pushes.size(); ++i) {
+      auto r = push_result::fail(push_result::status::transient,
+                                 "not sent: the " + std::string(provider_->name()) +
+                                     " circuit breaker is open after repeated failures");
+      r.circuit_open = true;
+      r.retry_after_ms = std::max<int64_t>(retry_in_ms, 100);
+      results.push_back(std::move(r));
+    }
+  } else {
+    results = provider_->send_all(pushes);
+    if (guarded) {
+      bool any_ok = false, any_failure = false;
+      for (auto& r : results) {
+        if (r.kind == push_result::status::transient) any_failure = true;
+        else any_ok = true;
+      }
+      // One batch is one call for the breaker: down when nothing got through.
+      breaker_for(provider_->name()).record(any_failure && !any_ok);
+    }
+  }
   tally t;
   for (size_t i = 0; i < pushes.size(); ++i) {
     // A provider that answered fewer results than pushes has a bug; what it
@@ -161,6 +189,13 @@ job_result notifier_handler::run_checked(const nodes::job& j) {
   }
 
   int attempted = t.sent + t.failed + t.invalid_tokens;
+  if (attempted > 0 && t.sent == 0 && t.failed_circuit > 0 && t.failed_circuit == t.failed) {
+    job_result f = job_result::failure(outcome::transient, "circuit_open",
+                                       "No push was sent: the " + std::string(provider_->name()) +
+                                           " circuit breaker is open; the job waits without using an attempt.");
+    f.retry_after_ms = t.retry_after_ms;
+    return f;
+  }
   if (attempted > 0 && t.sent == 0 && t.failed_transient > 0) {
     job_result f = job_result::failure(
         outcome::transient, "push_failed",
@@ -240,6 +275,7 @@ void notifier_handler::record(const nodes::job& j, const push& p, const push_res
       ++t.failed;
       if (res.kind == push_result::status::transient) {
         ++t.failed_transient;
+        if (res.circuit_open) ++t.failed_circuit;
         if (res.retry_after_ms)
           t.retry_after_ms = std::max(t.retry_after_ms.value_or(0), *res.retry_after_ms);
       }

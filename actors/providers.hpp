@@ -58,6 +58,7 @@ struct push_result {
   std::string error;                      ///< a sentence, for logs and results
   std::optional<int> http_status;         ///< when a provider answered over HTTP
   std::optional<int64_t> retry_after_ms;  ///< Retry-After of a 429/503
+  bool circuit_open = false;              ///< not sent: the provider's circuit breaker is open
 
   static push_result delivered() { return {}; }
   static push_result fail(status k, std::string error, std::optional<int> http_status = {}) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <sstream>
 
+#include "broker/dashboard/dashboard.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::broker {
@@ -36,6 +37,10 @@ std::string label(const std::string& v) {
     out += c;
   }
   return out;
+}
+
+bool is_dashboard_page(const httplib::Request& req) {
+  return (req.method == "GET" || req.method == "HEAD") && (req.path == "/" || req.path == "/dashboard");
 }
 
 }  // namespace
@@ -118,6 +123,31 @@ std::string render_metrics(const nlohmann::json& s) {
         o << "klynaa_node_jobs_total{node=\"" << node << "\",function=\"" << label(fn)
           << "\",outcome=\"" << label(outcome) << "\"} " << count.get<int64_t>() << "\n";
   }
+  // Circuit breakers per node and downstream (actors/breaker.hpp).
+  auto breakers_of = [](const nlohmann::json& n) {
+    if (!n.contains("stats") || !n["stats"].contains("extra") || !n["stats"]["extra"].contains("breakers") ||
+        !n["stats"]["extra"]["breakers"].is_object())
+      return nlohmann::json::object();
+    return n["stats"]["extra"]["breakers"];
+  };
+  o << "# HELP klynaa_circuit_breaker_state A downstream's circuit breaker in a node: 0 closed, 1 half-open, 2 open.\n"
+    << "# TYPE klynaa_circuit_breaker_state gauge\n";
+  for (auto& n : nodes) {
+    const auto breakers = breakers_of(n);  // not a temporary: items() refers to it
+    for (auto& [service, b] : breakers.items()) {
+      auto st = b.value("state", "closed");
+      o << "klynaa_circuit_breaker_state{node=\"" << label(n.value("name", "")) << "\",service=\"" << label(service)
+        << "\"} " << (st == "open" ? 2 : st == "half_open" ? 1 : 0) << "\n";
+    }
+  }
+  o << "# HELP klynaa_circuit_breaker_opens_total Times a downstream's circuit breaker opened in a node.\n"
+    << "# TYPE klynaa_circuit_breaker_opens_total counter\n";
+  for (auto& n : nodes) {
+    const auto breakers = breakers_of(n);
+    for (auto& [service, b] : breakers.items())
+      o << "klynaa_circuit_breaker_opens_total{node=\"" << label(n.value("name", "")) << "\",service=\""
+        << label(service) << "\"} " << b.value("opens", int64_t{0}) << "\n";
+  }
   o << "# HELP klynaa_node_running_jobs Jobs a node is running now.\n"
     << "# TYPE klynaa_node_running_jobs gauge\n";
   for (auto& n : nodes)
@@ -148,8 +178,11 @@ bool admin_server::start(const std::string& bind, const std::string& token, admi
   auto& srv = impl_->server;
   if (!token.empty()) {
     srv.set_pre_routing_handler([token](const httplib::Request& req, httplib::Response& res) {
-      // /healthz stays open for load balancers and probes: it tells nothing.
-      if (req.path == "/healthz" || req.get_header_value("Authorization") == "Bearer " + token)
+      // /healthz stays open for load balancers and probes: it tells nothing. So
+      // does the dashboard page, which a browser navigation must load without
+      // the token: it holds no data, and its own calls send the token.
+      if (req.path == "/healthz" || is_dashboard_page(req) ||
+          req.get_header_value("Authorization") == "Bearer " + token)
         return httplib::Server::HandlerResponse::Unhandled;
       res.status = 401;
       res.set_content(R"({"error":"unauthorized","message":"send Authorization: Bearer <admin.token>"})",
@@ -202,6 +235,22 @@ bool admin_server::start(const std::string& bind, const std::string& token, admi
       json_reply(res, out.contains("error") ? 503 : 200, out);
     });
   }
+  // The dashboard (issue 9): one self-contained page; its script polls /stats
+  // and /dlq with the token the user gives it. Nothing else may load or frame it.
+  auto dashboard = [](const httplib::Request&, httplib::Response& res) {
+    res.set_header("Cache-Control", "no-store");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_header("Referrer-Policy", "no-referrer");
+    res.set_header("X-Frame-Options", "DENY");
+    res.set_header("Content-Security-Policy",
+                   "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                   "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                   "frame-ancestors 'none'");
+    const auto page = dashboard_html();
+    res.set_content(page.data(), page.size(), "text/html; charset=utf-8");
+  };
+  srv.Get("/", dashboard);
+  srv.Get("/dashboard", dashboard);
   srv.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content(R"({"status":"ok"})", "application/json");
   });

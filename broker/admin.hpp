@@ -1,6 +1,7 @@
 // The broker's admin endpoint (contract §5, §7): an HTTP server on admin.bind
 // with /metrics (Prometheus text), /stats (JSON for `klynaa stats` and the
-// dashboard) and /healthz. Runs its own threads (cpp-httplib); reads the broker
+// dashboard), /dlq, /healthz and the dashboard page itself at / and /dashboard
+// (broker/dashboard/index.html, open like /healthz: it holds no data). Runs its own threads (cpp-httplib); reads the broker
 // only through the thread-safe callbacks it is given.
 #pragma once
 

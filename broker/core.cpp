@@ -2,6 +2,8 @@
 // writer's notifications; keeps one batch open while the previous one commits.
 #include "broker/core_impl.hpp"
 
+#include <sys/statvfs.h>
+
 #include <climits>
 
 #include "protocol/jobs.hpp"
@@ -74,6 +76,7 @@ bool broker_core::impl::open(std::string& err) {
                  {{"schedule", s}});
   writer = std::make_unique<commit_writer>(*st, ctx, writer_endpoint);
   writer->start();
+  check_disk(now);
   log::info(component, "started", {{"ingress", ingress_endpoint}, {"cluster", cluster_endpoints},
                                    {"unfinished_jobs", loaded}});
   return true;
@@ -131,7 +134,11 @@ int broker_core::impl::run(const std::atomic<int>& ph) {
         if (it != per.end()) running += it->second;
       }
       bool done_waiting = running == 0 || now >= drain_deadline || p == phase::stopping;
-      if (done_waiting && current.empty() && !writer->busy()) break;
+      // A store that cannot commit (disk full) must not keep a stopping broker
+      // alive: the unstored state changes are only lost progress (those jobs run
+      // again after the restart), never an acknowledged request.
+      const bool flushed = current.empty() || (p == phase::stopping && commit_failures > 0);
+      if (done_waiting && flushed && !writer->busy()) break;
     }
 
     int64_t timeout = 100;
@@ -197,7 +204,24 @@ void broker_core::impl::fire(const firing& f, int64_t now) {
                                           {"at", log::iso8601_utc_ms(f.at_ms)}});
 }
 
+void broker_core::impl::check_disk(int64_t now) {
+  last_disk_check = now;
+  struct statvfs fs {};
+  if (::statvfs(opts.data_dir.c_str(), &fs) != 0) return;
+  const int64_t free_mb = static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize) / (1024 * 1024);
+  const bool was_low = disk_free_mb >= 0 && disk_free_mb < opts.cfg.ingress.min_free_disk_mb;
+  const bool low = free_mb < opts.cfg.ingress.min_free_disk_mb;
+  if (low && !was_low)
+    log::error(component, "disk nearly full: new requests are rejected as overloaded until space returns",
+               {{"data_dir", opts.data_dir}, {"free_mb", free_mb},
+                {"min_free_disk_mb", opts.cfg.ingress.min_free_disk_mb}});
+  else if (!low && was_low)
+    log::info(component, "disk space is back: accepting requests again", {{"free_mb", free_mb}});
+  disk_free_mb = free_mb;
+}
+
 void broker_core::impl::tick(int64_t now) {
+  if (now - last_disk_check >= 1000) check_disk(now);
   if (!draining)
     for (auto& f : schedules.due(now)) fire(f, now);
   for (auto& id : queue.fire_timers(now, [this] { return next_seq(); })) {
@@ -298,6 +322,10 @@ void broker_core::impl::note_failure(const live_job& j, const std::string& outco
 
 void broker_core::impl::maybe_submit() {
   if (writer->busy() || committing) return;
+  if (commit_failures > 0) {  // the store failed: back off, and probe it if nothing else is due
+    if (wall_ms() < next_commit_ms) return;
+    if (current.empty()) current.b.probe = true;
+  }
   if (pruning && !draining && !current.b.prune_before_ms) current.b.prune_before_ms = pruning->before_ms;
   if (current.empty()) return;
   committing = std::move(current);
@@ -321,6 +349,9 @@ void broker_core::impl::on_commit() {
 
 void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) {
   const int64_t now = wall_ms();
+  if (commit_failures > 0)
+    log::info(component, "the store commits again", {{"failed_commits", commit_failures}});
+  commit_failures = 0;
   for (size_t i = 0; i < ob.reqs.size() && i < out.requests.size(); ++i) {
     auto& p = ob.reqs[i];
     auto& o = out.requests[i];
@@ -353,8 +384,14 @@ void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) 
 }
 
 void broker_core::impl::fail_commit(open_batch& ob, const store_error& err) {
-  log::error(component, "store commit failed; requests of the batch are rejected",
-             {{"error", err.message}, {"requests", ob.reqs.size()}});
+  // Back off (100 ms doubling to 2 s) so that a full disk is not retried in a
+  // tight loop; log the first failure and then every 20th.
+  ++commit_failures;
+  last_commit_error = err.message;
+  next_commit_ms = wall_ms() + std::min<int64_t>(2000, int64_t{100} << std::min<int64_t>(commit_failures - 1, 5));
+  if (commit_failures == 1 || commit_failures % 20 == 0)
+    log::error(component, "store commit failed; requests of the batch are rejected",
+               {{"error", err.message}, {"requests", ob.reqs.size()}, {"failed_commits", commit_failures}});
   for (size_t i = 0; i < ob.reqs.size(); ++i) {
     auto& p = ob.reqs[i];
     if (p.internal) {  // a schedule firing: try again with the next batch
@@ -479,7 +516,8 @@ void broker_core::impl::publish_stats(int64_t now) {
                       {"recent_failures", recent_failures},
                       {"retrying", retrying},
                       {"history", history},
-                      {"draining", draining}};
+                      {"draining", draining},
+                      {"disk_free_mb", disk_free_mb}};
   std::lock_guard<std::mutex> lk(snapshot_mu);
   snapshot = std::move(s);
 }

@@ -119,6 +119,7 @@ struct broker_core::impl {
   bool open(std::string& err);
   int run(const std::atomic<int>& ph);
   void tick(int64_t now);
+  void check_disk(int64_t now);
   void maybe_submit();
   void on_commit();
   void apply_commit(open_batch& ob, const commit_outcome& out);
@@ -192,6 +193,11 @@ struct broker_core::impl {
   nlohmann::json recent_failures = nlohmann::json::array();  ///< newest last, at most 50
   nlohmann::json history = nlohmann::json::array();          ///< totals every 5 s, 10 minutes
   int64_t last_history = 0;
+  int64_t commit_failures = 0;  ///< store commits failed in a row (disk full, I/O error)
+  int64_t next_commit_ms = 0;   ///< no commit before this after a failure
+  std::string last_commit_error;
+  int64_t disk_free_mb = -1;  ///< free space on the data dir's filesystem, checked every second
+  int64_t last_disk_check = 0;
   bool draining = false;
   int64_t drain_deadline = 0;
   std::mt19937_64 rng{std::random_device{}()};

@@ -88,6 +88,26 @@ void broker_core::impl::handle_request(const client_ref& c, protocol::request&& 
     send_reply(c, rep);
     return;
   }
+  if (commit_failures > 0) {  // fail fast until a probe commit succeeds (core.cpp maybe_submit)
+    auto rep = protocol::rejection(req.id, protocol::error_code::overloaded,
+                                   "the broker cannot write to its store (" + last_commit_error +
+                                       "); nothing was stored, retry later");
+    rep.retry_after_ms = 1000;
+    ++ingress_counts["rejected"];
+    send_reply(c, rep);
+    return;
+  }
+  if (disk_free_mb >= 0 && disk_free_mb < opts.cfg.ingress.min_free_disk_mb) {
+    auto rep = protocol::rejection(req.id, protocol::error_code::overloaded,
+                                   "the broker's disk has " + std::to_string(disk_free_mb) +
+                                       " MB free, under ingress.min_free_disk_mb (" +
+                                       std::to_string(opts.cfg.ingress.min_free_disk_mb) +
+                                       "); nothing was stored, retry later");
+    rep.retry_after_ms = 5000;
+    ++ingress_counts["rejected"];
+    send_reply(c, rep);
+    return;
+  }
   auto derived = protocol::derive_jobs(req, opts.cfg.escrow.hold_seconds * 1000);
   new_request nr;
   nr.id = req.id;

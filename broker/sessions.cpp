@@ -241,6 +241,18 @@ void broker_core::impl::complete(live_job& jr, const cl::done& d, int64_t now) {
     record(*j, job_state::done, "ok", "", d.result_json, d.duration_ms);
     if (function == "cleanupData") start_prune(current.b.updates.back(), note, now);
     queue.finish(j->id, job_state::done);
+  } else if (d.outcome == "transient" && d.error_code == "circuit_open") {
+    // Not run at all: the node's breaker for the downstream is open. The job
+    // waits for it without using an attempt (actors/breaker.hpp).
+    if (j->attempts > j->attempt_base) --j->attempts;
+    const int64_t due = now + std::max<int64_t>(d.retry_after_ms, 100);
+    log::info(component, "job waits for an open circuit breaker; the attempt is not counted",
+              {{"job_id", j->id}, {"function", j->function}, {"error", d.error_message},
+               {"next_run", log::iso8601_utc_ms(due)}});
+    queue.retry_later(j->id, due);
+    record(*j, job_state::retry_wait);  // no history entry: nothing ran
+    ++outcomes[function]["retry"];
+    return;
   } else {
     const bool permanent = d.outcome == "permanent";
     const bool exhausted = !permanent && j->attempts - j->attempt_base >= policy.max_attempts;

@@ -193,6 +193,10 @@ class sqlite_store final : public store {
       if (b.prune_before_ms) prune_chunk(*b.prune_before_ms, b.prune_limit, out);
       if (!b.replay_ids.empty() || b.replay_all) replay_dead(b, out);
       if (!b.purge_ids.empty() || b.purge_all) purge_dead(b, out);
+      if (b.probe) {
+        const std::string at = std::to_string(now_ms());  // bind() keeps a pointer: no temporary
+        get("probe").bind(1, at).run();
+      }
       exec("COMMIT");
       return out;
     } catch (const std::exception& e) {
@@ -331,6 +335,7 @@ class sqlite_store final : public store {
     add("count", "SELECT function, state, COUNT(*) FROM jobs GROUP BY function, state");
     add("dead_oldest", "SELECT " + cols + " FROM jobs WHERE state = 4 ORDER BY seq LIMIT ?1");
     add("dead_ids", "SELECT id FROM jobs WHERE state = 4");
+    add("probe", "INSERT OR REPLACE INTO meta(key, value) VALUES('last_probe', ?1)");
     add("replay_job",
         "UPDATE jobs SET state = 0, seq = ?2, due_ms = ?3, updated_ms = ?3, attempt_base = ?4 "
         "WHERE id = ?1 AND state = 4");

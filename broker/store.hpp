@@ -93,9 +93,12 @@ struct batch {
   int64_t replay_seq_base = 0;
   std::vector<std::string> purge_ids;
   bool purge_all = false;
+  /// A small write that proves the store can commit again after a failure
+  /// (disk full): the broker sends it while it rejects requests.
+  bool probe = false;
   bool empty() const {
     return requests.empty() && updates.empty() && children.empty() && !prune_before_ms &&
-           replay_ids.empty() && !replay_all && purge_ids.empty() && !purge_all;
+           replay_ids.empty() && !replay_all && purge_ids.empty() && !purge_all && !probe;
   }
 };
 

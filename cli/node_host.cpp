@@ -1,5 +1,7 @@
 #include "cli/node_host.hpp"
 
+#include "actors/breaker.hpp"
+
 #include <unistd.h>
 
 #include <sstream>
@@ -53,6 +55,8 @@ void node_host::start(zmq::context_t& ctx, const std::string& broker_endpoint) {
   nodes::node_options o;
   o.broker_endpoint = broker_endpoint;
   o.name = name_;
+  actors::configure_breakers({cfg_.circuit_breaker.failure_threshold, cfg_.circuit_breaker.open_seconds * 1000,
+                              cfg_.circuit_breaker.max_open_seconds * 1000});
   o.kinds = actors::make_actor_kinds(cfg_, data_dir_, kinds_);
   for (auto& k : o.kinds) {  // supervision limits (nodes/pool.hpp), the same for every kind
     k.limits.job_timeout_ms = cfg_.node.job_timeout_seconds * 1000;
@@ -63,7 +67,7 @@ void node_host::start(zmq::context_t& ctx, const std::string& broker_endpoint) {
   o.extra_stats = [] {
     nlohmann::json d = nlohmann::json::object();
     for (auto& [key, n] : actors::downstream_counts()) d[key.first + "/" + key.second] = n;
-    return nlohmann::json{{"downstream", d}};
+    return nlohmann::json{{"downstream", d}, {"breakers", actors::breaker_states()}};
   };
   runtime_ = std::make_unique<nodes::node_runtime>(ctx, std::move(o));
   runtime_->start();

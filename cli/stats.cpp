@@ -48,6 +48,21 @@ void print_table(const nlohmann::json& s) {
                 static_cast<long long>(now - num(n, "last_heartbeat_ms")));
   }
   if (nodes.empty()) std::printf("(no node connected)\n");
+  // Circuit breakers that are not closed, and actor kinds a node withdrew.
+  for (auto& n : nodes) {
+    const auto extra = n.value("stats", nlohmann::json::object()).value("extra", nlohmann::json::object());
+    const auto breakers = extra.value("breakers", nlohmann::json::object());
+    for (auto& [service, b] : breakers.items())
+      if (b.value("state", "closed") != "closed")
+        std::printf("%s: %s circuit breaker %s (retry in %.1f s, %lld failures in a row)\n",
+                    n.value("name", "").c_str(), service.c_str(), b.value("state", "").c_str(),
+                    static_cast<double>(num(b, "retry_in_ms")) / 1000.0,
+                    static_cast<long long>(num(b, "consecutive_failures")));
+    const auto withdrawn = n.value("withdrawn", nlohmann::json::object());
+    for (auto& [kind, why] : withdrawn.items())
+      std::printf("%s: withdrew %s (%s)\n", n.value("name", "").c_str(), kind.c_str(),
+                  why.is_string() ? why.get<std::string>().c_str() : "");
+  }
 }
 
 }  // namespace

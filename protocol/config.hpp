@@ -44,6 +44,7 @@ struct config {
     std::string curve_secret_file;
     std::string curve_allow_file;
     int64_t max_pending = 1000000;  ///< pending jobs above which ingress answers `overloaded`
+    int64_t min_free_disk_mb = 64;  ///< below this free space on the data dir: `overloaded`
   } ingress;
 
   struct cluster_section {
@@ -97,6 +98,12 @@ struct config {
   struct shutdown_section {
     int64_t grace_seconds = 30;
   } shutdown;
+
+  struct circuit_breaker_section {
+    int64_t failure_threshold = 5;   ///< transient failures in a row that open a breaker
+    int64_t open_seconds = 5;        ///< how long it stays open before a probe
+    int64_t max_open_seconds = 60;   ///< the ceiling when probes keep failing (doubling)
+  } circuit_breaker;
 
   struct log_section {
     std::string level = "info";  ///< trace | debug | info | warning | error
