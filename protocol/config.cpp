@@ -90,6 +90,12 @@ std::string max_bytes_range(const value& v) {
   return n >= 1 && n <= (int64_t{1} << 30) ? "" : "must be between 1 and 1073741824";
 }
 
+std::string hold_range(const value& v) {
+  // ms arithmetic on it (ts + hold * 1000) must not overflow: at most 10 years.
+  auto n = std::get<int64_t>(v);
+  return n >= 0 && n <= 315360000 ? "" : "must be between 0 and 315360000 (10 years)";
+}
+
 std::string dedup_days(const value& v) {
   // Contract §1: an accepted id is recognised as a duplicate for at least 7 days.
   return std::get<int64_t>(v) >= 7 ? "" : "must be at least 7 (the contract keeps ids for 7 days)";
@@ -132,9 +138,15 @@ const key_spec keys[] = {
     KLYNAA_KEY(ingress, bind, not_empty, "ZeroMQ endpoint the broker binds for Django's requests"),
     KLYNAA_KEY(ingress, max_bytes, max_bytes_range,
                "largest request frame in bytes; larger ones get too_large, 16 times larger drop the peer"),
-    KLYNAA_KEY(ingress, curve, any_value, "require CURVE encryption and a client allow-list"),
+    KLYNAA_KEY(ingress, curve, any_value,
+               "require CURVE encryption and a client allow-list (docs/security.md)"),
     KLYNAA_KEY(ingress, curve_secret_file, any_value, "the broker's key pair (written by `klynaa keygen`)"),
-    KLYNAA_KEY(ingress, curve_allow_file, any_value, "client public keys, Z85, one a line"),
+    KLYNAA_KEY(ingress, curve_allow_file, any_value,
+               "client public keys, Z85, one a line; re-read within a second of a change"),
+    KLYNAA_KEY(ingress, curve_server_public_file, any_value,
+               "clients (publish, invoke): the broker's public key file; set means connect with CURVE"),
+    KLYNAA_KEY(ingress, curve_client_secret_file, any_value,
+               "clients (publish, invoke): their own key pair, whose public key is in the broker's allow-list"),
     KLYNAA_KEY(ingress, max_pending, at_least_one, "pending jobs above which requests are rejected as overloaded"),
     KLYNAA_KEY(ingress, min_free_disk_mb, not_negative,
                "free space (MB) on the data dir's disk below which requests are rejected as overloaded"),
@@ -142,6 +154,15 @@ const key_spec keys[] = {
     KLYNAA_KEY(cluster, heartbeat_ms, at_least_one, "heartbeat interval between broker and nodes, both ways"),
     KLYNAA_KEY(cluster, lease_ms, at_least_one, "a dispatched job not reported within this goes back to ready"),
     KLYNAA_KEY(cluster, node_timeout_ms, at_least_one, "a node silent this long is dead; its jobs go back"),
+    KLYNAA_KEY(cluster, curve, any_value,
+               "CURVE on the cluster endpoint: the broker admits only nodes in curve_allow_file"),
+    KLYNAA_KEY(cluster, curve_secret_file, any_value, "broker: its key pair for the cluster endpoint"),
+    KLYNAA_KEY(cluster, curve_allow_file, any_value,
+               "broker: node public keys, Z85, one a line; re-read within a second of a change"),
+    KLYNAA_KEY(cluster, curve_server_public_file, any_value,
+               "nodes: the broker's public key file; set means connect with CURVE"),
+    KLYNAA_KEY(cluster, curve_client_secret_file, any_value,
+               "nodes: their own key pair, whose public key is in the broker's cluster allow-list"),
     KLYNAA_KEY(admin, bind, not_empty, "host:port of /metrics and the stats the CLI reads"),
     KLYNAA_KEY(admin, token, any_value, "bearer token, required when bound beyond loopback"),
     KLYNAA_KEY(django, url, any_value, "base URL of the Django API; DJANGO_API_URL overrides"),
@@ -156,7 +177,9 @@ const key_spec keys[] = {
     KLYNAA_KEY(notifications, firebase_token_url, not_empty, "OAuth2 token endpoint for the service account"),
     KLYNAA_KEY(notifications, firebase_project, any_value, "FCM project id; empty means the credentials file's"),
     KLYNAA_KEY(notifications, sns_endpoint, any_value, "SNS endpoint; empty means https://sns.{region}.amazonaws.com"),
-    KLYNAA_KEY(escrow, hold_seconds, not_negative, "delay of the auto-release after pickup.delivered"),
+    KLYNAA_KEY(notifications, ca_file, any_value,
+               "CA bundle for the push providers' HTTPS; empty means django.ca_file, and then the system's"),
+    KLYNAA_KEY(escrow, hold_seconds, hold_range, "delay of the auto-release after pickup.delivered"),
     KLYNAA_KEY(geo, radius_km, positive_finite, "search radius of notifyNearbyWorkers when the event gives none"),
     KLYNAA_KEY(geo, max_workers, at_least_one, "most workers notified for one pickup"),
     KLYNAA_KEY(geo, refresh_seconds, at_least_one, "interval of full reloads of the available workers"),

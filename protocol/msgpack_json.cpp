@@ -45,19 +45,30 @@ bool fail(conversion_error& err, const std::string& path, std::string message) {
   return false;
 }
 
-std::string child_path(const std::string& path, std::string_view key) {
-  std::string p = path;
-  if (!p.empty())
-    p += '.';
-  p.append(key.data(), key.size());
-  return p;
-}
+/// The path is one buffer for the whole walk: a child appends ".key" (or
+/// ".index"), recurses and cuts it off again, so that a wide value costs its
+/// size, not size x path length (a long key holding a long array was quadratic).
+class path_segment {
+ public:
+  path_segment(std::string& path, std::string_view key) : path_(path), size_(path.size()) {
+    if (!path_.empty())
+      path_ += '.';
+    path_.append(key.data(), key.size());
+  }
+  ~path_segment() { path_.resize(size_); }
+  path_segment(const path_segment&) = delete;
+  path_segment& operator=(const path_segment&) = delete;
 
-bool to_json_at(const msgpack::object& o, const std::string& path, size_t depth,
-                nlohmann::json& out, conversion_error& err);
+ private:
+  std::string& path_;
+  size_t size_;
+};
 
-bool map_to_json(const msgpack::object& o, const std::string& path, size_t depth,
-                 nlohmann::json& out, conversion_error& err) {
+bool to_json_at(const msgpack::object& o, std::string& path, size_t depth, nlohmann::json& out,
+                conversion_error& err);
+
+bool map_to_json(const msgpack::object& o, std::string& path, size_t depth, nlohmann::json& out,
+                 conversion_error& err) {
   out = nlohmann::json::object();
   for (uint32_t i = 0; i < o.via.map.size; ++i) {
     const auto& kv = o.via.map.ptr[i];
@@ -65,21 +76,21 @@ bool map_to_json(const msgpack::object& o, const std::string& path, size_t depth
       return fail(err, path,
                   path + " must have string keys only, but one key is " + describe(kv.key));
     std::string key(kv.key.via.str.ptr, kv.key.via.str.size);
-    const std::string sub = child_path(path, key);
     if (!is_valid_utf8(key))
       return fail(err, path, path + " has a key that is not valid UTF-8: " + quote(key));
+    path_segment sub(path, key);
     if (out.contains(key))
-      return fail(err, sub, sub + " appears twice; send each key once");
+      return fail(err, path, path + " appears twice; send each key once");
     nlohmann::json value;
-    if (!to_json_at(kv.val, sub, depth + 1, value, err))
+    if (!to_json_at(kv.val, path, depth + 1, value, err))
       return false;
     out[key] = std::move(value);
   }
   return true;
 }
 
-bool to_json_at(const msgpack::object& o, const std::string& path, size_t depth,
-                nlohmann::json& out, conversion_error& err) {
+bool to_json_at(const msgpack::object& o, std::string& path, size_t depth, nlohmann::json& out,
+                conversion_error& err) {
   switch (o.type) {
     case msgpack::type::NIL:
       out = nullptr;
@@ -118,8 +129,8 @@ bool to_json_at(const msgpack::object& o, const std::string& path, size_t depth,
       out = nlohmann::json::array();
       for (uint32_t i = 0; i < o.via.array.size; ++i) {
         nlohmann::json value;
-        if (!to_json_at(o.via.array.ptr[i], child_path(path, std::to_string(i)), depth + 1,
-                        value, err))
+        path_segment sub(path, std::to_string(i));
+        if (!to_json_at(o.via.array.ptr[i], path, depth + 1, value, err))
           return false;
         out.push_back(std::move(value));
       }
@@ -238,7 +249,8 @@ std::string json_to_msgpack(const nlohmann::json& j) {
 
 bool to_json(const msgpack::object& o, const std::string& path, nlohmann::json& out,
              conversion_error& err) {
-  return to_json_at(o, path, 0, out, err);
+  std::string buffer = path;  // grows and shrinks with the walk (path_segment)
+  return to_json_at(o, buffer, 0, out, err);
 }
 
 std::string format_double(double d) {

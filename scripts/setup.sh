@@ -10,7 +10,7 @@ PACKAGES=(
   catch2 libsqlite3-dev sqlite3 libcurl4-openssl-dev tzdata
   libtomlplusplus-dev nlohmann-json3-dev libhowardhinnant-date-dev
   libjwt-dev libssl-dev libcpp-httplib-dev libpq-dev
-  clang libclang-rt-dev
+  clang libclang-rt-dev prometheus
   python3 python3-zmq python3-msgpack python3-django python3-botocore python3-jwt python3-cryptography python3-yaml systemd curl
 )
 
@@ -18,6 +18,9 @@ PACKAGES=(
 # compiler-rt: libFuzzer, ASan, UBSan) build the fuzz target that scripts/test.sh
 # runs (tests/fuzz; the main build stays gcc). Only recommended by clang, so
 # --no-install-recommends needs libclang-rt-dev named.
+
+# prometheus brings promtool, which checks /metrics in the tests (its daemon is
+# not started).
 
 # The dashboard's browser test (tests/browser) also needs Debian's chromium,
 # Node.js >= 18 with npm, and playwright-core from the npm registry (pinned in

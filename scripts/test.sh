@@ -1,11 +1,28 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds (Debug, ASan+UBSan)
-# and runs the whole suite with CTest. Exit code: CTest's.
+# and runs the whole suite with CTest, then builds the ingress fuzz target (clang,
+# libFuzzer, in build-fuzz/) and fuzzes it for KLYNAA_FUZZ_SECONDS (default 60;
+# 0 skips it) with tests/fuzz/run.sh. Exit code: CTest's when CTest fails, else
+# the fuzzer's (non-zero when it found a crash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-cd build
-ctest --output-on-failure -j "$(nproc)" --timeout 300 "$@"
+ctest_rc=0
+(cd build && ctest --output-on-failure -j "$(nproc)" --timeout 300 "$@") || ctest_rc=$?
+
+fuzz_rc=0
+FUZZ_SECONDS=${KLYNAA_FUZZ_SECONDS:-60}
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  echo "test: CTest exited with $ctest_rc; now the ingress fuzzer for $FUZZ_SECONDS s (tests/fuzz/run.sh)"
+  bash tests/fuzz/run.sh "$FUZZ_SECONDS" || fuzz_rc=$?
+  echo "test: fuzzer exited with $fuzz_rc"
+else
+  echo "test: KLYNAA_FUZZ_SECONDS=0: fuzzer skipped"
+fi
+if [ "$ctest_rc" -ne 0 ]; then
+  exit "$ctest_rc"
+fi
+exit "$fuzz_rc"

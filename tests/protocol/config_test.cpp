@@ -271,6 +271,10 @@ TEST_CASE("invalid values are errors naming the key and the rule", "[config]") {
   CHECK_THAT(parse_error("[geo]\nradius_km = inf\n"), Catch::Contains("[geo] radius_km"));
   CHECK_THAT(parse_error("[retry]\nmax_attempts = 0\n"), Catch::Contains("[retry] max_attempts"));
   CHECK_THAT(parse_error("[store]\ndedup_retention_days = 1\n"), Catch::Contains("dedup_retention_days"));
+  CHECK_THAT(parse_error("[escrow]\nhold_seconds = 9223372036854775807\n"),
+             Catch::Contains("[escrow] hold_seconds: must be between 0 and 315360000"));
+  CHECK_THAT(parse_error("[circuit_breaker]\nfailure_threshold = 0\n"), Catch::Contains("failure_threshold"));
+  CHECK_THAT(parse_error("[node]\nmax_restarts = 0\n"), Catch::Contains("[node] max_restarts"));
   CHECK_THAT(parse_error("[retry]\nbase_delay_ms = 5000\nmax_delay_ms = 100\n"),
              Catch::Contains("base_delay_ms (5000) must not exceed max_delay_ms (100)"));
   CHECK_THAT(parse_error("[cluster]\nheartbeat_ms = 5000\nnode_timeout_ms = 5000\n"),
