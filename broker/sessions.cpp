@@ -2,6 +2,8 @@
 // sessions, credit, heartbeats, leases, dispatch and results.
 #include "broker/core_impl.hpp"
 
+#include "broker/backoff.hpp"
+
 #include <algorithm>
 
 #include "protocol/jobs.hpp"
@@ -132,15 +134,7 @@ void broker_core::impl::handle_node_message(const std::string& identity, const z
 
 int64_t broker_core::impl::retry_delay(const std::string& function, int64_t attempts,
                                        int64_t retry_after_ms) {
-  auto p = opts.cfg.retry_for(function);
-  // Full jitter (AWS architecture blog): uniform in [0, min(max, base * 2^(n-1))].
-  int64_t cap = p.base_delay_ms;
-  for (int64_t i = 1; i < attempts && cap < p.max_delay_ms; ++i) cap *= 2;
-  cap = std::min(cap, p.max_delay_ms);
-  std::uniform_int_distribution<int64_t> dist(0, std::max<int64_t>(0, cap));
-  int64_t d = dist(rng);
-  if (retry_after_ms > 0) d = std::max(d, std::min(retry_after_ms, p.max_delay_ms));
-  return d;
+  return backoff_delay(opts.cfg.retry_for(function), attempts, retry_after_ms, rng);
 }
 
 void broker_core::impl::on_done(node_session& n, const cl::done& d, int64_t now) {

@@ -1,0 +1,19 @@
+#include "broker/backoff.hpp"
+
+#include <algorithm>
+
+namespace klynaa::broker {
+
+int64_t backoff_delay(const protocol::retry_policy& p, int64_t attempts, int64_t retry_after_ms,
+                      std::mt19937_64& rng) {
+  // Full jitter (AWS architecture blog): uniform in [0, min(max, base * 2^(n-1))].
+  int64_t cap = p.base_delay_ms;
+  for (int64_t i = 1; i < attempts && cap < p.max_delay_ms; ++i) cap *= 2;
+  cap = std::min(cap, p.max_delay_ms);
+  std::uniform_int_distribution<int64_t> dist(0, std::max<int64_t>(0, cap));
+  int64_t d = dist(rng);
+  if (retry_after_ms > 0) d = std::max(d, std::min(retry_after_ms, p.max_delay_ms));
+  return d;
+}
+
+}  // namespace klynaa::broker
