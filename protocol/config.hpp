@@ -40,9 +40,11 @@ struct config {
   struct ingress_section {
     std::string bind = "tcp://127.0.0.1:5555";
     int64_t max_bytes = 1048576;  ///< larger frames get `too_large`; 16x drops the peer
-    bool curve = false;
-    std::string curve_secret_file;
-    std::string curve_allow_file;
+    bool curve = false;             ///< broker: the ingress is a CURVE server with a ZAP allow list
+    std::string curve_secret_file;  ///< broker: its key pair (`klynaa keygen`)
+    std::string curve_allow_file;   ///< broker: client public keys, re-read when it changes
+    std::string curve_server_public_file;  ///< clients: the broker's public key; set = use CURVE
+    std::string curve_client_secret_file;  ///< clients: their own key pair
     int64_t max_pending = 1000000;  ///< pending jobs above which ingress answers `overloaded`
     int64_t min_free_disk_mb = 64;  ///< below this free space on the data dir: `overloaded`
   } ingress;
@@ -52,6 +54,11 @@ struct config {
     int64_t heartbeat_ms = 1000;  ///< heartbeat interval both ways
     int64_t lease_ms = 30000;     ///< a dispatched job not reported within this goes back to ready
     int64_t node_timeout_ms = 5000;  ///< a node silent this long is dead; its jobs go back
+    bool curve = false;              ///< the cluster endpoint uses CURVE (broker: server; nodes: clients)
+    std::string curve_secret_file;   ///< broker: its key pair for the cluster endpoint
+    std::string curve_allow_file;    ///< broker: node public keys, re-read when it changes
+    std::string curve_server_public_file;  ///< nodes: the broker's public key; set = use CURVE
+    std::string curve_client_secret_file;  ///< nodes: their own key pair
   } cluster;
 
   struct admin_section {
@@ -74,6 +81,7 @@ struct config {
     std::string firebase_token_url = "https://oauth2.googleapis.com/token";
     std::string firebase_project;  ///< default: from the credentials file
     std::string sns_endpoint;      ///< default: https://sns.{region}.amazonaws.com
+    std::string ca_file;           ///< CA bundle for the providers' HTTPS; empty = django.ca_file
     /// Template overrides: notification_type -> {"title": ..., "body": ...}
     std::map<std::string, std::map<std::string, std::string>> templates;
   } notifications;
