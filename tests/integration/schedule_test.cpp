@@ -37,7 +37,7 @@ TEST_CASE("a schedule missed while the broker was down fires once at start, and 
   temp_dir d;
   write_file(d / "klynaa.toml", "[[schedule]]\nname = \"purge\"\ncron = \"" + cron_minutes_ago(3) +
                                     "\"\nfunction = \"cleanupData\"\ndata = { older_than_days = 30 }\n");
-  klynaa_server srv("broker", {}, {"--config", d / "klynaa.toml"});
+  klynaa_server srv("broker", {{"KLYNAA_SCHEDULER_MISFIRE_GRACE_SECONDS", "3600"}}, {"--config", d / "klynaa.toml"});
   CHECK(wait_for([&] { return cleanup_jobs(srv) == 1; }, 5000ms));
   CHECK(srv.log().find("schedule fired") != std::string::npos);
   srv.kill9_and_restart();
@@ -49,7 +49,7 @@ TEST_CASE("a schedule missed by more than the misfire grace is skipped with a lo
   temp_dir d;
   write_file(d / "klynaa.toml", "[scheduler]\nmisfire_grace_seconds = 60\n[[schedule]]\nname = \"purge\"\ncron = \"" +
                                     cron_minutes_ago(5) + "\"\nfunction = \"cleanupData\"\n");
-  klynaa_server srv("broker", {}, {"--config", d / "klynaa.toml"});
+  klynaa_server srv("broker", {{"KLYNAA_SCHEDULER_MISFIRE_GRACE_SECONDS", "60"}}, {"--config", d / "klynaa.toml"});
   std::this_thread::sleep_for(1000ms);
   CHECK(cleanup_jobs(srv) == 0);
   CHECK(srv.log().find("missed schedule skipped") != std::string::npos);

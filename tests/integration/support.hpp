@@ -160,6 +160,9 @@ class klynaa_server {
     env_.emplace("DJANGO_API_URL", "http://127.0.0.1:9");  // nothing listens: jobs just retry
     env_.emplace("KLYNAA_ADMIN_BIND", "127.0.0.1:0");
     env_.emplace("KLYNAA_SHUTDOWN_GRACE_SECONDS", "5");
+    // No catch-up of the default schedules (03:00 cleanupData, 06:00 daily
+    // report, ...): a test started in the hour after one must not get its job.
+    env_.emplace("KLYNAA_SCHEDULER_MISFIRE_GRACE_SECONDS", "0");
     start();
   }
 
