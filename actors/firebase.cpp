@@ -440,7 +440,7 @@ std::variant<provider_factory, provider_error> make_firebase_provider(const prot
   http_options opts;
   opts.connect_timeout_ms = cfg.django.connect_timeout_ms > 0 ? cfg.django.connect_timeout_ms : 2000;
   opts.timeout_ms = cfg.django.timeout_ms > 0 ? cfg.django.timeout_ms : 10000;
-  opts.ca_file = cfg.django.ca_file;
+  opts.ca_file = cfg.notifications.ca_file.empty() ? cfg.django.ca_file : cfg.notifications.ca_file;
   std::string error;
   auto key = rs256_key::from_pem(account.private_key_pem, error);  // checked by load_service_account
   if (!key) return provider_error{prefix + credentials_var + ": " + error};

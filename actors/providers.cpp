@@ -169,7 +169,7 @@ std::variant<provider_factory, provider_error> make_provider(const protocol::con
     http_options opts;
     opts.connect_timeout_ms = cfg.django.connect_timeout_ms > 0 ? cfg.django.connect_timeout_ms : 2000;
     opts.timeout_ms = cfg.django.timeout_ms > 0 ? cfg.django.timeout_ms : 10000;
-    opts.ca_file = cfg.django.ca_file;
+    opts.ca_file = cfg.notifications.ca_file.empty() ? cfg.django.ca_file : cfg.notifications.ca_file;
     return provider_factory([url, opts] { return std::make_unique<webhook_provider>(url, opts); });
   }
   if (service == "firebase") return make_firebase_provider(cfg);

@@ -1,7 +1,11 @@
 // Builds the actor_kind_specs of the kinds this build implements.
 #include "actors/registry.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <variant>
 
@@ -23,6 +27,13 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 bool calls_django(const std::vector<std::string>& kinds) {
   return contains(kinds, "notifier") || contains(kinds, "escrow") || contains(kinds, "geo") ||
          contains(kinds, "scheduler");
+}
+
+/// A CA bundle named in the config must be readable: otherwise every HTTPS call
+/// would fail at run time (libcurl error 77) instead of the node refusing to start.
+std::optional<std::string> check_ca_file(const std::string& path, const char* key) {
+  if (path.empty() || ::access(path.c_str(), R_OK) == 0) return std::nullopt;
+  return std::string(key) + ": cannot read the CA bundle " + path + ": " + std::strerror(errno);
 }
 
 int workers_of(int64_t configured) {
@@ -89,7 +100,11 @@ std::optional<std::string> check(const protocol::config& cfg, const std::string&
       return "--actors: unknown actor kind \"" + k + "\"; expected notifier, escrow, geo or scheduler";
   if (calls_django(kinds) && cfg.django.url.empty())
     return "[django] url: not set (nor DJANGO_API_URL); the actors call Django and need its base URL";
+  if (calls_django(kinds))
+    if (auto e = check_ca_file(cfg.django.ca_file, "[django] ca_file")) return e;
   if (!contains(kinds, "notifier")) return std::nullopt;
+  if (cfg.notifications.service != "log")
+    if (auto e = check_ca_file(cfg.notifications.ca_file, "[notifications] ca_file")) return e;
   auto problems = templates::check_overrides(cfg.notifications.templates);
   if (!problems.empty()) return problems.front();
   auto made = make_provider(cfg, data_dir);

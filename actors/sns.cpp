@@ -380,7 +380,7 @@ std::variant<provider_factory, provider_error> make_sns_provider(const protocol:
                           s.endpoint + "\""};
   s.http.connect_timeout_ms = cfg.django.connect_timeout_ms > 0 ? cfg.django.connect_timeout_ms : 2000;
   s.http.timeout_ms = cfg.django.timeout_ms > 0 ? cfg.django.timeout_ms : 10000;
-  s.http.ca_file = cfg.django.ca_file;
+  s.http.ca_file = cfg.notifications.ca_file.empty() ? cfg.django.ca_file : cfg.notifications.ca_file;
   return provider_factory([s] { return std::make_unique<sns_provider>(s); });
 }
 

@@ -24,7 +24,15 @@ broker_core::impl::impl(zmq::context_t& c, broker_options o, std::unique_ptr<sto
 
 bool broker_core::impl::open(std::string& err) {
   const auto& cfg = opts.cfg;
+  // The ZAP handler is bound before any CURVE socket (zap.hpp).
+  std::vector<zap_handler::domain> zap_domains;
+  if (opts.ingress_curve.enabled())
+    zap_domains.push_back({"ingress", opts.ingress_curve.allow_file, opts.ingress_curve.allow_key});
+  if (opts.cluster_curve.enabled())
+    zap_domains.push_back({"cluster", opts.cluster_curve.allow_file, opts.cluster_curve.allow_key});
+  if (!zap.start(ctx, zap_domains, err)) return false;
   try {
+    if (opts.ingress_curve.enabled()) make_curve_server(ingress, opts.ingress_curve, "ingress");
     ingress.set(zmq::sockopt::linger, 0);
     ingress.set(zmq::sockopt::router_mandatory, 1);
     ingress.set(zmq::sockopt::maxmsgsize, cfg.ingress.max_bytes * 16);
@@ -37,6 +45,7 @@ bool broker_core::impl::open(std::string& err) {
     return false;
   }
   try {
+    if (opts.cluster_curve.enabled()) make_curve_server(cluster, opts.cluster_curve, "cluster");
     cluster.set(zmq::sockopt::linger, 0);
     cluster.set(zmq::sockopt::router_mandatory, 1);
     cluster.set(zmq::sockopt::sndhwm, 100000);
@@ -78,7 +87,8 @@ bool broker_core::impl::open(std::string& err) {
   writer->start();
   check_disk(now);
   log::info(component, "started", {{"ingress", ingress_endpoint}, {"cluster", cluster_endpoints},
-                                   {"unfinished_jobs", loaded}});
+                                   {"unfinished_jobs", loaded}, {"ingress_curve", opts.ingress_curve.enabled()},
+                                   {"cluster_curve", opts.cluster_curve.enabled()}});
   return true;
 }
 

@@ -23,6 +23,7 @@
 #include <zmq.hpp>
 
 #include "broker/store.hpp"
+#include "broker/zap.hpp"
 #include "protocol/config.hpp"
 
 namespace klynaa::broker {
@@ -34,6 +35,10 @@ struct broker_options {
   std::string ingress_bind;                ///< default cfg.ingress.bind
   std::vector<std::string> cluster_binds;  ///< e.g. {"inproc://klynaa-cluster"}
   std::string data_dir = "klynaa-data";
+  /// CURVE with a ZAP allow list (broker/zap.hpp, docs/security.md); off by default.
+  /// The cluster's applies to its tcp:// and ipc:// binds (inproc has no handshake).
+  curve_server_options ingress_curve;
+  curve_server_options cluster_curve;
 };
 
 /// Lifecycle requested from outside (signal handlers), read by the loop.

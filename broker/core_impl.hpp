@@ -169,6 +169,9 @@ struct broker_core::impl {
   zmq::context_t& ctx;
   broker_options opts;
   std::unique_ptr<store> st;
+  /// Declared before the sockets, so destroyed after them: a CURVE socket must
+  /// never outlive its ZAP handler (without one libzmq admits every client).
+  zap_handler zap;
   std::unique_ptr<commit_writer> writer;
   zmq::socket_t ingress;
   zmq::socket_t cluster;

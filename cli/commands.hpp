@@ -18,6 +18,7 @@ int cmd_invoke(int argc, char** argv);   ///< invoke one function and wait
 int cmd_config(int argc, char** argv);   ///< check a config or print the example
 int cmd_stats(int argc, char** argv);    ///< queues and nodes via the admin endpoint
 int cmd_dlq(int argc, char** argv);      ///< the dead-letter queue via the admin endpoint
+int cmd_keygen(int argc, char** argv);   ///< write a CURVE key pair (cli/keys.cpp)
 
 /// Reads --config (or no file: embedded defaults) and the environment. False
 /// with `error` naming the file, key or variable.

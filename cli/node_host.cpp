@@ -55,6 +55,11 @@ void node_host::start(zmq::context_t& ctx, const std::string& broker_endpoint) {
   nodes::node_options o;
   o.broker_endpoint = broker_endpoint;
   o.name = name_;
+  if (curve_) {
+    o.curve_server_key = curve_->server_key;
+    o.curve_public_key = curve_->own.public_key;
+    o.curve_secret_key = curve_->own.secret_key;
+  }
   actors::configure_breakers({cfg_.circuit_breaker.failure_threshold, cfg_.circuit_breaker.open_seconds * 1000,
                               cfg_.circuit_breaker.max_open_seconds * 1000});
   o.kinds = actors::make_actor_kinds(cfg_, data_dir_, kinds_);

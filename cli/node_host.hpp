@@ -8,6 +8,7 @@
 
 #include <zmq.hpp>
 
+#include "cli/keys.hpp"
 #include "protocol/config.hpp"
 
 namespace klynaa::nodes {
@@ -26,6 +27,9 @@ class node_host {
   bool configure(const protocol::config& cfg, const std::string& data_dir, const std::string& actors,
                  const std::string& name, std::string& err);
 
+  /// CURVE towards the broker (cli/keys.hpp); call before start().
+  void set_curve(const curve_client_keys& keys) { curve_ = keys; }
+
   void start(zmq::context_t& ctx, const std::string& broker_endpoint);
   /// Graceful; idempotent.
   void stop();
@@ -35,6 +39,7 @@ class node_host {
   std::string data_dir_;
   std::vector<std::string> kinds_;
   std::string name_;
+  std::optional<curve_client_keys> curve_;
   std::unique_ptr<nodes::node_runtime> runtime_;
 };
 

@@ -15,6 +15,7 @@
 #include "broker/dlq.hpp"
 #include "broker/schedules.hpp"
 #include "cli/commands.hpp"
+#include "cli/keys.hpp"
 #include "cli/node_host.hpp"
 #include "protocol/log.hpp"
 
@@ -54,7 +55,62 @@ struct prepared {
   protocol::config cfg;
   std::string data_dir;
   int lock_fd = -1;
+  broker::curve_server_options ingress_curve;      ///< broker, run
+  broker::curve_server_options cluster_curve;      ///< broker
+  std::optional<curve_client_keys> node_curve;     ///< node
 };
+
+/// The broker side of CURVE on one endpoint: its key pair and its allow list,
+/// both checked now so that a bad file is exit 2 naming the key.
+bool load_server_curve(const std::string& section, const std::string& secret_file,
+                       const std::string& allow_file, broker::curve_server_options& out, std::string& err) {
+  const std::string secret_key = "[" + section + "] curve_secret_file", allow_key = "[" + section + "] curve_allow_file";
+  const std::string because = ", but [" + section + "] curve = true needs it";
+  if (secret_file.empty()) {
+    err = secret_key + ": not set" + because + " (the broker's key pair, written by `klynaa keygen`)";
+    return false;
+  }
+  if (allow_file.empty()) {
+    err = allow_key + ": not set" + because + " (the public keys to admit, one a line)";
+    return false;
+  }
+  std::string warning;
+  auto pair = load_key_pair(secret_file, secret_key, err, &warning);
+  if (!pair) return false;
+  if (!warning.empty()) log::warning("broker", warning);
+  auto n = check_allow_list(allow_file, allow_key, err);
+  if (!n) return false;
+  if (*n == 0) log::warning("broker", allow_key + ": " + allow_file + " lists no key: every client is refused");
+  out.secret_key = pair->secret_key;
+  out.allow_file = allow_file;
+  out.allow_key = allow_key;
+  log::info("broker", "CURVE on", {{"endpoint", section}, {"public_key", pair->public_key}, {"allowed_keys", *n}});
+  return true;
+}
+
+/// Loads the CURVE keys the role needs (docs/security.md). False with `err`.
+bool load_curve(const std::string& cmd, prepared& p, std::string& err) {
+  const auto& c = p.cfg;
+  if (cmd != "node" && c.ingress.curve &&
+      !load_server_curve("ingress", c.ingress.curve_secret_file, c.ingress.curve_allow_file, p.ingress_curve, err))
+    return false;
+  if (cmd == "broker" && c.cluster.curve &&
+      !load_server_curve("cluster", c.cluster.curve_secret_file, c.cluster.curve_allow_file, p.cluster_curve, err))
+    return false;
+  if (cmd == "run" && c.cluster.curve)
+    log::info("broker", "[cluster] curve is not used by `klynaa run`: its node is in the same process (inproc)");
+  if (cmd == "node") {
+    p.node_curve = load_client_keys({c.cluster.curve_server_public_file, "[cluster] curve_server_public_file"},
+                                    {c.cluster.curve_client_secret_file, "[cluster] curve_client_secret_file"}, err);
+    if (!err.empty()) return false;
+    if (!p.node_curve && c.cluster.curve) {
+      err = "[cluster] curve = true: a node needs [cluster] curve_server_public_file (the broker's public key) "
+            "and [cluster] curve_client_secret_file (its own key pair, listed in the broker's allow file)";
+      return false;
+    }
+  }
+  return true;
+}
 
 /// Parses flags and config, creates the data dir. Returns an exit code or -1 to go on.
 int prepare(int argc, char** argv, const char* cmd, const std::set<std::string>& allowed,
@@ -75,12 +131,6 @@ int prepare(int argc, char** argv, const char* cmd, const std::set<std::string>&
     std::cerr << "klynaa: " << err << "\n";
     return 2;
   }
-  if (p.cfg.ingress.curve) {
-    // Refuse rather than run unencrypted while the operator believes otherwise.
-    std::cerr << "klynaa: [ingress] curve = true is not supported by this version yet; "
-                 "bind the ingress to loopback (the default) or a private network instead\n";
-    return 2;
-  }
   {
     broker::schedule_set check;  // a bad [[schedule]] is a config error: exit 2
     if (!check.init(p.cfg, err)) {
@@ -90,6 +140,10 @@ int prepare(int argc, char** argv, const char* cmd, const std::set<std::string>&
   }
   log::level lvl;
   if (log::parse_level(p.cfg.log.level, lvl)) log::init(lvl);
+  if (!load_curve(cmd, p, err)) {
+    std::cerr << "klynaa: " << err << "\n";
+    return 2;
+  }
   p.data_dir = p.args.get("data-dir").value_or("klynaa-data");
   std::error_code ec;
   std::filesystem::create_directories(p.data_dir, ec);
@@ -151,6 +205,8 @@ int serve_broker(prepared& p, bool with_node) {
   bo.cfg = p.cfg;
   bo.ingress_bind = p.args.get("ingress").value_or(p.cfg.ingress.bind);
   bo.data_dir = p.data_dir;
+  bo.ingress_curve = p.ingress_curve;
+  if (!with_node) bo.cluster_curve = p.cluster_curve;
   const std::string inproc = "inproc://klynaa-cluster";
   if (with_node)
     bo.cluster_binds = {inproc};
@@ -249,6 +305,7 @@ int cmd_node(int argc, char** argv) {
     std::cerr << "klynaa: " << err << "\n";
     return 2;
   }
+  if (p.node_curve) node.set_curve(*p.node_curve);
   install_signals();
   zmq::context_t ctx;
   node.start(ctx, *broker_ep);

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "cli/commands.hpp"
+#include "cli/keys.hpp"
 
 extern char** environ;
 
@@ -51,10 +52,11 @@ serving:
           a node hosting the named actor kinds (default all)
 
 clients:
-  publish TYPE --data JSON [--id ID] [--ingress E]
+  publish TYPE --data JSON [--id ID] [--ingress E] [--server-key F --key F] [--config F]
           publish one event; exit 0 accepted/duplicate, 1 no answer, 2 rejected
-  invoke  FUNCTION --data JSON [--ingress E] [--timeout S]
+  invoke  FUNCTION --data JSON [--ingress E] [--timeout S] [--server-key F --key F] [--config F]
           run one function and wait; exit 0 ok, 1 failed/timeout/no answer, 2 rejected
+          --server-key: the broker's public key file, --key: this client's key pair (CURVE)
 
 operations:
   stats   [--admin A] [--json] [--config F]
@@ -64,8 +66,13 @@ operations:
           the dead-letter queue: replay keeps the job's id, data and ordering key
 
 config:
-  config  --check [--config F]     validate a config file (exit 2 naming the key)
+  config  --check [--config F]     validate a config file and the key files it names (exit 2 naming the key)
   config  --example                print a commented config with every key
+
+security:
+  keygen  [--out DIR] [--name NAME]
+          write a CURVE key pair: NAME.key (secret, mode 0600) and NAME.pub; never
+          replaces a file; prints the allow-list line (docs/security.md)
 
 Config is one TOML file; DJANGO_API_URL, DJANGO_API_KEY, NOTIFICATION_SERVICE and
 KLYNAA_<SECTION>_<KEY> override it (e.g. KLYNAA_ADMIN_BIND for the admin
@@ -88,7 +95,7 @@ int cmd_config(int argc, char** argv) {
     return 0;
   }
   protocol::config cfg;
-  if (!load_config(args, cfg, err)) {
+  if (!load_config(args, cfg, err) || !check_curve_files(cfg, err)) {
     std::cerr << "klynaa: " << err << "\n";
     return 2;
   }

@@ -3,6 +3,8 @@
 #include "nodes/io_thread.hpp"
 
 #include <array>
+#include <chrono>
+#include <cstring>
 #include <vector>
 
 #include <zmq_addon.hpp>
@@ -25,11 +27,13 @@ std::string unique_out_endpoint(const void* self) {
 
 }  // namespace
 
-io_thread::io_thread(zmq::context_t& ctx, std::string broker_endpoint, frame_handler on_frame)
+io_thread::io_thread(zmq::context_t& ctx, std::string broker_endpoint, frame_handler on_frame,
+                     curve_keys curve)
     : ctx_(ctx),
       broker_endpoint_(std::move(broker_endpoint)),
       out_endpoint_(unique_out_endpoint(this)),
-      on_frame_(std::move(on_frame)) {}
+      on_frame_(std::move(on_frame)),
+      curve_(std::move(curve)) {}
 
 io_thread::~io_thread() {
   stop();
@@ -46,6 +50,20 @@ void io_thread::start() {
   dealer_->set(zmq::sockopt::linger, 0);
   dealer_->set(zmq::sockopt::reconnect_ivl, reconnect_ivl_ms);
   dealer_->set(zmq::sockopt::reconnect_ivl_max, reconnect_ivl_max_ms);
+  if (curve_.enabled()) {
+    dealer_->set(zmq::sockopt::curve_serverkey, curve_.server_key);
+    dealer_->set(zmq::sockopt::curve_publickey, curve_.public_key);
+    dealer_->set(zmq::sockopt::curve_secretkey, curve_.secret_key);
+    // Handshake failures are otherwise silent: the node would only see no WELCOME.
+    const std::string monitor_endpoint = out_endpoint_ + "-monitor";
+    if (zmq_socket_monitor(dealer_->handle(), monitor_endpoint.c_str(),
+                           ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) == 0) {
+      monitor_ = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::pair);
+      monitor_->set(zmq::sockopt::linger, 0);
+      monitor_->connect(monitor_endpoint);
+    }
+  }
   // No ZMQ_IMMEDIATE: while the broker is away, frames (DONE above all) wait in
   // the pipe and go out after the reconnect; the broker ignores stale leases.
   dealer_->connect(broker_endpoint_);
@@ -61,13 +79,16 @@ void io_thread::stop(int flush_ms) {
   // Not started, or already closed by run().
   pull_.reset();
   dealer_.reset();
+  monitor_.reset();
 }
 
 void io_thread::run() {
-  std::array<zmq::pollitem_t, 2> items{{
+  std::vector<zmq::pollitem_t> items{{
       {dealer_->handle(), 0, ZMQ_POLLIN, 0},
       {pull_->handle(), 0, ZMQ_POLLIN, 0},
   }};
+  if (monitor_)
+    items.push_back({monitor_->handle(), 0, ZMQ_POLLIN, 0});
   while (!stopping_) {
     try {
       zmq::poll(items.data(), items.size(), std::chrono::milliseconds{poll_timeout_ms});
@@ -75,6 +96,8 @@ void io_thread::run() {
         receive_incoming();
       if (items[1].revents & ZMQ_POLLIN)
         forward_outgoing();
+      if (items.size() > 2 && (items[2].revents & ZMQ_POLLIN))
+        receive_events();
     } catch (const zmq::error_t& e) {
       if (e.num() == ETERM)
         break;
@@ -91,6 +114,35 @@ void io_thread::run() {
   }
   pull_.reset();
   dealer_.reset();
+  monitor_.reset();
+}
+
+void io_thread::receive_events() {
+  for (;;) {
+    std::vector<zmq::message_t> parts;
+    auto got = zmq::recv_multipart(*monitor_, std::back_inserter(parts), zmq::recv_flags::dontwait);
+    if (!got || parts.empty())
+      return;
+    if (parts[0].size() < 6)
+      continue;
+    uint16_t event = 0;
+    uint32_t value = 0;
+    std::memcpy(&event, parts[0].data(), 2);
+    std::memcpy(&value, static_cast<const char*>(parts[0].data()) + 2, 4);
+    const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now().time_since_epoch()).count();
+    if (last_refusal_log_ms_ != 0 && now - last_refusal_log_ms_ < 30000)
+      continue;  // ZeroMQ reconnects every second: one line per 30 s is enough
+    last_refusal_log_ms_ = now;
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+      log::warning("node", "the broker refused this node's CURVE key: add it to the broker's "
+                   "cluster.curve_allow_file",
+                   {{"endpoint", broker_endpoint_}, {"public_key", curve_.public_key}, {"zap_status", value}});
+    else
+      log::warning("node", "CURVE handshake with the broker failed: check that cluster.curve_server_public_file "
+                   "holds this broker's public key and that its cluster endpoint has curve = true",
+                   {{"endpoint", broker_endpoint_}, {"event", event}, {"error", value}});
+  }
 }
 
 void io_thread::receive_incoming() {

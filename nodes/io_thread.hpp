@@ -21,8 +21,20 @@ class io_thread {
  public:
   using frame_handler = std::function<void(std::string frame)>;
 
-  /// Keeps `ctx` (which must outlive this object); opens nothing yet.
-  io_thread(zmq::context_t& ctx, std::string broker_endpoint, frame_handler on_frame);
+  /// CURVE client keys (Z85). All empty: a plain connection.
+  struct curve_keys {
+    std::string server_key;  ///< the broker's public key
+    std::string public_key;
+    std::string secret_key;
+    bool enabled() const { return !secret_key.empty(); }
+  };
+
+  /// Keeps `ctx` (which must outlive this object); opens nothing yet. With
+  /// `curve` the DEALER is a CURVE client, and a refusal by the broker's ZAP
+  /// handler (its key not in the allow list) is logged as a warning, at most
+  /// once every 30 s.
+  io_thread(zmq::context_t& ctx, std::string broker_endpoint, frame_handler on_frame,
+            curve_keys curve = {});
 
   /// Binds the PULL socket (so that out_endpoint() can be connected as soon as
   /// this returns), connects the DEALER and starts the thread. Throws
@@ -46,6 +58,7 @@ class io_thread {
   void run();
   void forward_outgoing();
   void receive_incoming();
+  void receive_events();
 
   zmq::context_t& ctx_;
   std::string broker_endpoint_;
@@ -53,6 +66,9 @@ class io_thread {
   frame_handler on_frame_;
   std::unique_ptr<zmq::socket_t> dealer_;
   std::unique_ptr<zmq::socket_t> pull_;
+  curve_keys curve_;
+  std::unique_ptr<zmq::socket_t> monitor_;  ///< handshake failures of the DEALER, with CURVE
+  int64_t last_refusal_log_ms_ = 0;
   std::atomic<bool> stopping_{false};
   int flush_ms_ = 500;
   std::thread thread_;

@@ -106,7 +106,7 @@ void node_runtime::impl::start() {
   caf_logger_guard release;  // spawn() takes a logger reference too
   io = std::make_unique<io_thread>(ctx, opts.broker_endpoint, [this](std::string frame) {
     caf::anon_send(gateway, frame_atom::value, std::move(frame));
-  });
+  }, io_thread::curve_keys{opts.curve_server_key, opts.curve_public_key, opts.curve_secret_key});
   box = std::make_unique<system_box>();
   gateway_config gc;
   gc.node = opts.name;
@@ -127,7 +127,8 @@ void node_runtime::impl::start() {
     stop();
     throw;
   }
-  log::info("node", "node started", {{"node", opts.name}, {"broker", opts.broker_endpoint}});
+  log::info("node", "node started", {{"node", opts.name}, {"broker", opts.broker_endpoint},
+                                     {"curve", !opts.curve_secret_key.empty()}});
 }
 
 void node_runtime::impl::ask_gateway_to_stop() {

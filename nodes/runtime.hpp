@@ -29,6 +29,11 @@ struct node_options {
   /// Where the broker's ROUTER is: "inproc://klynaa-cluster" (single-node mode,
   /// same zmq context) or e.g. "tcp://127.0.0.1:5556".
   std::string broker_endpoint = "inproc://klynaa-cluster";
+  /// CURVE towards the broker (cluster.curve_*, docs/security.md): all three
+  /// Z85 keys, or none for a plain connection (the default; inproc never needs it).
+  std::string curve_server_key;  ///< the broker's public key
+  std::string curve_public_key;  ///< this node's, listed in the broker's cluster allow file
+  std::string curve_secret_key;
   /// The node's name, unique in the cluster (logs, READY, node_stats).
   std::string name = "node";
   /// The actor kinds this node hosts. Each needs workers >= 1 and make_handler.

@@ -95,6 +95,24 @@ broker is draining; another one can take the request).  Nothing was stored by
 a rejected request, so resending it is safe.  ``retry_busy=False`` raises at
 once and leaves the policy to the caller.
 
+CURVE (encryption and an allow-list of client keys)
+--------------------------------------------------
+When the broker runs with ``ingress.curve = true`` (docs/security.md), pass
+its public key and this client's key pair::
+
+    Client("tcp://broker:5555",
+           curve_server_key="/etc/klynaa/broker.pub",     # a key file, or the Z85 key itself
+           curve_key_file="/etc/klynaa/django.key")       # written by `klynaa keygen --name django`
+
+or the keys as Z85 strings: ``curve_public_key=...`` and ``curve_secret_key=...``
+(the public one is derived when left out).  The files are the ones
+``klynaa keygen`` writes (also pyzmq's ``zmq.auth`` and czmq's zcert files);
+:func:`load_curve_key_file` reads them.  A problem with the keys raises
+``ValueError`` at construction.  A broker that does not list this client's
+public key in ``ingress.curve_allow_file`` refuses the connection during the
+handshake, so every request ends in :class:`KlynaaUnavailable` (no reply);
+its log says ``CURVE client refused`` with the key's first characters.
+
 Other notes
 -----------
 * ``id`` defaults to ``uuid4().hex``.  Pass your own stable id (e.g. derived
@@ -119,7 +137,7 @@ __all__ = [
     "Client", "PROTOCOL_VERSION", "DEFAULT_ENDPOINT",
     "KlynaaError", "KlynaaUnavailable", "KlynaaOverloaded", "KlynaaShuttingDown", "KlynaaRejected",
     "KlynaaInvokeFailed", "KlynaaInvokeTimeout", "KlynaaUnexpectedReply",
-    "event_id", "publish_on_commit", "django_client",
+    "event_id", "publish_on_commit", "django_client", "load_curve_key_file",
 ]
 
 PROTOCOL_VERSION = 1
@@ -278,6 +296,133 @@ def event_id(*parts):
     return s
 
 
+# ----------------------------------------------------------------------- CURVE
+
+_Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+_Z85_INDEX = {c: i for i, c in enumerate(_Z85)}
+
+
+def _as_z85_key(value):
+    """``value`` (str or bytes) as Z85 key bytes when it is one (40 characters
+    of the Z85 alphabet, every 5-character group below 2**32), else None."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(value, str) or len(value) != 40:
+        return None
+    for g in range(0, 40, 5):
+        v = 0
+        for c in value[g:g + 5]:
+            d = _Z85_INDEX.get(c)
+            if d is None:
+                return None
+            v = v * 85 + d
+        if v > 0xFFFFFFFF:
+            return None
+    return value.encode("ascii")
+
+
+def load_curve_key_file(path):
+    """Read a CURVE key file as ``klynaa keygen`` writes it (``NAME.key``: key
+    pair; ``NAME.pub``: public key; ZPL with ``public-key = "..."`` and
+    ``secret-key = "..."`` lines, like pyzmq's ``zmq.auth`` and czmq's zcert), or
+    a file holding one bare Z85 public key.
+
+    :returns: ``(public_key, secret_key)`` as Z85 ``bytes``; ``secret_key`` is
+        ``None`` for a public key file; ``public_key`` is derived from the secret
+        key when the file gives only that.
+    :raises OSError: the file cannot be read.
+    :raises ValueError: a malformed key (naming the line), a key given twice, no
+        key at all, or a public key that does not belong to the secret key.
+    """
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    found = {}
+    bare = None
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        name, eq, value = line.partition("=")
+        name = name.strip()
+        if eq and name in ("public-key", "secret-key"):
+            value = value.strip()
+            if len(value) >= 2 and value[0] in "\"'" and value[-1] == value[0]:
+                value = value[1:-1]
+            if name in found:
+                raise ValueError("%s: line %d: %s is given twice" % (path, n, name))
+            key = _as_z85_key(value)
+            if key is None:
+                raise ValueError("%s: line %d: %s: not a Z85 key of 40 characters" % (path, n, name))
+            found[name] = key
+            continue
+        word = line.split()[0]
+        key = _as_z85_key(word)
+        if key is not None:
+            if bare is not None:
+                raise ValueError("%s: line %d: a second bare key; a key file holds one key pair" % (path, n))
+            bare = key
+    if bare is not None:
+        if found:
+            raise ValueError("%s: a bare key line beside public-key/secret-key lines" % path)
+        found["public-key"] = bare
+    if not found:
+        raise ValueError("%s: no key found: expected a `public-key = \"...\"` line "
+                         "(and `secret-key = \"...\"` in a key pair file)" % path)
+    secret = found.get("secret-key")
+    public = found.get("public-key")
+    if secret is not None:
+        derived = zmq.curve_public(secret)
+        if public is not None and public != derived:
+            raise ValueError("%s: its public-key does not belong to its secret-key" % path)
+        public = derived
+    return public, secret
+
+
+def _curve_options(server_key, public_key, secret_key, key_file):
+    """The (server, public, secret) Z85 bytes a CURVE client socket needs, or
+    None when no CURVE parameter is given."""
+    if server_key is None and public_key is None and secret_key is None and key_file is None:
+        return None
+    if not zmq.has("curve"):
+        raise ValueError("CURVE keys given, but this pyzmq/libzmq has no CURVE support (libsodium)")
+    if server_key is None:
+        raise ValueError("curve_server_key (the broker's public key, or its key file) is required with CURVE")
+    server = _as_z85_key(server_key)
+    if server is None:
+        path = server_key.decode() if isinstance(server_key, bytes) else str(server_key)
+        try:
+            server, _ = load_curve_key_file(path)
+        except OSError as e:
+            raise ValueError("curve_server_key: neither a Z85 key nor a readable key file: %s" % e)
+    if key_file is not None:
+        if public_key is not None or secret_key is not None:
+            raise ValueError("give either curve_key_file or curve_public_key/curve_secret_key, not both")
+        try:
+            public, secret = load_curve_key_file(key_file)
+        except OSError as e:
+            raise ValueError("curve_key_file: %s" % e)
+        if secret is None:
+            raise ValueError("curve_key_file: %s holds no secret key: it is a public key file; "
+                             "pass the key pair file (NAME.key)" % key_file)
+        return server, public, secret
+    if secret_key is None:
+        raise ValueError("this client's key pair is required with CURVE: curve_key_file, or curve_secret_key")
+    secret = _as_z85_key(secret_key)
+    if secret is None:
+        raise ValueError("curve_secret_key: not a Z85 key of 40 characters")
+    derived = zmq.curve_public(secret)
+    if public_key is not None:
+        public = _as_z85_key(public_key)
+        if public is None:
+            raise ValueError("curve_public_key: not a Z85 key of 40 characters")
+        if public != derived:
+            raise ValueError("curve_public_key does not belong to curve_secret_key")
+    return server, derived, secret
+
+
 # ---------------------------------------------------------------------- client
 
 class Client:
@@ -296,11 +441,20 @@ class Client:
         after ``retry_after_ms`` within the time budget (see the module
         docstring); ``False`` raises them at once.
     :param context: optional ``zmq.Context`` to use (default: a private one).
+    :param curve_server_key: CURVE: the broker's public key, as a Z85 string
+        (or bytes) or the path of its key file (``broker.pub``).
+    :param curve_key_file: CURVE: this client's key pair file (``NAME.key``
+        from ``klynaa keygen``) ...
+    :param curve_public_key, curve_secret_key: ... or its keys as Z85 strings
+        (the public key is derived from the secret one when left out).
+        Without any ``curve_*`` parameter the connection is plain.  See the
+        module docstring; bad keys raise ``ValueError`` here.
     """
 
     MAX_IDLE = 16  # idle sockets kept for reuse
 
-    def __init__(self, endpoints=DEFAULT_ENDPOINT, timeout_s=5, retries=None, retry_busy=True, context=None):
+    def __init__(self, endpoints=DEFAULT_ENDPOINT, timeout_s=5, retries=None, retry_busy=True, context=None,
+                 curve_server_key=None, curve_public_key=None, curve_secret_key=None, curve_key_file=None):
         if isinstance(endpoints, str):
             eps = [e.strip() for e in endpoints.split(",") if e.strip()]
         else:
@@ -313,6 +467,7 @@ class Client:
         self.timeout_s = float(timeout_s)
         self.retries = max(2, len(eps)) if retries is None else max(0, int(retries))
         self.retry_busy = bool(retry_busy)
+        self._curve = _curve_options(curve_server_key, curve_public_key, curve_secret_key, curve_key_file)
         self._own_context = context is None
         self._ctx = context if context is not None else zmq.Context()
         self._lock = threading.Lock()
@@ -450,6 +605,11 @@ class Client:
         # A connect()ed DEALER queues while the peer is away, so a send never
         # waits for long; the bound below makes sure it cannot hang regardless.
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout_s * 1000)))
+        if self._curve is not None:
+            server, public, secret = self._curve
+            sock.curve_serverkey = server
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
         sock.connect(ep)
         with self._lock:
             self._sockets.add(sock)
@@ -580,7 +740,11 @@ def django_client():
     * ``KLYNAA_INGRESS``: endpoint or comma-separated list (default ``tcp://127.0.0.1:5555``);
     * ``KLYNAA_INGRESS_TIMEOUT_S``: per-attempt timeout (default 5);
     * ``KLYNAA_INGRESS_RETRIES``: resends after no reply (default: ``max(2, endpoints)``);
-    * ``KLYNAA_INGRESS_RETRY_BUSY``: retry overloaded / shutting_down (default ``True``).
+    * ``KLYNAA_INGRESS_RETRY_BUSY``: retry overloaded / shutting_down (default ``True``);
+    * ``KLYNAA_INGRESS_CURVE_SERVER_PUBLIC_FILE``: CURVE: the broker's public key
+      file (or the Z85 key); ``KLYNAA_INGRESS_CURVE_CLIENT_SECRET_FILE``: this
+      site's key pair file.  The same names as the config keys
+      ``ingress.curve_server_public_file`` / ``curve_client_secret_file``.
 
     One client per distinct configuration, created on first use; it is
     thread-safe, so every request thread shares it.
@@ -589,11 +753,14 @@ def django_client():
     key = (getattr(settings, "KLYNAA_INGRESS", DEFAULT_ENDPOINT),
            float(getattr(settings, "KLYNAA_INGRESS_TIMEOUT_S", 5)),
            getattr(settings, "KLYNAA_INGRESS_RETRIES", None),
-           bool(getattr(settings, "KLYNAA_INGRESS_RETRY_BUSY", True)))
+           bool(getattr(settings, "KLYNAA_INGRESS_RETRY_BUSY", True)),
+           getattr(settings, "KLYNAA_INGRESS_CURVE_SERVER_PUBLIC_FILE", None) or None,
+           getattr(settings, "KLYNAA_INGRESS_CURVE_CLIENT_SECRET_FILE", None) or None)
     with _django_lock:
         c = _django_clients.get(key)
         if c is None or c._closed:
-            c = Client(key[0], timeout_s=key[1], retries=key[2], retry_busy=key[3])
+            c = Client(key[0], timeout_s=key[1], retries=key[2], retry_busy=key[3],
+                       curve_server_key=key[4], curve_key_file=key[5])
             _django_clients[key] = c
         return c
 
@@ -672,9 +839,16 @@ def _main(argv):
     ep = os.environ.get("KLYNAA_INGRESS", DEFAULT_ENDPOINT)
     if not argv or argv[0] not in ("ping", "publish", "invoke") or (argv[0] != "ping" and len(argv) < 3):
         print("usage: klynaa_client.py ping | publish TYPE JSON [ID] | invoke FUNCTION JSON [TIMEOUT_MS]"
-              "  (env KLYNAA_INGRESS)", file=sys.stderr)
+              "  (env KLYNAA_INGRESS; for CURVE KLYNAA_INGRESS_CURVE_SERVER_PUBLIC_FILE and"
+              " KLYNAA_INGRESS_CURVE_CLIENT_SECRET_FILE)", file=sys.stderr)
         return 2
-    with Client(ep) as c:
+    try:
+        client = Client(ep, curve_server_key=os.environ.get("KLYNAA_INGRESS_CURVE_SERVER_PUBLIC_FILE") or None,
+                        curve_key_file=os.environ.get("KLYNAA_INGRESS_CURVE_CLIENT_SECRET_FILE") or None)
+    except ValueError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    with client as c:
         try:
             if argv[0] == "ping":
                 r = c.ping()

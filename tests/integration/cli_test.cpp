@@ -108,11 +108,11 @@ TEST_CASE("stats with no broker listening exits 1 naming the endpoint", "[cli][s
   CHECK(out.find("127.0.0.1:9") != std::string::npos);
 }
 
-TEST_CASE("ingress.curve = true is refused at start rather than silently ignored", "[cli]") {
+TEST_CASE("ingress.curve = true without a key pair exits 2 naming the key, never runs unencrypted", "[cli]") {
   temp_dir d;
   auto [code, out] = run_cli({"broker", "--data-dir", d / "data"}, {{"KLYNAA_INGRESS_CURVE", "true"}});
   CHECK(code == 2);
-  CHECK(out.find("curve") != std::string::npos);
+  CHECK(out.find("[ingress] curve_secret_file") != std::string::npos);
 }
 
 TEST_CASE("with admin.token set, admin requests need the bearer token, except /healthz", "[cli][admin]") {

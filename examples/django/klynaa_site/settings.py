@@ -6,6 +6,8 @@ Environment:
   KLYNAA_INGRESS_TIMEOUT_S  per-attempt reply timeout of the client (default 5)
   KLYNAA_INGRESS_RETRIES    resends after a timeout (default 1)
   KLYNAA_INGRESS_RETRY_BUSY "0": no client-side retry of overloaded / shutting_down (default 1)
+  KLYNAA_INGRESS_CURVE_SERVER_PUBLIC_FILE  CURVE: the broker's public key file (default: no CURVE)
+  KLYNAA_INGRESS_CURVE_CLIENT_SECRET_FILE  CURVE: this site's key pair file (klynaa keygen)
   KLYNAA_DEMO_DB         directory of the SQLite file db.sqlite3 (default: this folder)
   KLYNAA_DEMO_PAGE_SIZE  page size of GET /api/analytics/pickups/ (default 100)
   KLYNAA_DEMO_DEBUG      "1" for Django DEBUG
@@ -31,7 +33,9 @@ KLYNAA_INGRESS = os.environ.get("KLYNAA_INGRESS", "tcp://127.0.0.1:5555")
 KLYNAA_INGRESS_TIMEOUT_S = float(os.environ.get("KLYNAA_INGRESS_TIMEOUT_S", "5"))
 KLYNAA_INGRESS_RETRIES = int(os.environ.get("KLYNAA_INGRESS_RETRIES", "1"))
 KLYNAA_INGRESS_RETRY_BUSY = os.environ.get("KLYNAA_INGRESS_RETRY_BUSY", "1") != "0"
-# These four configure klynaa_client.django_client(), used by demo/services.py.
+KLYNAA_INGRESS_CURVE_SERVER_PUBLIC_FILE = os.environ.get("KLYNAA_INGRESS_CURVE_SERVER_PUBLIC_FILE") or None
+KLYNAA_INGRESS_CURVE_CLIENT_SECRET_FILE = os.environ.get("KLYNAA_INGRESS_CURVE_CLIENT_SECRET_FILE") or None
+# These six configure klynaa_client.django_client(), used by demo/services.py.
 KLYNAA_DEMO_PAGE_SIZE = max(1, int(os.environ.get("KLYNAA_DEMO_PAGE_SIZE", "100")))
 
 _db_dir = os.environ.get("KLYNAA_DEMO_DB")
