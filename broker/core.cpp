@@ -121,7 +121,7 @@ void broker_core::impl::record(const live_job& j, job_state s, const std::string
   u.seq = j.seq;
   u.last_error_json = error_json;
   u.result_json = result_json;
-  u.node = j.node_name;
+  u.node = j.node_name();
   u.outcome = outcome;
   u.duration_ms = duration_ms;
   current.b.updates.push_back(std::move(u));
@@ -325,7 +325,7 @@ void broker_core::impl::dlq_committed(open_batch& ob, const commit_outcome& out,
 void broker_core::impl::note_failure(const live_job& j, const std::string& outcome, const std::string& code,
                                      const std::string& message, int64_t now) {
   recent_failures.push_back({{"ts_ms", now}, {"job_id", j.id}, {"function", j.function},
-                             {"attempt", j.attempts}, {"node", j.node_name}, {"outcome", outcome},
+                             {"attempt", j.attempts}, {"node", j.node_name()}, {"outcome", outcome},
                              {"code", code}, {"message", message}});
   if (recent_failures.size() > 50) recent_failures.erase(recent_failures.begin());
 }

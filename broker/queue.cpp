@@ -52,7 +52,7 @@ void job_queue::join_key(live_job& j) {
     if (j.state == job_state::ready) make_runnable(j);
     return;
   }
-  keys_[j.okey].pending.emplace(j.seq, j.id);
+  keys_[j.okey].pending.emplace(j.seq, &j);
   promote(j.okey);
 }
 
@@ -65,7 +65,7 @@ void job_queue::promote(const std::string& okey) {
     keys_.erase(kit);
     return;
   }
-  auto& head = jobs_.at(fifo.pending.begin()->second);
+  auto& head = *fifo.pending.begin()->second;
   fifo.active = head.id;
   if (head.state == job_state::ready) make_runnable(head);
   // retry_wait: blocks the key until its timer makes it runnable
@@ -98,8 +98,8 @@ bool job_queue::has_runnable(const std::string& kind) const {
 void job_queue::set_running(live_job& j, std::string node, std::string node_name, int64_t lease,
                             int64_t deadline, int64_t now) {
   set_state(j, job_state::running);
-  j.node = std::move(node);
-  j.node_name = std::move(node_name);
+  j.run().node = std::move(node);
+  j.run().node_name = std::move(node_name);
   j.lease = lease;
   j.lease_deadline = deadline;
   j.started_ms = now;
@@ -140,7 +140,7 @@ void job_queue::retry_later(const std::string& id, int64_t due) {
   set_state(*j, job_state::retry_wait);
   j->due_ms = due;
   j->lease = 0;
-  j->node.clear();
+  if (!j->node().empty()) j->run().node.clear();
   timers_.emplace(due, id);
 }
 
@@ -149,7 +149,7 @@ void job_queue::retry_now(const std::string& id) {
   if (!j) return;
   set_state(*j, job_state::ready);
   j->lease = 0;
-  j->node.clear();
+  if (!j->node().empty()) j->run().node.clear();
   make_runnable(*j);
 }
 

@@ -16,6 +16,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -42,17 +43,37 @@ struct live_job {
   bool delayed = false;    ///< waits to join its key's FIFO (resequenced when due)
   // While running:
   int64_t lease = 0;
-  std::string node;        ///< routing id of the node holding it
-  std::string node_name;
   int64_t lease_deadline = 0;
   int64_t started_ms = 0;
-  // Fan-out (updateWorkerLocation runs on every geo node): while running, the
-  // nodes still to send it to, and those whose result is awaited.
-  bool fanout = false;
-  std::set<std::string> fanout_todo;
-  std::set<std::string> fanout_wait;
-  std::string fanout_error;  ///< worst failure so far ("" = all ok)
-  bool fanout_permanent = false;
+  bool fanout = false;  ///< updateWorkerLocation: runs on every geo node
+
+  /// What only a job that was dispatched needs, allocated on its first dispatch:
+  /// a pending job stays small (bench/soak.sh: 1M pending jobs in memory).
+  struct run_info {
+    std::string node;       ///< routing id of the node holding it
+    std::string node_name;
+    // Fan-out: the nodes still to send it to, and those whose result is awaited.
+    std::set<std::string> fanout_todo;
+    std::set<std::string> fanout_wait;
+    std::string fanout_error;  ///< worst failure so far ("" = all ok)
+    bool fanout_permanent = false;
+  };
+  run_info& run() {
+    if (!run_) run_ = std::make_unique<run_info>();
+    return *run_;
+  }
+  const std::string& node() const { return run_ ? run_->node : no_string(); }
+  const std::string& node_name() const { return run_ ? run_->node_name : no_string(); }
+  bool fanout_sends_to(const std::string& identity) const {
+    return run_ && run_->fanout_todo.count(identity);
+  }
+
+ private:
+  static const std::string& no_string() {
+    static const std::string empty;
+    return empty;
+  }
+  std::unique_ptr<run_info> run_;
 };
 
 /// Counts per function and state, for stats and metrics.
@@ -104,7 +125,9 @@ class job_queue {
 
  private:
   struct key_fifo {
-    std::map<int64_t, std::string> pending;  ///< seq -> job id, not yet finished
+    /// seq -> job, not yet finished. Pointers into jobs_ (its nodes never move);
+    /// finish() takes a job out of here before it erases it.
+    std::map<int64_t, live_job*> pending;
     std::string active;                      ///< head that runs, is runnable or waits to retry
   };
   void set_state(live_job& j, job_state s);

@@ -118,7 +118,7 @@ void broker_core::impl::handle_node_message(const std::string& identity, const z
     }
     for (auto& id : w->jobs) {
       auto* j = queue.find(id);
-      if (!j || j->state != job_state::running || j->node != identity) continue;
+      if (!j || j->state != job_state::running || j->node() != identity) continue;
       ++returned;
       lose_job(id, "node " + n.name + " withdrew " + j->kind + ": " + w->reason, now);
     }
@@ -154,18 +154,19 @@ void broker_core::impl::on_done(node_session& n, const cl::done& d, int64_t now)
 // A fan-out job is done when every geo node it was sent to has answered (or
 // left); its outcome is the worst of theirs, and it counts once.
 void broker_core::impl::fanout_done(node_session& n, live_job& j, const cl::done& d, int64_t now) {
-  j.fanout_wait.erase(n.identity);
-  if (d.outcome != "ok" && !j.fanout_permanent) {
-    j.fanout_error = d.error_message.empty() ? d.outcome : d.error_message;
-    j.fanout_permanent = d.outcome == "permanent";
+  auto& r = j.run();
+  r.fanout_wait.erase(n.identity);
+  if (d.outcome != "ok" && !r.fanout_permanent) {
+    r.fanout_error = d.error_message.empty() ? d.outcome : d.error_message;
+    r.fanout_permanent = d.outcome == "permanent";
   }
-  if (!j.fanout_todo.empty() || !j.fanout_wait.empty()) return;
+  if (!r.fanout_todo.empty() || !r.fanout_wait.empty()) return;
   cl::done all;
   all.job_id = j.id;
   all.lease = j.lease;
-  all.outcome = j.fanout_error.empty() ? "ok" : (j.fanout_permanent ? "permanent" : "transient");
-  all.error_code = j.fanout_error.empty() ? "" : "fanout";
-  all.error_message = j.fanout_error;
+  all.outcome = r.fanout_error.empty() ? "ok" : (r.fanout_permanent ? "permanent" : "transient");
+  all.error_code = r.fanout_error.empty() ? "" : "fanout";
+  all.error_message = r.fanout_error;
   all.result_json = "{}";
   all.duration_ms = now - j.started_ms;
   fanouts.erase(j.id);
@@ -181,8 +182,9 @@ void broker_core::impl::fanout_forget_node(const std::string& identity, int64_t 
       fanouts.erase(id);
       continue;
     }
-    bool had = j->fanout_todo.erase(identity) + j->fanout_wait.erase(identity) > 0;
-    if (had && j->fanout_todo.empty() && j->fanout_wait.empty()) {
+    auto& r = j->run();
+    bool had = r.fanout_todo.erase(identity) + r.fanout_wait.erase(identity) > 0;
+    if (had && r.fanout_todo.empty() && r.fanout_wait.empty()) {
       cl::done none;  // the last node left: what the others said stands
       none.job_id = j->id;
       none.lease = j->lease;
@@ -196,12 +198,13 @@ void broker_core::impl::fanout_forget_node(const std::string& identity, int64_t 
 
 void broker_core::impl::start_fanout(live_job& j, int64_t now) {
   j.fanout = true;
-  j.fanout_todo.clear();
-  j.fanout_wait.clear();
-  j.fanout_error.clear();
-  j.fanout_permanent = false;
+  auto& r = j.run();
+  r.fanout_todo.clear();
+  r.fanout_wait.clear();
+  r.fanout_error.clear();
+  r.fanout_permanent = false;
   for (auto& [id, n] : nodes)
-    if (n.kinds.count(j.kind)) j.fanout_todo.insert(id);
+    if (n.kinds.count(j.kind)) r.fanout_todo.insert(id);
   queue.set_running(j, "*", "*", ++lease_counter, now + opts.cfg.cluster.lease_ms, now);
   record(j, job_state::running);
   fanouts.insert(j.id);
@@ -326,7 +329,7 @@ void broker_core::impl::drop_node(std::string identity, const std::string& why, 
   // Collect first: lose_job changes the queue.
   for (auto& id : queue.expired_leases(INT64_MAX)) {
     auto* j = queue.find(id);
-    if (j && j->node == identity) held.push_back(id);
+    if (j && j->node() == identity) held.push_back(id);
   }
   log::info(component, "node dropped", {{"node", it->second.name}, {"reason", why},
                                         {"jobs_returned", held.size()}});
@@ -357,8 +360,8 @@ bool broker_core::impl::send_job(const std::string& identity, node_session& n, l
   m.ts_ms = j.ts_ms;
   if (!send_node(identity, cl::encode(cl::message(m)))) return false;
   if (j.fanout) {
-    j.fanout_todo.erase(identity);
-    j.fanout_wait.insert(identity);
+    j.run().fanout_todo.erase(identity);
+    j.run().fanout_wait.insert(identity);
   } else {
     ++lease_counter;
     queue.set_running(j, identity, n.name, m.lease, now + opts.cfg.cluster.lease_ms, now);
@@ -380,7 +383,7 @@ void broker_core::impl::dispatch(int64_t now) {
       live_job* j = nullptr;
       for (auto& id : fanouts) {
         auto* f = queue.find(id);
-        if (f && f->fanout_todo.count(identity)) {
+        if (f && f->fanout_sends_to(identity)) {
           j = f;
           break;
         }

@@ -221,7 +221,7 @@ TEST_CASE("retry_now makes a lost job runnable again at once, keeping its place"
   auto* a = q.find("a");
   CHECK(a->state == job_state::ready);
   CHECK(a->lease == 0);
-  CHECK(a->node.empty());
+  CHECK(a->node().empty());
   CHECK(a->attempts == 1);
   CHECK(run_next(q) == "a");  // before b
   CHECK(q.next_runnable(all_kinds) == nullptr);
@@ -315,8 +315,8 @@ TEST_CASE("expired_leases lists running jobs whose lease deadline passed", "[que
   CHECK(std::set<std::string>(both.begin(), both.end()) == std::set<std::string>{"a", "b"});
 
   auto* a = q.find("a");
-  CHECK(a->node == "n1");
-  CHECK(a->node_name == "node-1");
+  CHECK(a->node() == "n1");
+  CHECK(a->node_name() == "node-1");
   CHECK(a->lease == 11);
   CHECK(a->started_ms == 0);
 
@@ -329,7 +329,7 @@ TEST_CASE("a job loaded with state running after a restart is runnable again", "
   auto lost = make_job("a", 1, "pickup:7");
   lost.state = job_state::running;
   lost.attempts = 3;
-  q.add(lost, 0);
+  q.add(std::move(lost), 0);
   q.add(make_job("b", 2, "pickup:7"), 0);
 
   CHECK(q.find("a")->state == job_state::ready);
@@ -346,7 +346,7 @@ TEST_CASE("a job loaded in retry_wait blocks its key until it is due", "[queue]"
   auto waiting = make_job("a", 1, "pickup:7");
   waiting.state = job_state::retry_wait;
   waiting.due_ms = 500;
-  q.add(waiting, 100);
+  q.add(std::move(waiting), 100);
   q.add(make_job("b", 2, "pickup:7"), 100);
   CHECK(q.next_runnable(all_kinds) == nullptr);
   CHECK(q.next_due() == 500);
@@ -365,8 +365,8 @@ TEST_CASE("a job loaded in retry_wait whose due time passed during a restart run
   auto keyless = make_job("k", 2);
   keyless.state = job_state::retry_wait;
   keyless.due_ms = 60;
-  q.add(keyed, 100);
-  q.add(keyless, 100);
+  q.add(std::move(keyed), 100);
+  q.add(std::move(keyless), 100);
   q.add(make_job("b", 3, "pickup:7"), 100);
 
   REQUIRE(q.next_due() <= 100);  // the broker loop fires it at its next tick
@@ -392,7 +392,7 @@ TEST_CASE("counts per function and state stay consistent through every transitio
   add(delayed_release("d", 4, 1, 100), 0);
   auto lost = make_job("r", 5, "worker:2", "updateWorkerLocation", "geo");
   lost.state = job_state::running;
-  add(lost, 0);
+  add(std::move(lost), 0);
   q.add(make_job("a", 1, "pickup:1"), 0);  // the same id again changes nothing
   CHECK(q.size() == 5);
   check_counts(q, ids);
