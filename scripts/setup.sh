@@ -9,7 +9,7 @@ PACKAGES=(
   libboost-log-dev libboost-program-options-dev libboost-dev
   catch2 libsqlite3-dev sqlite3 libcurl4-openssl-dev tzdata openssl
   libtomlplusplus-dev nlohmann-json3-dev libhowardhinnant-date-dev
-  libjwt-dev libssl-dev libcpp-httplib-dev libpq-dev
+  libjwt-dev libssl-dev libcpp-httplib-dev libpq-dev postgresql
   clang libclang-rt-dev prometheus
   python3 python3-zmq python3-msgpack python3-django python3-botocore python3-jwt python3-cryptography python3-yaml systemd curl
 )
@@ -18,6 +18,11 @@ PACKAGES=(
 # compiler-rt: libFuzzer, ASan, UBSan) build the fuzz target that scripts/test.sh
 # runs (tests/fuzz; the main build stays gcc). Only recommended by clang, so
 # --no-install-recommends needs libclang-rt-dev named.
+
+# postgresql (15 on Debian 12) brings initdb and postgres under
+# /usr/lib/postgresql/15/bin: the PostgreSQL store's tests start a server of
+# their own (tests/broker/pg_server.hpp) on a free port as user nobody. The
+# cluster Debian creates and starts on port 5432 is neither used nor needed.
 
 # prometheus brings promtool, which checks /metrics in the tests (its daemon is
 # not started).

@@ -1,7 +1,12 @@
-// Tests of broker/store over the SQLite implementation: dedup of request ids
-// (contract §1 `duplicate`), auto-release cancellation (§3), job updates and
-// history, recovery after restart, and durability across a kill -9.
+// Tests of broker/store: dedup of request ids (contract §1 `duplicate`),
+// auto-release cancellation (§3), job updates and history, recovery after
+// restart — each over both implementations, SQLite and PostgreSQL (a real server
+// of the test process's own, pg_server.hpp) — and, for SQLite, durability across
+// a kill -9. pg_store_test.cpp has what only PostgreSQL has (URLs, rights, lost
+// connections, the lease).
 #include "broker/store.hpp"
+#include "broker/pg_store.hpp"
+#include "pg_server.hpp"
 
 #include <catch2/catch.hpp>
 #include <sqlite3.h>
@@ -56,6 +61,47 @@ std::unique_ptr<store> open_store(const std::string& path, bool read_only = fals
   REQUIRE(s != nullptr);
   return s;
 }
+
+/// Every backend-independent test runs once per backend.
+#define KLYNAA_EACH_BACKEND GENERATE(as<std::string>{}, "sqlite", "postgres")
+
+/// Where one test's store lives: a SQLite file in a temp dir, or a fresh
+/// database on the test process's PostgreSQL server.
+struct store_at {
+  std::string backend;
+  temp_dir dir;
+  std::string database;  ///< postgres
+
+  explicit store_at(std::string b) : backend(std::move(b)) {
+    if (backend == "postgres") database = klynaa::test::pg_server::get().fresh_database();
+  }
+  std::string url() const { return klynaa::test::pg_server::get().url(database); }
+  std::string shown_url() const { return mask_pg_url(url()); }
+
+  std::unique_ptr<store> try_open(bool read_only, store_error& err) {
+    if (backend == "sqlite") {
+      sqlite_options o;
+      o.path = dir.db();
+      o.read_only = read_only;
+      return open_sqlite_store(o, err);
+    }
+    pg_options o;
+    o.url = url();
+    o.read_only = read_only;
+    o.application_name = "store_test";
+    return open_pg_store(o, err);
+  }
+  std::unique_ptr<store> open(bool read_only = false) {
+    store_error err;
+    auto s = try_open(read_only, err);
+    INFO(backend << ": open: " << err.message);
+    REQUIRE(s != nullptr);
+    return s;
+  }
+  /// Runs SQL on the store's database through a separate connection, in the
+  /// backend's own dialect.
+  void sql(const std::string& sqlite_sql, const std::string& pg_sql);
+};
 
 int64_t wall_ms() {
   using namespace std::chrono;
@@ -182,16 +228,24 @@ int64_t raw_count(const std::string& path, const std::string& sql) {
   return v;
 }
 
+void store_at::sql(const std::string& sqlite_sql, const std::string& pg_sql) {
+  if (backend == "sqlite")
+    raw_sql(dir.db(), sqlite_sql);
+  else
+    klynaa::test::pg_server::get().sql(database, pg_sql);
+}
+
 }  // namespace
 
 TEST_CASE("a committed request is found after the store is closed and reopened", "[store]") {
-  temp_dir dir;
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
   auto first = make_request("evt-1", {make_job("evt-1#1", 1, "sendPickupNotification", "pickup:7"),
                                       make_job("evt-1#2", 2, "notifyNearbyWorkers", "")},
                             1, "pickup.created");
   first.jobs[1].due_ms = 1234;
   {
-    auto s = open_store(dir.db());
+    auto s = at.open();
     CHECK(s->max_seq() == 0);
     auto out = commit_one(*s, first);
     CHECK(!out.duplicate);
@@ -199,7 +253,7 @@ TEST_CASE("a committed request is found after the store is closed and reopened",
     CHECK(ids_of(out.created) == out.job_ids);
     CHECK(out.cancelled.empty());
   }
-  auto s = open_store(dir.db());
+  auto s = at.open();
   auto j = s->find_job("evt-1#2");
   REQUIRE(j);
   CHECK(j->request_id == "evt-1");
@@ -226,8 +280,9 @@ TEST_CASE("a committed request is found after the store is closed and reopened",
 
 TEST_CASE("a duplicate id in a later batch returns the first job ids and op and stores nothing",
           "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   commit_one(*s, make_request("evt-1", {make_job("evt-1#1", 1)}, /*op=*/1));
   REQUIRE(s->max_seq() == 1);
 
@@ -255,8 +310,9 @@ TEST_CASE("a duplicate id in a later batch returns the first job ids and op and 
 }
 
 TEST_CASE("a duplicate id within the same batch returns the first job ids and op", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   batch b;
   b.requests.push_back(make_request("evt-9", {make_job("evt-9#1", 1)}, /*op=*/1));
   b.requests.push_back(make_request("other", {make_job("other#1", 2)}, 0));
@@ -278,8 +334,9 @@ TEST_CASE("a duplicate id within the same batch returns the first job ids and op
 }
 
 TEST_CASE("a job created by a job is inserted only when its id is new", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   auto first = make_job("#escrow-released-7", 10, "sendPickupNotification", "pickup:7");
   first.data_json = R"({"pickup_id":7,"notification_type":"escrow_released","user_type":"worker"})";
   auto second = make_job("#escrow-released-7", 11, "sendPickupNotification", "pickup:7");
@@ -303,8 +360,9 @@ TEST_CASE("a job created by a job is inserted only when its id is new", "[store]
 }
 
 TEST_CASE("closing a pickup cancels its pending auto-release", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   commit_one(*s, delivered("del-7", 7, 1));
   commit_one(*s, delivered("del-8", 8, 3));
   REQUIRE(s->find_job("del-7#2")->auto_release);
@@ -332,8 +390,9 @@ TEST_CASE("closing a pickup cancels its pending auto-release", "[store]") {
 }
 
 TEST_CASE("a running auto-release is not cancelled by closing its pickup", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   commit_one(*s, delivered("del-7", 7, 1));
   batch start;
   start.updates.push_back(update("del-7#2", job_state::running, 1, 2));
@@ -345,8 +404,9 @@ TEST_CASE("a running auto-release is not cancelled by closing its pickup", "[sto
 }
 
 TEST_CASE("an auto-release for a closed pickup is not stored and not listed", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
 
   SECTION("closed in an earlier batch") {
     commit_one(*s, closing("disp-7", 7, 1, "pickup.disputed"));
@@ -382,14 +442,15 @@ TEST_CASE("an auto-release for a closed pickup is not stored and not listed", "[
   SECTION("a closed pickup survives a reopen") {
     commit_one(*s, closing("conf-7", 7, 1));
     s.reset();
-    s = open_store(dir.db());
+    s = at.open();
     CHECK(commit_one(*s, delivered("del-7", 7, 2)).job_ids == std::vector<std::string>{"del-7#1"});
   }
 }
 
 TEST_CASE("an update changes state, attempts and due and writes the attempt history", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   commit_one(*s, make_request("evt-1", {make_job("evt-1#1", 1)}));
   CHECK(s->history_json("evt-1#1") == "[]");
 
@@ -455,8 +516,9 @@ TEST_CASE("an update changes state, attempts and due and writes the attempt hist
 
 TEST_CASE("load_unfinished returns only ready, running and retry_wait jobs in seq order",
           "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   // Accepted out of seq order on purpose: the store sorts.
   std::vector<std::pair<std::string, job_state>> jobs = {
       {"j5", job_state::retry_wait}, {"j2", job_state::done},  {"j9", job_state::ready},
@@ -485,14 +547,15 @@ TEST_CASE("load_unfinished returns only ready, running and retry_wait jobs in se
   CHECK(s->max_seq() == 9);  // finished jobs count too
 
   s.reset();
-  s = open_store(dir.db());
+  s = at.open();
   load();
   CHECK(s->max_seq() == 9);
 }
 
 TEST_CASE("list_jobs returns the jobs of one state, newest first, up to the limit", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   batch b;
   for (int i = 1; i <= 4; ++i)
     b.requests.push_back(make_request("r" + std::to_string(i), {make_job("j" + std::to_string(i), i)}));
@@ -510,8 +573,9 @@ TEST_CASE("list_jobs returns the jobs of one state, newest first, up to the limi
 }
 
 TEST_CASE("count_by_function counts jobs per function and state", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   CHECK(s->count_by_function().empty());
   batch b;
   b.requests.push_back(make_request("a", {make_job("a#1", 1, "sendPickupNotification"),
@@ -534,8 +598,9 @@ TEST_CASE("count_by_function counts jobs per function and state", "[store]") {
 }
 
 TEST_CASE("prune removes finished jobs and old dedup keys but never unfinished jobs", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   const int64_t now = wall_ms();
   auto old_req = [&](const std::string& id, std::vector<job_record> jobs) {
     auto r = make_request(id, std::move(jobs));
@@ -599,8 +664,9 @@ TEST_CASE("prune removes finished jobs and old dedup keys but never unfinished j
 }
 
 TEST_CASE("pruning runs in chunks of batch::prune_limit, inside an ordinary commit", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   batch b;
   for (int i = 0; i < 5; ++i) {
     auto id = "p" + std::to_string(i);
@@ -630,29 +696,34 @@ TEST_CASE("pruning runs in chunks of batch::prune_limit, inside an ordinary comm
 
 TEST_CASE("a store with a newer schema version refuses to open and names the version",
           "[store]") {
-  temp_dir dir;
-  { auto s = open_store(dir.db()); }
-  raw_sql(dir.db(), "UPDATE meta SET value = '7' WHERE key = 'schema_version'");
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  { auto s = at.open(); }
+  at.sql("UPDATE meta SET value = '7' WHERE key = 'schema_version'",
+         "UPDATE klynaa.meta SET value = '7' WHERE key = 'schema_version'");
   for (bool read_only : {false, true}) {
     INFO("read_only " << read_only);
-    sqlite_options o;
-    o.path = dir.db();
-    o.read_only = read_only;
     store_error err;
-    auto s = open_sqlite_store(o, err);
+    auto s = at.try_open(read_only, err);
     CHECK(s == nullptr);
     CHECK(err.message.find("schema version 7") != std::string::npos);
+    if (at.backend == "postgres") {
+      CHECK(err.message.find("store.url " + at.shown_url()) != std::string::npos);
+      CHECK(err.message.find(klynaa::test::pg_server::password) == std::string::npos);
+    }
   }
   // An older or equal version opens.
-  raw_sql(dir.db(), "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
-  open_store(dir.db());
-  open_store(dir.db(), true);
+  at.sql("UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+         "UPDATE klynaa.meta SET value = '1' WHERE key = 'schema_version'");
+  at.open();
+  at.open(true);
 }
 
 TEST_CASE("replaying dead jobs makes them ready with new seqs, a fresh budget and their history kept",
           "[store][dlq]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   batch b;
   for (int i = 1; i <= 4; ++i) {
     auto id = "d" + std::to_string(i);
@@ -700,8 +771,9 @@ TEST_CASE("replaying dead jobs makes them ready with new seqs, a fresh budget an
 }
 
 TEST_CASE("purging dead jobs deletes them and their history, and nothing else", "[store][dlq]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   batch b;
   for (int i = 1; i <= 3; ++i) {
     auto id = "p" + std::to_string(i);
@@ -762,14 +834,18 @@ TEST_CASE("a store that cannot be opened says which file", "[store]") {
 }
 
 TEST_CASE("a failed commit applies nothing of its batch and says why", "[store]") {
-  temp_dir dir;
-  auto s = open_store(dir.db());
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
   commit_one(*s, make_request("evt-1", {make_job("evt-1#1", 1)}));
   commit_one(*s, delivered("del-7", 7, 2));
   // A request the database refuses, as a full disk or an I/O error would.
-  raw_sql(dir.db(),
-          "CREATE TRIGGER refuse_boom BEFORE INSERT ON requests WHEN NEW.id LIKE 'boom%' "
-          "BEGIN SELECT RAISE(ABORT, 'boom requests are refused'); END");
+  at.sql("CREATE TRIGGER refuse_boom BEFORE INSERT ON requests WHEN NEW.id LIKE 'boom%' "
+         "BEGIN SELECT RAISE(ABORT, 'boom requests are refused'); END",
+         "CREATE FUNCTION klynaa.refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+         "IF NEW.id LIKE 'boom%' THEN RAISE EXCEPTION 'boom requests are refused'; END IF; "
+         "RETURN NEW; END $$; CREATE TRIGGER refuse_boom BEFORE INSERT ON klynaa.requests "
+         "FOR EACH ROW EXECUTE FUNCTION klynaa.refuse_boom()");
 
   batch b;
   b.requests.push_back(make_request("evt-2", {make_job("evt-2#1", 4)}));
@@ -815,19 +891,20 @@ TEST_CASE("a failed commit applies nothing of its batch and says why", "[store]"
   }
   SECTION("nothing of it is there after a reopen") {
     s.reset();
-    auto again = open_store(dir.db());
+    auto again = at.open();
     check_nothing_applied(*again);
   }
 }
 
 TEST_CASE("a read-only store refuses commits and changes nothing", "[store]") {
-  temp_dir dir;
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
   {
-    auto s = open_store(dir.db());
+    auto s = at.open();
     commit_one(*s, make_request("evt-1", {make_job("evt-1#1", 1)}));
   }
   {
-    auto ro = open_store(dir.db(), /*read_only=*/true);
+    auto ro = at.open(/*read_only=*/true);
     CHECK(ro->find_job("evt-1#1"));
     CHECK(ro->max_seq() == 1);
     batch b;
@@ -838,7 +915,7 @@ TEST_CASE("a read-only store refuses commits and changes nothing", "[store]") {
     CHECK(!err.message.empty());
     CHECK(!ro->find_job("evt-2#1"));
   }
-  auto s = open_store(dir.db());
+  auto s = at.open();
   CHECK(!s->find_job("evt-2#1"));
   CHECK(s->find_job("evt-1#1")->state == job_state::ready);
   CHECK(!commit_one(*s, make_request("evt-2", {make_job("evt-2#1", 2)})).duplicate);
@@ -956,4 +1033,19 @@ TEST_CASE("every request acknowledged before a kill -9 is a duplicate after reop
     CHECK(raw_count(dir.db(), "SELECT COUNT(*) FROM pragma_integrity_check WHERE "
                               "integrity_check <> 'ok'") == 0);
   }
+}
+
+TEST_CASE("a request that repeats a job id stores that job once, the first time", "[store]") {
+  store_at at(KLYNAA_EACH_BACKEND);
+  INFO("backend: " << at.backend);
+  auto s = at.open();
+  auto second = make_job("evt-1#1", 2);
+  second.data_json = R"({"second":true})";
+  auto out = commit_one(*s, make_request("evt-1", {make_job("evt-1#1", 1), second, make_job("evt-1#2", 3)}));
+  CHECK(out.job_ids == std::vector<std::string>{"evt-1#1", "evt-1#2"});
+  REQUIRE(out.created.size() == 2);
+  CHECK(out.created[0].seq == 1);
+  CHECK(s->find_job("evt-1#1")->seq == 1);
+  CHECK(s->find_job("evt-1#1")->data_json == make_job("evt-1#1", 1).data_json);
+  CHECK(commit_one(*s, make_request("evt-1", {})).job_ids == std::vector<std::string>{"evt-1#1", "evt-1#2"});
 }

@@ -1,0 +1,279 @@
+// Tests of what only the PostgreSQL store has (broker/pg_store.hpp): store.url
+// in every error with its password masked (unreachable server, wrong password,
+// missing rights), a lost connection failing one commit and the next one
+// reconnecting, and the lease that fences a broker that lost it. The behaviour
+// it shares with SQLite is tested over both in store_test.cpp.
+#include "broker/pg_store.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pg_server.hpp"
+
+using namespace klynaa::broker;
+using klynaa::test::pg_server;
+
+namespace {
+
+int64_t wall_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+new_request request(const std::string& id, int64_t seq) {
+  new_request r;
+  r.id = id;
+  r.type = "pickup.accepted";
+  r.ts_ms = 1700000000000;
+  r.accepted_ms = wall_ms();
+  job_record j;
+  j.id = id + "#1";
+  j.request_id = id;
+  j.function = "sendPickupNotification";
+  j.data_json = R"({"pickup_id":7})";
+  j.ordering_key = "pickup:7";
+  j.seq = seq;
+  r.jobs.push_back(j);
+  return r;
+}
+
+batch one_request(const std::string& id, int64_t seq) {
+  batch b;
+  b.requests.push_back(request(id, seq));
+  return b;
+}
+
+pg_options options(const std::string& url, const std::string& app = "pg_store_test") {
+  pg_options o;
+  o.url = url;
+  o.application_name = app;
+  return o;
+}
+
+std::unique_ptr<pg_store> open_ok(const pg_options& o) {
+  store_error err;
+  auto s = pg_store::open(o, err);
+  INFO("open: " << err.message);
+  REQUIRE(s != nullptr);
+  return s;
+}
+
+/// The message names store.url, masked, and never holds the password.
+void check_names_url(const std::string& message, const std::string& url, const std::string& password) {
+  INFO(message);
+  CHECK(message.find("store.url " + mask_pg_url(url)) != std::string::npos);
+  CHECK(mask_pg_url(url).find("****") != std::string::npos);
+  CHECK(message.find(password) == std::string::npos);
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then closed).
+int closed_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  REQUIRE(fd >= 0);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+}  // namespace
+
+TEST_CASE("a postgres url is shown with its password masked", "[store][postgres]") {
+  CHECK(mask_pg_url("postgresql://u:secret@db:5432/k") == "postgresql://u:****@db:5432/k");
+  CHECK(mask_pg_url("postgres://u:p@ss@db/k?sslmode=require") == "postgres://u:****@db/k?sslmode=require");
+  CHECK(mask_pg_url("postgres://u@db/k?password=secret&sslmode=require") ==
+        "postgres://u@db/k?password=****&sslmode=require");
+  CHECK(mask_pg_url("host=db password=secret dbname=k") == "host=db password=**** dbname=k");
+  CHECK(mask_pg_url("host=db password = 'se cret' dbname=k") == "host=db password = **** dbname=k");
+  CHECK(mask_pg_url("postgres://db/k") == "postgres://db/k");
+}
+
+TEST_CASE("an unreachable postgres server is an error naming store.url", "[store][postgres]") {
+  const std::string url = "postgresql://klynaa:" + std::string(pg_server::password) + "@127.0.0.1:" +
+                          std::to_string(closed_port()) + "/klynaa";
+  store_error err;
+  CHECK(open_pg_store(options(url), err) == nullptr);
+  check_names_url(err.message, url, pg_server::password);
+  CHECK(err.message.find("Connection refused") != std::string::npos);
+}
+
+TEST_CASE("a wrong postgres password is an error naming store.url but not the password",
+          "[store][postgres]") {
+  auto& server = pg_server::get();
+  const std::string wrong = "wrong-pw-93d1";
+  const std::string url = server.url(server.fresh_database(), "klynaa", wrong);
+  store_error err;
+  CHECK(open_pg_store(options(url), err) == nullptr);
+  check_names_url(err.message, url, wrong);
+  CHECK(err.message.find("password authentication failed") != std::string::npos);
+}
+
+TEST_CASE("a postgres role without CREATE on the database cannot create the store", "[store][postgres]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  const std::string url = server.url(db, "klynaa_plain", pg_server::plain_password);
+  store_error err;
+  CHECK(open_pg_store(options(url), err) == nullptr);
+  check_names_url(err.message, url, pg_server::plain_password);
+  CHECK(err.message.find("permission denied") != std::string::npos);
+  CHECK(server.sql(db, "SELECT count(*) FROM pg_namespace WHERE nspname = 'klynaa'") == "0");
+
+  // Once the owner created it, the role needs only the rights on its tables.
+  open_ok(options(server.url(db)));
+  server.sql(db, "GRANT USAGE ON SCHEMA klynaa TO klynaa_plain; "
+                 "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA klynaa TO klynaa_plain; "
+                 "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA klynaa TO klynaa_plain");
+  auto s = open_ok(options(url));
+  store_error cerr;
+  INFO(cerr.message);
+  CHECK(s->commit(one_request("evt-1", 1), cerr));
+  CHECK(s->find_job("evt-1#1"));
+}
+
+TEST_CASE("a reader of a database without the store says that no broker created it",
+          "[store][postgres]") {
+  auto& server = pg_server::get();
+  const std::string url = server.url(server.fresh_database());
+  auto o = options(url);
+  o.read_only = true;
+  store_error err;
+  CHECK(open_pg_store(o, err) == nullptr);
+  check_names_url(err.message, url, pg_server::password);
+  CHECK(err.message.find("no klynaa store there yet") != std::string::npos);
+}
+
+TEST_CASE("a commit after the postgres connection was lost fails and the next one reconnects",
+          "[store][postgres]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  const std::string url = server.url(db);
+  const std::string app = "lost-conn-" + db;
+  auto s = open_ok(options(url, app));
+  store_error err;
+  REQUIRE(s->commit(one_request("before", 1), err));
+
+  SECTION("its backend terminated") {
+    CHECK(server.sql("postgres", "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 "WHERE application_name = '" + app + "'") == "1");
+  }
+  SECTION("the server restarted") {
+    server.restart();
+  }
+
+  store_error lost;
+  CHECK(!s->commit(one_request("lost", 2), lost));
+  check_names_url(lost.message, url, pg_server::password);
+
+  store_error again;
+  auto out = s->commit(one_request("after", 3), again);
+  INFO(again.message);
+  REQUIRE(out);
+  CHECK(!out->requests.at(0).duplicate);
+  CHECK(s->find_job("before#1"));
+  CHECK(s->find_job("after#1"));
+  CHECK(!s->find_job("lost#1"));
+  CHECK(s->max_seq() == 3);
+  // A request the broker rejected is accepted when the client sends it again.
+  CHECK(!s->commit(one_request("lost", 4), again)->requests.at(0).duplicate);
+}
+
+TEST_CASE("reads after a lost postgres connection reconnect", "[store][postgres]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  const std::string app = "reads-" + db;
+  auto s = open_ok(options(server.url(db), app));
+  store_error err;
+  REQUIRE(s->commit(one_request("evt-1", 1), err));
+  server.sql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '" +
+                             app + "'");
+  // The first read finds the connection gone and throws, the next reconnects.
+  CHECK_THROWS_WITH(s->find_job("evt-1#1"), Catch::Contains("store.url " + mask_pg_url(server.url(db))));
+  CHECK(s->find_job("evt-1#1"));
+  std::vector<std::string> ids;
+  CHECK(s->load_unfinished([&](job_record&& j) { ids.push_back(j.id); }, err));
+  CHECK(ids == std::vector<std::string>{"evt-1#1"});
+}
+
+TEST_CASE("the lease is taken when free or expired and renewed by its holder", "[store][postgres][lease]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  auto a = open_ok(options(server.url(db), "broker-a"));
+  auto b = open_ok(options(server.url(db), "broker-b"));
+
+  store_error err;
+  auto t1 = a->acquire_or_renew_lease("broker-a", 60000, &err);
+  INFO(err.message);
+  REQUIRE(t1);
+  CHECK(a->acquire_or_renew_lease("broker-a", 60000, &err) == t1);  // renewed: same token
+  CHECK(!b->acquire_or_renew_lease("broker-b", 60000, &err));       // held and valid
+  CHECK(err.message.empty());
+  CHECK(server.sql(db, "SELECT holder FROM klynaa.lease WHERE name = 'broker'") == "broker-a");
+
+  // Expired: the next holder takes it with a greater token.
+  server.sql(db, "UPDATE klynaa.lease SET expires_at = now() - interval '1 second'");
+  auto t2 = b->acquire_or_renew_lease("broker-b", 60000, &err);
+  REQUIRE(t2);
+  CHECK(*t2 == *t1 + 1);
+  CHECK(!a->acquire_or_renew_lease("broker-a", 60000, &err));
+  CHECK(server.sql(db, "SELECT holder FROM klynaa.lease WHERE name = 'broker'") == "broker-b");
+
+  // A short ttl lapses by the database's clock.
+  REQUIRE(b->acquire_or_renew_lease("broker-b", 1, &err) == t2);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto t3 = a->acquire_or_renew_lease("broker-a", 60000, &err);
+  REQUIRE(t3);
+  CHECK(*t3 == *t2 + 1);
+}
+
+TEST_CASE("a fenced store cannot commit once another broker took the lease", "[store][postgres][lease]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  auto a = open_ok(options(server.url(db), "broker-a"));
+  auto b = open_ok(options(server.url(db), "broker-b"));
+  store_error err;
+
+  auto ta = a->acquire_or_renew_lease("broker-a", 60000, &err);
+  REQUIRE(ta);
+  a->set_fence(*ta);
+  INFO(err.message);
+  REQUIRE(a->commit(one_request("by-a", 1), err));
+
+  server.sql(db, "UPDATE klynaa.lease SET expires_at = now() - interval '1 second'");
+  auto tb = b->acquire_or_renew_lease("broker-b", 60000, &err);
+  REQUIRE(tb);
+  b->set_fence(*tb);
+
+  // Everything of the batch is refused, not only the first statement.
+  batch late = one_request("late-a", 2);
+  late.updates.push_back(job_update{});
+  late.updates.back().id = "by-a#1";
+  late.updates.back().state = job_state::done;
+  late.probe = true;
+  store_error fenced;
+  CHECK(!a->commit(late, fenced));
+  CHECK(fenced.message.find("fenced: the lease is held by another broker") != std::string::npos);
+  CHECK(!b->find_job("late-a#1"));
+  CHECK(b->find_job("by-a#1")->state == job_state::ready);
+  // It stays fenced: the connection is fine, the lease is not.
+  CHECK(!a->commit(one_request("late-a", 3), fenced));
+  CHECK(fenced.message.find("fenced") != std::string::npos);
+
+  REQUIRE(b->commit(one_request("by-b", 4), err));
+  CHECK(b->find_job("by-b#1"));
+  // An unfenced store (a tool, a test) is not checked.
+  auto c = open_ok(options(server.url(db), "tool"));
+  CHECK(c->commit(one_request("by-tool", 5), err));
+}
