@@ -1,22 +1,40 @@
-// The JSON log on Boost.Log. A record carries four attributes (time, level,
-// component, fields) and its message; the sink's formatter (format_record) turns
-// them into one JSON line. Level filtering happens before a record is opened, on
-// one atomic, so a filtered-out call builds nothing.
+// The JSON log on Boost.Log. write() renders the JSON line on the caller's
+// thread (format_line) and pushes it through the Boost.Log core as the record's
+// message; the sink's formatter passes it on as is. Level filtering happens
+// before anything is built, on one atomic.
 //
-// Lock order: none of ours. Boost.Log's core and the synchronous sink take their
-// own locks; the sink's lock is what keeps lines from interleaving.
+// The default sink (standard error) hands each line to a writer thread that
+// writes whatever has accumulated with one write(2): under load many lines per
+// system call, and a line is out within about a millisecond. A job logs two lines
+// (start and end, contract §7); before this, formatting through Boost.Log
+// attributes and one flushed write per line cost half of a job's CPU
+// (docs/performance.md). The buffer is bounded (writers wait when stderr does
+// not drain), flushed at exit and by log::flush(); only a process killed with
+// SIGKILL can lose the lines of its last few microseconds. A sink given to
+// init() (tests: an ostringstream) stays synchronous.
+//
+// Lock order: the writer's write_mu_ before its buf_mu_. Boost.Log's core and
+// the synchronous sink take their own locks; the sink's lock is what keeps
+// lines from interleaving.
 #include "protocol/log.hpp"
 
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <mutex>
+#include <thread>
 
 #include <boost/core/null_deleter.hpp>
 #include <boost/log/attributes/constant.hpp>
 #include <boost/log/attributes/value_extraction.hpp>
 #include <boost/log/core.hpp>
+#include <boost/log/sinks/basic_sink_backend.hpp>
 #include <boost/log/sinks/sync_frontend.hpp>
 #include <boost/log/sinks/text_ostream_backend.hpp>
 #include <boost/log/sources/record_ostream.hpp>
@@ -28,43 +46,152 @@ namespace klynaa::log {
 namespace {
 
 namespace bl = boost::log;
-using sink_t = bl::sinks::synchronous_sink<bl::sinks::text_ostream_backend>;
-
-constexpr const char* time_attr = "KlynaaTimeMs";
-constexpr const char* level_attr = "KlynaaLevel";
-constexpr const char* component_attr = "KlynaaComponent";
-constexpr const char* fields_attr = "KlynaaFields";
 
 std::atomic<int> min_level_{static_cast<int>(level::info)};
 std::once_flag default_sink_once_;
 std::mutex sink_mutex_;  // serialises init() calls, so one sink is installed at a time
-boost::shared_ptr<sink_t> sink_;
+boost::shared_ptr<bl::sinks::sink> sink_;
+
+/// Standard error, written by a thread of its own in batches (see the top).
+class stderr_writer {
+ public:
+  static stderr_writer& get() {
+    // Never destroyed: lines may be written while statics are torn down, and a
+    // joinable std::thread must not be destroyed. std::atexit flushes it.
+    static stderr_writer* w = [] {
+      auto* p = new stderr_writer();
+      std::atexit([] { get().flush(); });
+      return p;
+    }();
+    return *w;
+  }
+
+  void append(const std::string& line) {
+    std::unique_lock<std::mutex> lock(buf_mu_);
+    // Backpressure instead of unbounded memory when stderr does not drain.
+    drained_.wait(lock, [this] { return buf_.size() < max_buffer; });
+    buf_ += line;
+    buf_ += '\n';
+    if (!pending_) {
+      pending_ = true;
+      ready_.notify_one();
+    }
+  }
+
+  /// Writes everything appended so far before returning.
+  void flush() {
+    std::lock_guard<std::mutex> write_lock(write_mu_);
+    write_out();
+  }
+
+ private:
+  static constexpr size_t max_buffer = 8u << 20;
+
+  stderr_writer() {
+    std::thread([this] { run(); }).detach();
+  }
+
+  void run() {
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(buf_mu_);
+        ready_.wait(lock, [this] { return pending_; });
+      }
+      // Let a burst gather: one wake-up and one write(2) for the lines of the
+      // next millisecond instead of one each (a line is out within ~1 ms).
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      std::lock_guard<std::mutex> write_lock(write_mu_);
+      write_out();
+    }
+  }
+
+  // Takes what is buffered and writes it; the caller holds write_mu_, so lines
+  // leave in the order they were appended.
+  void write_out() {
+    {
+      std::lock_guard<std::mutex> lock(buf_mu_);
+      out_.swap(buf_);
+      pending_ = false;
+    }
+    drained_.notify_all();
+    size_t done = 0;
+    while (done < out_.size()) {
+      ssize_t n = ::write(2, out_.data() + done, out_.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // stderr is gone: the lines are lost, never thrown
+      done += static_cast<size_t>(n);
+    }
+    out_.clear();
+  }
+
+  std::mutex write_mu_;
+  std::mutex buf_mu_;
+  std::condition_variable ready_, drained_;
+  std::string buf_, out_;
+  bool pending_ = false;
+};
+
+/// The Boost.Log backend of the default sink: each formatted record (one JSON
+/// line) goes to the stderr writer.
+class stderr_backend
+    : public bl::sinks::basic_formatted_sink_backend<char, bl::sinks::synchronized_feeding> {
+ public:
+  void consume(const bl::record_view&, const string_type& line) { stderr_writer::get().append(line); }
+  void flush() { stderr_writer::get().flush(); }
+};
 
 std::string dump(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-std::string quote(std::string_view s) {
-  return dump(nlohmann::json(std::string(s)));
+/// Appends `s` as a JSON string. Printable ASCII without quote or backslash (ids,
+/// names, most messages) is copied as is; anything else goes through
+/// nlohmann::json, which escapes and replaces invalid UTF-8.
+void append_quoted(std::string& out, std::string_view s) {
+  bool plain = true;
+  for (unsigned char c : s)
+    if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+      plain = false;
+      break;
+    }
+  if (plain) {
+    out += '"';
+    out += s;
+    out += '"';
+  } else {
+    out += dump(nlohmann::json(std::string(s)));
+  }
+}
+
+void append_value(std::string& out, const nlohmann::json& v) {
+  if (v.is_string())
+    append_quoted(out, v.get_ref<const std::string&>());
+  else if (v.is_number_integer())
+    out += v.is_number_unsigned() ? std::to_string(v.get<uint64_t>()) : std::to_string(v.get<int64_t>());
+  else
+    out += dump(v);
 }
 
 // Replaces the sink; the caller holds sink_mutex_.
 void install_sink(std::ostream* os) {
   auto core = bl::core::get();
   if (sink_) core->remove_sink(sink_);
-  auto backend = boost::make_shared<bl::sinks::text_ostream_backend>();
-  backend->add_stream(boost::shared_ptr<std::ostream>(os ? os : &std::clog, boost::null_deleter()));
-  backend->auto_flush(true);  // a line is on stderr before the next thing can crash
-  sink_ = boost::make_shared<sink_t>(backend);
-  sink_->set_formatter([](const bl::record_view& rec, bl::formatting_ostream& out) {
-    auto ms = bl::extract<int64_t>(time_attr, rec);
-    auto lv = bl::extract<level>(level_attr, rec);
-    auto component = bl::extract<std::string>(component_attr, rec);
-    auto fields = bl::extract<nlohmann::json>(fields_attr, rec);
-    auto msg = bl::extract<std::string>("Message", rec);
-    out << format_line(ms ? *ms : 0, lv ? *lv : level::info, component ? *component : "",
-                       msg ? *msg : "", fields ? *fields : nlohmann::json());
-  });
+  // The record's message is the whole JSON line (write() renders it).
+  auto message_only = [](const bl::record_view& rec, bl::formatting_ostream& out) {
+    if (auto msg = bl::extract<std::string>("Message", rec)) out << *msg;
+  };
+  if (os) {
+    auto backend = boost::make_shared<bl::sinks::text_ostream_backend>();
+    backend->add_stream(boost::shared_ptr<std::ostream>(os, boost::null_deleter()));
+    backend->auto_flush(true);
+    auto sink = boost::make_shared<bl::sinks::synchronous_sink<bl::sinks::text_ostream_backend>>(backend);
+    sink->set_formatter(message_only);
+    sink_ = sink;
+  } else {
+    auto sink = boost::make_shared<bl::sinks::synchronous_sink<stderr_backend>>();
+    sink->set_formatter(message_only);
+    sink_ = sink;
+  }
   core->add_sink(sink_);
   // Logging must never throw into the caller: a failing stream loses the line.
   core->set_exception_handler(bl::make_exception_suppressor());
@@ -115,6 +242,13 @@ void init(level min, std::ostream* sink) {
   set_level(min);
 }
 
+void flush() noexcept {
+  try {
+    bl::core::get()->flush();
+  } catch (...) {
+  }
+}
+
 void set_level(level min) noexcept {
   min_level_.store(static_cast<int>(min), std::memory_order_relaxed);
 }
@@ -158,16 +292,11 @@ void write(level l, std::string_view component, std::string_view msg,
   try {
     ensure_default_sink();
     auto core = bl::core::get();
-    bl::attribute_set attrs;
-    attrs.insert(time_attr, bl::attributes::constant<int64_t>(now_ms()));
-    attrs.insert(level_attr, bl::attributes::constant<level>(l));
-    attrs.insert(component_attr, bl::attributes::constant<std::string>(std::string(component)));
-    attrs.insert(fields_attr, bl::attributes::constant<nlohmann::json>(fields));
-    bl::record rec = core->open_record(attrs);
+    bl::record rec = core->open_record(bl::attribute_set());
     if (!rec) return;
     {
       bl::record_ostream strm(rec);
-      strm << msg;
+      strm << format_line(now_ms(), l, component, msg, fields);
       strm.flush();
     }
     core->push_record(std::move(rec));
@@ -187,15 +316,18 @@ std::string format_line(int64_t unix_ms, level l, std::string_view component, st
   line += "\",\"level\":\"";
   line += to_string(l);
   line += "\",\"component\":";
-  line += quote(component);
+  append_quoted(line, component);
   line += ",\"msg\":";
-  line += quote(msg);
+  append_quoted(line, msg);
   if (fields.is_object()) {
     for (auto it = fields.begin(); it != fields.end(); ++it) {
       line += ',';
-      line += quote(is_reserved(it.key()) ? "field." + it.key() : it.key());
+      if (is_reserved(it.key()))
+        append_quoted(line, "field." + it.key());
+      else
+        append_quoted(line, it.key());
       line += ':';
-      line += dump(it.value());
+      append_value(line, it.value());
     }
   } else if (!fields.is_null()) {
     line += ",\"fields\":";

@@ -2,8 +2,9 @@
 //   {"ts":"2026-11-27T22:17:54.123Z","level":"info","component":"broker","msg":"listening","endpoint":"tcp://..."}
 // `ts`, `level`, `component` and `msg` come first, in that order; the extra
 // fields follow (job_id, function, attempt, node, duration_ms, outcome, error, ...).
-// Built on Boost.Log: a synchronous text-ostream sink whose formatter renders the
-// JSON line, so lines from many threads never interleave.
+// Built on Boost.Log: each line is rendered by the caller and pushed through the
+// core as one record, so lines from many threads never interleave; standard
+// error is written in batches by a thread of its own (log.cpp).
 //
 // Every function here is thread-safe and never throws. Logging works before
 // init(): the first line installs the default (level info, standard error).
@@ -30,6 +31,10 @@ enum class level { trace, debug, info, warning, error };
 /// std::ostringstream; the caller keeps `sink` alive until the next init() with
 /// another sink (tests restore the default with `init(level::info)`).
 void init(level min, std::ostream* sink = nullptr);
+
+/// Returns once every line written so far is out (the default sink writes from
+/// a thread of its own; it is also flushed at exit). Call before std::_Exit.
+void flush() noexcept;
 
 /// Changes the minimum level without touching the sink.
 void set_level(level min) noexcept;
