@@ -134,7 +134,8 @@ class stderr_writer {
 /// The Boost.Log backend of the default sink: each formatted record (one JSON
 /// line) goes to the stderr writer.
 class stderr_backend
-    : public bl::sinks::basic_formatted_sink_backend<char, bl::sinks::synchronized_feeding> {
+    : public bl::sinks::basic_formatted_sink_backend<
+          char, bl::sinks::combine_requirements<bl::sinks::synchronized_feeding, bl::sinks::flushing>::type> {
  public:
   void consume(const bl::record_view&, const string_type& line) { stderr_writer::get().append(line); }
   void flush() { stderr_writer::get().flush(); }

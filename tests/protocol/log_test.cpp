@@ -8,6 +8,7 @@
 #include <regex>
 #include <sstream>
 #include <thread>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
 
@@ -227,4 +228,39 @@ TEST_CASE("the log can go back to standard error and then to a stream again", "[
   captured_log cap;
   klog::info("test", "captured");
   CHECK(cap.lines().size() == 1);
+}
+
+TEST_CASE("the default sink writes standard error from its thread, and flush returns once every line is out",
+          "[log]") {
+  char path[] = "/tmp/klynaa-log-test-XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  // A child logs to the default sink and ends with std::_Exit right after
+  // flush(), as a fail-stopping broker does: the writer thread gets no chance
+  // to write anything after that, so every line must be out when flush returns.
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::dup2(fd, 2);
+    klog::init(klog::level::info);  // the default sink: standard error
+    for (int i = 0; i < 2000; ++i) klog::info("test", "line", {{"i", i}});
+    klog::flush();
+    std::_Exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  std::FILE* f = std::fopen(path, "r");
+  REQUIRE(f != nullptr);
+  std::vector<int> seen;
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, f)) {
+    auto j = nlohmann::json::parse(buf, nullptr, false);
+    if (j.is_object() && j.value("component", "") == "test") seen.push_back(j["i"].get<int>());
+  }
+  std::fclose(f);
+  ::close(fd);
+  std::remove(path);
+  REQUIRE(seen.size() == 2000);
+  for (int i = 0; i < 2000; ++i) CHECK(seen[static_cast<size_t>(i)] == i);  // whole lines, in order
 }
