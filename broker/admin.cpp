@@ -181,7 +181,7 @@ bool admin_server::start(const std::string& bind, const std::string& token, admi
       // /healthz stays open for load balancers and probes: it tells nothing. So
       // does the dashboard page, which a browser navigation must load without
       // the token: it holds no data, and its own calls send the token.
-      if (req.path == "/healthz" || is_dashboard_page(req) ||
+      if (req.path == "/healthz" || req.path == "/livez" || is_dashboard_page(req) ||
           req.get_header_value("Authorization") == "Bearer " + token)
         return httplib::Server::HandlerResponse::Unhandled;
       res.status = 401;
@@ -251,8 +251,17 @@ bool admin_server::start(const std::string& bind, const std::string& token, admi
   };
   srv.Get("/", dashboard);
   srv.Get("/dashboard", dashboard);
-  srv.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(R"({"status":"ok"})", "application/json");
+  srv.Get("/healthz", [h](const httplib::Request&, httplib::Response& res) {
+    if (!h.health) {
+      res.set_content(R"({"status":"ok"})", "application/json");
+      return;
+    }
+    auto [status, body] = h.health();
+    res.status = status;
+    res.set_content(body.dump(), "application/json");
+  });
+  srv.Get("/livez", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(R"({"status":"alive"})", "application/json");
   });
   if (port == 0)
     port = srv.bind_to_any_port(impl_->host);

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -24,6 +25,10 @@ struct admin_handlers {
   std::function<nlohmann::json(const std::string& job_id)> dlq_show;
   std::function<nlohmann::json(const std::string& action, const std::vector<std::string>& ids, bool all)>
       dlq_command;
+  /// /healthz: {HTTP status, JSON body}. Unset: always 200 {"status":"ok"}. A
+  /// standby broker (docs/deployment.md) answers 503 {"status":"standby", ...}.
+  /// /livez always answers 200: the process is alive, whatever its role.
+  std::function<std::pair<int, nlohmann::json>()> health;
 };
 
 class admin_server {

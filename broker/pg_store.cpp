@@ -210,6 +210,8 @@ ON CONFLICT (name) DO UPDATE
 RETURNING token
 )sql"},
     {"lease_holder", "SELECT COALESCE(holder, ''), token FROM klynaa.lease WHERE name = 'broker'"},
+    {"release_lease",
+     "UPDATE klynaa.lease SET expires_at = now() WHERE name = 'broker' AND holder = $1::text AND token = $2::bigint"},
     {"find_job", std::string("SELECT ") + job_columns + " FROM klynaa.jobs j WHERE j.id = $1::text"},
     {"load", std::string("SELECT ") + job_columns + " FROM klynaa.jobs j WHERE j.state < 3 ORDER BY j.seq"},
     {"max_seq", "SELECT COALESCE(MAX(seq), 0) FROM klynaa.jobs"},
@@ -820,6 +822,17 @@ std::optional<int64_t> pg_store::acquire_or_renew_lease(const std::string& holde
 }
 
 void pg_store::set_fence(int64_t token) { impl_->fence_token = token; }
+
+bool pg_store::release_lease(const std::string& holder, int64_t token, store_error* err) {
+  if (err) err->message.clear();
+  try {
+    impl_->query("release_lease", params().add(holder).add(token));
+    return true;
+  } catch (const std::exception& e) {
+    if (err) err->message = e.what();
+    return false;
+  }
+}
 
 std::string pg_store::lease_holder(store_error* err) {
   if (err) err->message.clear();

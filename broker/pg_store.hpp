@@ -83,6 +83,11 @@ class pg_store final : public store {
   /// on failure (err->message says why, when `err` is given).
   std::string lease_holder(store_error* err = nullptr);
 
+  /// Ends the lease now if `holder` still holds it with `token` (a clean stop:
+  /// a standby takes over at its next try instead of after lease_ms). The
+  /// caller must not commit afterwards. False and err->message on failure.
+  bool release_lease(const std::string& holder, int64_t token, store_error* err = nullptr);
+
  private:
   struct impl;
   explicit pg_store(std::unique_ptr<impl> p);

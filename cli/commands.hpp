@@ -19,6 +19,7 @@ int cmd_config(int argc, char** argv);   ///< check a config or print the exampl
 int cmd_stats(int argc, char** argv);    ///< queues and nodes via the admin endpoint
 int cmd_dlq(int argc, char** argv);      ///< the dead-letter queue via the admin endpoint
 int cmd_keygen(int argc, char** argv);   ///< write a CURVE key pair (cli/keys.cpp)
+int cmd_store(int argc, char** argv);    ///< `store migrate`: SQLite -> PostgreSQL (cli/store_migrate.cpp)
 
 /// Reads --config (or no file: embedded defaults) and the environment. False
 /// with `error` naming the file, key or variable.

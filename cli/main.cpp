@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
       {"run", cmd_run},         {"broker", cmd_broker}, {"node", cmd_node},
       {"publish", cmd_publish}, {"invoke", cmd_invoke}, {"config", cmd_config},
       {"stats", cmd_stats},     {"dlq", cmd_dlq},       {"keygen", cmd_keygen},
+      {"store", cmd_store},
   };
   auto it = commands.find(argv[1]);
   if (it == commands.end()) {

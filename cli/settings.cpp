@@ -64,6 +64,9 @@ operations:
   dlq list [--limit N] | dlq show JOB | dlq replay JOB...|--all | dlq purge JOB...|--all
           [--admin A] [--json] [--config F]
           the dead-letter queue: replay keeps the job's id, data and ordering key
+  store migrate --data-dir D --to URL
+          copy a stopped broker's SQLite store (D/broker.db) into an empty PostgreSQL
+          store (store.url); exit 2 when the target is not empty (docs/deployment.md)
 
 config:
   config  --check [--config F]     validate a config file and the key files it names (exit 2 naming the key)

@@ -120,9 +120,11 @@ struct encoder {
     pack_kv(pk, "t", std::string{"heartbeat"});
   }
   void operator()(const bye& m) const {
-    pk.pack_map(2);
+    pk.pack_map(m.reason.empty() ? 2 : 3);
     pack_kv(pk, "t", std::string{"bye"});
     pack_strings(pk, "jobs", m.jobs);
+    if (!m.reason.empty())
+      pack_kv(pk, "reason", m.reason);
   }
   void operator()(const node_stats& m) const {
     pk.pack_map(2);
@@ -296,7 +298,7 @@ bool read_credit(map_reader& r, credit& m) {
 }
 
 bool read_bye(map_reader& r, bye& m) {
-  return r.strings("jobs", m.jobs, false);
+  return r.strings("jobs", m.jobs, false) && r.str("reason", m.reason, false);
 }
 
 bool read_stats(map_reader& r, node_stats& m) {

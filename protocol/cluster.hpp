@@ -75,6 +75,9 @@ struct heartbeat {};
 /// reconnect later). `jobs` lists jobs handed back unfinished (N->B).
 struct bye {
   std::vector<std::string> jobs;
+  /// B->N, optional on the wire ("" = none): why. "standby": this broker does
+  /// not hold the store's lease (docs/deployment.md), try the next endpoint now.
+  std::string reason = {};
 };
 
 /// N->B: metrics and state of a node, merged into the broker's admin endpoint.

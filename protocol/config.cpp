@@ -101,6 +101,13 @@ std::string dedup_days(const value& v) {
   return std::get<int64_t>(v) >= 7 ? "" : "must be at least 7 (the contract keeps ids for 7 days)";
 }
 
+std::string lease_range(const value& v) {
+  // Renewed every lease_ms / 3 over a network round trip: below a second a GC-like
+  // pause or a slow commit would hand the lease over for nothing. At most a day.
+  auto n = std::get<int64_t>(v);
+  return n >= 1000 && n <= 86400000 ? "" : "must be between 1000 and 86400000 (ms)";
+}
+
 std::string positive_finite(const value& v) {
   double d = std::get<double>(v);
   return std::isfinite(d) && d > 0 ? "" : "must be a finite number above 0";
@@ -199,6 +206,10 @@ const key_spec keys[] = {
     KLYNAA_KEY(store, url, any_value, "postgres connection URL"),
     KLYNAA_KEY(store, synchronous, synchronous_mode, "sqlite: full | normal (normal is not durable on power loss)"),
     KLYNAA_KEY(store, dedup_retention_days, dedup_days, "how long accepted ids and finished jobs are kept"),
+    KLYNAA_KEY(store, lease_ms, lease_range,
+               "postgres: how long the active broker's lease lasts unrenewed (renewed every lease_ms/3); "
+               "a standby takes over after it"),
+    KLYNAA_KEY(store, broker_name, any_value, "postgres: this broker's name as lease holder; empty means hostname:pid"),
     KLYNAA_KEY(node, notifier_workers, at_least_one, "jobs a node's notifier runs at once"),
     KLYNAA_KEY(node, escrow_workers, at_least_one, "jobs a node's escrow actor runs at once"),
     KLYNAA_KEY(node, geo_workers, at_least_one, "jobs a node's geo actor runs at once"),
@@ -650,6 +661,9 @@ error check_consistency(const config& c, const context& ctx) {
   if (auto e = check_retry(c.retry, "retry")) return e;
   for (const auto& [function, policy] : c.retry_functions)
     if (auto e = check_retry(policy, "retry." + function)) return e;
+  if (c.store.backend == "postgres" && c.store.url.empty())
+    return ctx.source + ": [store] url: must be set when backend = \"postgres\" "
+           "(a libpq URL, e.g. postgresql://klynaa@db-host/klynaa)";
   if (c.cluster.node_timeout_ms <= c.cluster.heartbeat_ms)
     return ctx.source + ": [cluster] node_timeout_ms (" + std::to_string(c.cluster.node_timeout_ms) +
            ") must exceed heartbeat_ms (" + std::to_string(c.cluster.heartbeat_ms) +

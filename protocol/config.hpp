@@ -122,6 +122,11 @@ struct config {
     std::string url;                 ///< postgres connection URL
     std::string synchronous = "full";  ///< sqlite: full | normal (normal is not durable on power loss)
     int64_t dedup_retention_days = 7;
+    /// postgres: how long the brokers' lease (docs/deployment.md) lasts without
+    /// renewal; the holder renews it every lease_ms / 3. At least 1000.
+    int64_t lease_ms = 5000;
+    /// postgres: this broker's name as the lease holder; empty = hostname:pid.
+    std::string broker_name;
   } store;
 
   struct node_section {

@@ -238,6 +238,29 @@ TEST_CASE("the lease is taken when free or expired and renewed by its holder", "
   CHECK(*t3 == *t2 + 1);
 }
 
+TEST_CASE("lease_holder names the holder and release_lease hands the lease over at once",
+          "[store][postgres][lease]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  auto a = open_ok(options(server.url(db), "broker-a"));
+  auto b = open_ok(options(server.url(db), "broker-b"));
+  store_error err;
+  CHECK(a->lease_holder(&err).empty());  // nobody ever held it
+  CHECK(err.message.empty());
+  auto t1 = a->acquire_or_renew_lease("broker-a", 60000, &err);
+  REQUIRE(t1);
+  CHECK(b->lease_holder() == "broker-a");
+  // Only the holder with its token releases it.
+  CHECK(b->release_lease("broker-b", *t1, &err));
+  CHECK(a->release_lease("broker-a", *t1 + 7, &err));
+  CHECK(!b->acquire_or_renew_lease("broker-b", 60000, &err));
+  CHECK(a->release_lease("broker-a", *t1, &err));
+  auto t2 = b->acquire_or_renew_lease("broker-b", 60000, &err);
+  REQUIRE(t2);
+  CHECK(*t2 == *t1 + 1);
+  CHECK(a->lease_holder() == "broker-b");
+}
+
 TEST_CASE("a fenced store cannot commit once another broker took the lease", "[store][postgres][lease]") {
   auto& server = pg_server::get();
   const std::string db = server.fresh_database();

@@ -162,9 +162,11 @@ class Kubernetes(unittest.TestCase):
         self.assertEqual(env["KLYNAA_CLUSTER_BIND"]["value"], f"tcp://0.0.0.0:{CLUSTER_PORT}")
         self.assertEqual(env["KLYNAA_ADMIN_BIND"]["value"], f"0.0.0.0:{ADMIN_PORT}")
         self.assertIn("secretKeyRef", env["KLYNAA_ADMIN_TOKEN"]["valueFrom"])
-        for probe in ("readinessProbe", "livenessProbe"):
+        # readiness: /healthz (503 on a standby); liveness: /livez (200 on any
+        # broker that serves), so that a standby is not restarted in a loop
+        for probe, path in (("readinessProbe", "/healthz"), ("livenessProbe", "/livez")):
             text = json.dumps(c[probe])
-            self.assertIn(f"127.0.0.1:{ADMIN_PORT}/healthz", text, probe)
+            self.assertIn(f"127.0.0.1:{ADMIN_PORT}{path}", text, probe)
         claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
         mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
         self.assertEqual(mounts[claim], flag(c["args"], "--data-dir"))

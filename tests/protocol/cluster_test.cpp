@@ -106,7 +106,9 @@ TEST_CASE("done survives a round trip with its children") {
 TEST_CASE("credit, heartbeat, bye and node_stats survive a round trip") {
   CHECK(std::get<cl::credit>(round_trip(cl::credit{3})).n == 3);
   round_trip(cl::heartbeat{});
-  CHECK(std::get<cl::bye>(round_trip(cl::bye{{"a", "b"}})).jobs == std::vector<std::string>{"a", "b"});
+  CHECK(std::get<cl::bye>(round_trip(cl::bye{{"a", "b"}, ""})).jobs == std::vector<std::string>{"a", "b"});
+  CHECK(std::get<cl::bye>(round_trip(cl::bye{{}, "standby"})).reason == "standby");
+  CHECK(std::get<cl::bye>(round_trip(cl::bye{})).reason.empty());
   CHECK(std::get<cl::bye>(round_trip(cl::bye{})).jobs.empty());
   CHECK(std::get<cl::node_stats>(round_trip(cl::node_stats{R"({"held":1})"})).json == R"({"held":1})");
 }

@@ -527,3 +527,18 @@ TEST_CASE("process_environment reads the environment", "[config]") {
   ::unsetenv("KLYNAA_CONFIG_TEST_VARIABLE");
   CHECK(env["KLYNAA_CONFIG_TEST_VARIABLE"] == "a=b");
 }
+
+TEST_CASE("store lease_ms and broker_name have defaults, env overrides and a lower bound", "[config]") {
+  auto d = parse_ok("");
+  CHECK(d.store.lease_ms == 5000);
+  CHECK(d.store.broker_name.empty());
+  auto c = parse_ok("[store]\nlease_ms = 2000\nbroker_name = \"broker-a\"\n");
+  CHECK(c.store.lease_ms == 2000);
+  CHECK(c.store.broker_name == "broker-a");
+  auto e = parse_ok("", {{"KLYNAA_STORE_LEASE_MS", "3000"}, {"KLYNAA_STORE_BROKER_NAME", "broker-b"}});
+  CHECK(e.store.lease_ms == 3000);
+  CHECK(e.store.broker_name == "broker-b");
+  CHECK_THAT(parse_error("[store]\nlease_ms = 999\n"), Catch::Contains("[store] lease_ms: must be between 1000"));
+  CHECK_THAT(parse_error("[store]\nlease_ms = 0\n"), Catch::Contains("lease_ms"));
+  CHECK_THAT(parse_error("", {{"KLYNAA_STORE_LEASE_MS", "500"}}), Catch::Contains("KLYNAA_STORE_LEASE_MS"));
+}
