@@ -37,9 +37,19 @@ struct handshake_notes {
   bool failed = false;   ///< another handshake failure (wrong server key, no CURVE there)
 };
 
+/// Whether `frame` is a standby broker's refusal (docs/deployment.md): rejected,
+/// overloaded, with a message that starts "standby broker".
+bool from_a_standby(const std::string& frame) {
+  auto rep = protocol::decode_reply(frame.data(), frame.size());
+  return rep && rep->status == protocol::reply_status::rejected && rep->error &&
+         rep->error->code == "overloaded" && rep->error->message.rfind("standby broker", 0) == 0;
+}
+
 /// Sends `frame` to each endpoint of the comma-separated list in turn until one
-/// answers within `timeout_ms`. Returns the reply frame, or nullopt. With
-/// `curve`, every socket is a CURVE client and its handshake failures are noted.
+/// answers within `timeout_ms`. Returns the reply frame, or nullopt. A standby's
+/// refusal moves on to the next endpoint (and is returned only when no endpoint
+/// gave a better answer). With `curve`, every socket is a CURVE client and its
+/// handshake failures are noted.
 std::optional<std::string> round_trip(const std::string& endpoints, const std::string& frame,
                                       int64_t timeout_ms, const std::optional<curve_client_keys>& curve,
                                       handshake_notes& notes) {
@@ -47,6 +57,7 @@ std::optional<std::string> round_trip(const std::string& endpoints, const std::s
   std::stringstream ss(endpoints);
   std::string ep;
   int n = 0;
+  std::optional<std::string> standby_reply;
   while (std::getline(ss, ep, ',')) {
     zmq::socket_t s(ctx, zmq::socket_type::dealer);
     s.set(zmq::sockopt::linger, 0);
@@ -86,9 +97,12 @@ std::optional<std::string> round_trip(const std::string& endpoints, const std::s
       parts.push_back(std::move(m));
       if (!more) break;
     }
-    if (!parts.empty()) return parts.back().to_string();
+    if (parts.empty()) continue;
+    auto frame_in = parts.back().to_string();
+    if (!from_a_standby(frame_in)) return frame_in;
+    standby_reply = std::move(frame_in);
   }
-  return std::nullopt;
+  return standby_reply;
 }
 
 /// The CURVE keys of a client command: --server-key / --key over

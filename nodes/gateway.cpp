@@ -13,6 +13,7 @@
 #include <caf/stateful_actor.hpp>
 
 #include "nodes/atoms.hpp"
+#include "nodes/io_thread.hpp"
 #include "nodes/pool.hpp"
 #include "nodes/wire.hpp"
 #include "protocol/cluster.hpp"
@@ -58,6 +59,26 @@ void send_msg(gateway_ptr self, const cl::message& m) {
   send_frame(self, cl::encode(m));
 }
 
+const std::string& current_endpoint(const gateway_state& st) {
+  return st.endpoints.empty() ? st.cfg.broker_endpoint : st.endpoints[st.endpoint_index];
+}
+
+bool several_brokers(const gateway_state& st) {
+  return st.endpoints.size() > 1;
+}
+
+/// Asks the I/O thread to connect to the next broker endpoint (several only).
+void next_broker(gateway_ptr self, const char* why) {
+  auto& st = self->state;
+  if (!several_brokers(st))
+    return;
+  const auto& from = current_endpoint(st);
+  st.endpoint_index = (st.endpoint_index + 1) % st.endpoints.size();
+  log::info("node", "trying the next broker endpoint",
+            {{"node", st.cfg.node}, {"from", from}, {"to", current_endpoint(st)}, {"reason", why}});
+  send_frame(self, std::string(1, io_thread::rotate_frame));
+}
+
 void send_ready(gateway_ptr self) {
   auto& st = self->state;
   cl::ready r;
@@ -71,18 +92,20 @@ void send_ready(gateway_ptr self) {
   st.last_ready = clock::now();
   // Backoff: register_retry_ms, doubling up to register_retry_max_ms, so that an
   // unreachable or wrong endpoint costs one line and one frame per interval.
-  st.ready_wait_ms = st.ready_attempts == 0
+  // With several brokers each one gets register_retry_ms in turn instead: a
+  // standby answers BYE at once, and the active one should be found fast.
+  st.ready_wait_ms = st.ready_attempts == 0 || several_brokers(st)
                          ? st.cfg.register_retry_ms
                          : std::min(st.ready_wait_ms * 2, std::max(st.cfg.register_retry_max_ms, st.cfg.register_retry_ms));
   ++st.ready_attempts;
   if (st.ready_attempts == 1)
     log::info("node", "registering with the broker",
-              {{"node", r.node}, {"kinds", r.kinds}, {"credit", r.credit}, {"endpoint", st.cfg.broker_endpoint}});
+              {{"node", r.node}, {"kinds", r.kinds}, {"credit", r.credit}, {"endpoint", current_endpoint(st)}});
   else
     log::warning("node",
                  "no answer from the broker: the endpoint is unreachable, is not a Klynaa broker's cluster "
                  "endpoint, or the broker refused this node (see the broker's log); registering again with backoff",
-                 {{"node", r.node}, {"endpoint", st.cfg.broker_endpoint}, {"attempt", st.ready_attempts},
+                 {{"node", r.node}, {"endpoint", current_endpoint(st)}, {"attempt", st.ready_attempts},
                   {"retry_in_ms", st.ready_wait_ms}});
   send_msg(self, r);
 }
@@ -172,13 +195,35 @@ void on_welcome(gateway_ptr self, const cl::welcome& w) {
   st.lease_ms = w.lease_ms;
 }
 
-void on_broker_bye(gateway_ptr self) {
+void on_broker_bye(gateway_ptr self, const cl::bye& b) {
   auto& st = self->state;
-  log::info("node", "the broker is shutting down; registering again", node_field(self));
   st.sess = gateway_state::session::registering;
   st.ready_attempts = 0;
-  if (st.lf == gateway_state::life::running)
-    send_ready(self);  // waits in the DEALER until the broker is back
+  if (several_brokers(st)) {
+    // A standby, or an active broker going down: another endpoint may be the
+    // active one. READY goes there after register_retry_ms, not at once, so
+    // that two standbys cannot bounce this node between them in a tight loop.
+    if (b.reason != "standby")
+      log::info("node", "the broker is shutting down", node_field(self));
+    next_broker(self, b.reason == "standby" ? "standby" : "bye");
+    st.last_ready = clock::now();
+    st.ready_wait_ms = st.cfg.register_retry_ms;
+    return;
+  }
+  if (b.reason == "standby")
+    log::warning("node", "the broker is a standby (another broker holds the store's lease) and this node knows "
+                 "no other endpoint: give --broker every broker's cluster endpoint, comma-separated",
+                 {{"node", st.cfg.node}, {"endpoint", current_endpoint(st)}});
+  else
+    log::info("node", "the broker is shutting down; registering again", node_field(self));
+  if (st.lf == gateway_state::life::running) {
+    if (b.reason == "standby") {  // ask again later, not in a loop
+      st.last_ready = clock::now();
+      st.ready_wait_ms = st.cfg.register_retry_max_ms;
+    } else {
+      send_ready(self);  // waits in the DEALER until the broker is back
+    }
+  }
 }
 
 void on_frame(gateway_ptr self, std::string frame) {
@@ -194,8 +239,8 @@ void on_frame(gateway_ptr self, std::string frame) {
     on_job(self, *j, std::move(frame));
   else if (auto* w = std::get_if<cl::welcome>(&*msg))
     on_welcome(self, *w);
-  else if (std::holds_alternative<cl::bye>(*msg))
-    on_broker_bye(self);
+  else if (auto* b = std::get_if<cl::bye>(&*msg))
+    on_broker_bye(self, *b);
   else if (!std::holds_alternative<cl::heartbeat>(*msg))
     log::warning("node", "ignored a message the broker does not send",
                  {{"node", st.cfg.node}, {"type", cl::name_of(*msg)}});
@@ -325,12 +370,16 @@ void on_tick(gateway_ptr self) {
                  {{"node", st.cfg.node}, {"silent_ms", elapsed_ms(st.last_rx, now)}});
     st.sess = session::registering;
     st.ready_attempts = 0;
+    next_broker(self, "silent");  // with several brokers, a standby may have taken over
     if (st.lf == life::running)
       send_ready(self);
   }
   if (st.sess == session::registering && st.lf == life::running
-      && elapsed_ms(st.last_ready, now) >= st.ready_wait_ms)
+      && elapsed_ms(st.last_ready, now) >= st.ready_wait_ms) {
+    if (st.ready_attempts > 0)
+      next_broker(self, "no answer");  // READY went unanswered: try the next broker
     send_ready(self);
+  }
   if (st.sess == session::registered) {
     if (st.lf == life::running && st.cfg.stats_interval_ms > 0
         && elapsed_ms(st.last_stats, now) >= st.cfg.stats_interval_ms)
@@ -344,6 +393,7 @@ void on_tick(gateway_ptr self) {
 void init(gateway_ptr self, gateway_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
+  st.endpoints = io_thread::split_endpoints(st.cfg.broker_endpoint);
   st.push = std::make_unique<zmq::socket_t>(*st.cfg.ctx, zmq::socket_type::push);
   st.push->set(zmq::sockopt::linger, 0);
   st.push->set(zmq::sockopt::sndhwm, 0);  // never block a scheduler thread

@@ -46,7 +46,11 @@ struct gateway_config {
   std::vector<actor_kind_spec> kinds;
   zmq::context_t* ctx = nullptr;
   std::string out_endpoint;  ///< the I/O thread's PULL (io_thread::out_endpoint)
-  std::string broker_endpoint;  ///< for logs
+  /// The broker's cluster endpoint, or a comma-separated list of them (standby
+  /// brokers): the I/O thread connects to one at a time and the gateway moves
+  /// on to the next when READY goes unanswered, the broker says BYE, or it
+  /// falls silent.
+  std::string broker_endpoint;
   int64_t register_retry_ms = 1000;      ///< first wait for a WELCOME; doubles per attempt
   int64_t register_retry_max_ms = 5000;  ///< the backoff's ceiling
   int64_t stats_interval_ms = 5000;
@@ -81,6 +85,8 @@ struct gateway_state {
   clock::time_point last_rx, last_tx, last_ready, last_stats, stop_deadline;
   int64_t ready_attempts = 0;  ///< READYs sent without a WELCOME since the last one
   int64_t ready_wait_ms = 0;   ///< when the next READY is due after last_ready
+  std::vector<std::string> endpoints;  ///< broker_endpoint split; the I/O thread's order
+  size_t endpoint_index = 0;           ///< the one the I/O thread is connected to
   std::map<std::string, caf::actor> pool_of;  ///< function -> pool of its kind
   std::vector<caf::actor> pools;
   std::map<int64_t, held_job> held;           ///< lease -> job, queued or running

@@ -27,13 +27,31 @@ std::string unique_out_endpoint(const void* self) {
 
 }  // namespace
 
+std::vector<std::string> io_thread::split_endpoints(const std::string& list) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t end = list.find(',', start);
+    if (end == std::string::npos) end = list.size();
+    auto item = list.substr(start, end - start);
+    const auto first = item.find_first_not_of(" \t");
+    const auto last = item.find_last_not_of(" \t");
+    if (first != std::string::npos) out.push_back(item.substr(first, last - first + 1));
+    start = end + 1;
+  }
+  return out;
+}
+
 io_thread::io_thread(zmq::context_t& ctx, std::string broker_endpoint, frame_handler on_frame,
                      curve_keys curve)
     : ctx_(ctx),
-      broker_endpoint_(std::move(broker_endpoint)),
+      endpoints_(split_endpoints(broker_endpoint)),
       out_endpoint_(unique_out_endpoint(this)),
       on_frame_(std::move(on_frame)),
-      curve_(std::move(curve)) {}
+      curve_(std::move(curve)) {
+  if (endpoints_.empty())
+    endpoints_.push_back(broker_endpoint);  // "": connect() throws zmq::error_t (EINVAL)
+}
 
 io_thread::~io_thread() {
   stop();
@@ -66,7 +84,7 @@ void io_thread::start() {
   }
   // No ZMQ_IMMEDIATE: while the broker is away, frames (DONE above all) wait in
   // the pipe and go out after the reconnect; the broker ignores stale leases.
-  dealer_->connect(broker_endpoint_);
+  dealer_->connect(endpoint());
   // Creating the thread is a memory barrier: the sockets change owner here.
   thread_ = std::thread([this] { run(); });
 }
@@ -137,11 +155,11 @@ void io_thread::receive_events() {
     if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
       log::warning("node", "the broker refused this node's CURVE key: add it to the broker's "
                    "cluster.curve_allow_file",
-                   {{"endpoint", broker_endpoint_}, {"public_key", curve_.public_key}, {"zap_status", value}});
+                   {{"endpoint", endpoint()}, {"public_key", curve_.public_key}, {"zap_status", value}});
     else
       log::warning("node", "CURVE handshake with the broker failed: check that cluster.curve_server_public_file "
                    "holds this broker's public key and that its cluster endpoint has curve = true",
-                   {{"endpoint", broker_endpoint_}, {"event", event}, {"error", value}});
+                   {{"endpoint", endpoint()}, {"event", event}, {"error", value}});
   }
 }
 
@@ -157,14 +175,29 @@ void io_thread::receive_incoming() {
   }
 }
 
+void io_thread::rotate() {
+  if (endpoints_.size() < 2)
+    return;
+  try {
+    dealer_->disconnect(endpoint());
+  } catch (const zmq::error_t&) {  // not connected (any more): nothing to undo
+  }
+  current_ = (current_ + 1) % endpoints_.size();
+  dealer_->connect(endpoint());
+}
+
 void io_thread::forward_outgoing() {
   for (;;) {
     zmq::message_t msg;
     if (!pull_->recv(msg, zmq::recv_flags::dontwait))
       return;
+    if (msg.size() == 1 && *static_cast<const char*>(msg.data()) == rotate_frame) {
+      rotate();
+      continue;
+    }
     if (!dealer_->send(msg, zmq::send_flags::dontwait))
       log::warning("node", "dropped a frame to the broker: send queue full",
-                   {{"endpoint", broker_endpoint_}, {"bytes", msg.size()}});
+                   {{"endpoint", endpoint()}, {"bytes", msg.size()}});
   }
 }
 

@@ -5,6 +5,12 @@
 //   - an inproc PULL bound to out_endpoint(): the gateway's PUSH socket puts
 //     outgoing frames there, and this thread sends them on the DEALER.
 // So no socket is ever used by two threads. No CAF here.
+//
+// Several brokers (a standby on PostgreSQL, docs/deployment.md): the endpoint
+// may be a comma-separated list. The DEALER is connected to one of them at a
+// time; the gateway asks for the next one by putting `rotate_frame` into the
+// PULL socket (a one-byte frame that is never a KJCP message: 0xC1 is the one
+// byte msgpack never uses), and this thread disconnects and connects the next.
 #pragma once
 
 #include <atomic>
@@ -12,6 +18,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <zmq.hpp>
 
@@ -20,6 +27,12 @@ namespace klynaa::nodes {
 class io_thread {
  public:
   using frame_handler = std::function<void(std::string frame)>;
+
+  /// Put into the PULL socket: "connect to the next broker endpoint".
+  static constexpr char rotate_frame = '\xC1';
+
+  /// The endpoints of a comma-separated list, blanks trimmed, empty ones dropped.
+  static std::vector<std::string> split_endpoints(const std::string& list);
 
   /// CURVE client keys (Z85). All empty: a plain connection.
   struct curve_keys {
@@ -59,9 +72,12 @@ class io_thread {
   void forward_outgoing();
   void receive_incoming();
   void receive_events();
+  void rotate();
+  const std::string& endpoint() const { return endpoints_[current_]; }
 
   zmq::context_t& ctx_;
-  std::string broker_endpoint_;
+  std::vector<std::string> endpoints_;
+  size_t current_ = 0;  ///< the endpoint the DEALER is connected to
   std::string out_endpoint_;
   frame_handler on_frame_;
   std::unique_ptr<zmq::socket_t> dealer_;

@@ -91,7 +91,10 @@ full attempt still fit in the call's time budget; otherwise it raises
 :class:`KlynaaOverloaded` / :class:`KlynaaShuttingDown` right away rather than
 sleeping in vain.  A ``shutting_down`` answer with more than one endpoint
 configured moves to the next endpoint and resends without waiting (that
-broker is draining; another one can take the request).  Nothing was stored by
+broker is draining; another one can take the request).  So does an
+``overloaded`` answer from a *standby* broker (its message starts with
+"standby broker": another broker holds the PostgreSQL store's lease), after a
+pause of 0.1 s.  Nothing was stored by
 a rejected request, so resending it is safe.  ``retry_busy=False`` raises at
 once and leaves the policy to the caller.
 
@@ -145,6 +148,15 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_INVOKE_TIMEOUT_MS = 30000
 DEFAULT_RETRY_AFTER_MS = 1000
 BUSY_CODES = ("overloaded", "shutting_down")
+# A standby broker answers every request but ping with ``overloaded`` and a
+# message that starts with this (docs/deployment.md).
+STANDBY_PREFIX = "standby broker"
+STANDBY_PAUSE_S = 0.1
+
+
+def _is_standby(err):
+    msg = err.get("message") if isinstance(err, dict) else None
+    return isinstance(msg, str) and msg.startswith(STANDBY_PREFIX)
 
 log = logging.getLogger("klynaa_client")
 
@@ -692,6 +704,12 @@ class Client:
         if code == "shutting_down" and len(self.endpoints) > 1:
             self._rotate(ep)  # that broker is draining: try the next one now
             return 0.0
+        if code == "overloaded" and len(self.endpoints) > 1 and _is_standby(err):
+            # A standby broker (another one holds the store's lease): the
+            # active one is elsewhere.  A short pause, so that a failover in
+            # progress (no broker active yet) is not a busy loop.
+            self._rotate(ep)
+            return STANDBY_PAUSE_S
         ms = reply.get("retry_after_ms")
         if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
             ms = DEFAULT_RETRY_AFTER_MS

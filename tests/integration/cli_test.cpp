@@ -1,6 +1,9 @@
 // Command-line conventions (contract §5): exit 2 with a message naming the flag,
 // key or file; the clients' exit codes.
+#include <atomic>
+
 #include <httplib.h>
+#include <zmq_addon.hpp>
 
 #include "support.hpp"
 
@@ -131,4 +134,44 @@ TEST_CASE("with admin.token set, admin requests need the bearer token, except /h
   auto metrics = http.Get("/metrics");
   REQUIRE(metrics);
   CHECK(metrics->status == 401);
+}
+
+TEST_CASE("publish passes over a standby broker to the next --ingress endpoint", "[cli]") {
+  // A standby (docs/deployment.md) answers everything but ping with overloaded
+  // and a message that starts "standby broker"; a real ROUTER plays it here.
+  klynaa_server srv("broker");
+  zmq::context_t ctx;
+  zmq::socket_t standby(ctx, zmq::socket_type::router);
+  standby.set(zmq::sockopt::linger, 0);
+  standby.bind("tcp://127.0.0.1:*");
+  const std::string standby_ep = standby.get(zmq::sockopt::last_endpoint);
+  std::atomic<int> refused{0};
+  std::atomic<bool> stop{false};
+  std::thread t([&] {
+    while (!stop) {
+      zmq::pollitem_t item{standby.handle(), 0, ZMQ_POLLIN, 0};
+      if (zmq::poll(&item, 1, std::chrono::milliseconds(20)) <= 0) continue;
+      std::vector<zmq::message_t> parts;
+      if (!zmq::recv_multipart(standby, std::back_inserter(parts))) continue;
+      auto req = klynaa::protocol::decode_request(parts.back().data(), parts.back().size(), now_ms(), {});
+      auto rep = klynaa::protocol::rejection(req.id, klynaa::protocol::error_code::overloaded,
+                                             "standby broker: the active broker holds the lease; try another endpoint");
+      rep.retry_after_ms = 2500;
+      for (size_t i = 0; i + 1 < parts.size(); ++i) standby.send(parts[i], zmq::send_flags::sndmore);
+      standby.send(zmq::buffer(klynaa::protocol::encode_reply(rep)));
+      ++refused;
+    }
+  });
+  auto data = R"({"worker_id":1,"lat":1,"lng":1,"available":true})";
+  auto [code, out] = run_cli({"publish", "worker.location", "--data", data, "--id", "cli-standby",
+                              "--ingress", standby_ep + "," + srv.ingress()});
+  CHECK(code == 0);
+  CHECK(out.find("\"accepted\"") != std::string::npos);
+  CHECK(refused == 1);
+  // With only the standby, its refusal is what the command prints (exit 2).
+  auto [code2, out2] = run_cli({"publish", "worker.location", "--data", data, "--ingress", standby_ep});
+  CHECK(code2 == 2);
+  CHECK(out2.find("standby broker") != std::string::npos);
+  stop = true;
+  t.join();
 }

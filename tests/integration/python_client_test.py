@@ -38,6 +38,9 @@ import urllib.error
 import urllib.request
 import uuid
 
+import msgpack
+import zmq
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
@@ -550,6 +553,50 @@ class B_OutageTest(unittest.TestCase):
             with self.assertRaises(KlynaaUnavailable) as cm:
                 c2.ping()
             self.assertEqual(len(set(cm.exception.endpoints)), 2)
+
+
+    def test_standby_first_endpoint_passes_to_the_active_broker(self):
+        """A standby broker (docs/deployment.md) refuses with overloaded and a
+        message starting "standby broker": the client moves to the next endpoint
+        at once instead of waiting retry_after_ms on the standby."""
+        ensure_main_broker()
+        ctx = zmq.Context.instance()
+        router = ctx.socket(zmq.ROUTER)
+        router.linger = 0
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        seen = []
+        stop = threading.Event()
+
+        def standby():
+            while not stop.is_set():
+                if not router.poll(50):
+                    continue
+                frames = router.recv_multipart()
+                req = msgpack.unpackb(frames[-1], raw=False)
+                seen.append(req.get("op"))
+                rep = {"id": req.get("id"), "status": "rejected", "retry_after_ms": 2500,
+                       "error": {"code": "overloaded",
+                                 "message": "standby broker: the active broker holds the lease; "
+                                            "try another endpoint"}}
+                router.send_multipart(frames[:-1] + [msgpack.packb(rep)])
+
+        t = threading.Thread(target=standby, daemon=True)
+        t.start()
+        c = Client(["tcp://127.0.0.1:%d" % port, BROKER.endpoint], timeout_s=2)
+        try:
+            t0 = time.monotonic()
+            r = c.publish("pickup.confirmed", {"pickup_id": 12, "customer_id": 101}, id=uid("standby"))
+            self.assertEqual(r["status"], "accepted")
+            self.assertLess(time.monotonic() - t0, 1.5)  # not the standby's 2.5 s retry_after_ms
+            self.assertEqual(seen, ["publish"])
+            self.assertEqual(c.publish("pickup.confirmed", {"pickup_id": 13, "customer_id": 101},
+                                       id=uid("standby"))["status"], "accepted")
+            self.assertEqual(seen, ["publish"])  # it sticks to the active broker
+        finally:
+            c.close()
+            stop.set()
+            t.join(5)
+            router.close()
 
 
 class C_BusyBrokerTest(unittest.TestCase):

@@ -37,6 +37,7 @@ class fake_broker {
   int64_t heartbeat_ms = 50;  ///< sent in WELCOME, and the interval of our HBs
   int64_t lease_ms = 30000;
   bool auto_welcome = true;   ///< answer each READY with WELCOME
+  bool standby = false;       ///< answer each READY with BYE "standby" instead (a standby broker)
   bool heartbeats = true;     ///< send HB to the node every heartbeat_ms
 
   /// Everything the node sent, in order.
@@ -91,7 +92,7 @@ class fake_broker {
     return -1;
   }
 
- private:
+  /// Receives (and answers) what arrives within `timeout`, sends a due heartbeat.
   void pump_once(std::chrono::milliseconds timeout) {
     zmq::pollitem_t item{router_.handle(), 0, ZMQ_POLLIN, 0};
     zmq::poll(&item, 1, timeout);
@@ -105,7 +106,9 @@ class fake_broker {
         INFO(error);
         REQUIRE(m.has_value());
         received.push_back(*m);
-        if (std::holds_alternative<cl::ready>(*m) && auto_welcome)
+        if (std::holds_alternative<cl::ready>(*m) && standby)
+          send(cl::bye{{}, "standby"});
+        else if (std::holds_alternative<cl::ready>(*m) && auto_welcome)
           send(cl::welcome{heartbeat_ms, lease_ms});
         parts.clear();
       }
@@ -117,6 +120,7 @@ class fake_broker {
     }
   }
 
+ private:
   zmq::socket_t router_;
   std::string endpoint_;
   std::string identity_;

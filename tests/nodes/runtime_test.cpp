@@ -670,3 +670,77 @@ TEST_CASE("a registered node reports its stats with per-function outcomes") {
   CHECK(s["jobs"]["f"] == nlohmann::json{{"ok", 1}, {"retry", 0}, {"dead", 0}});
   node.stop();
 }
+
+// Several brokers (standby brokers on PostgreSQL, docs/deployment.md): the node
+// is given every broker's cluster endpoint and registers with the active one.
+
+/// Pumps both fake brokers until `pred` holds or `timeout` passes.
+bool pump_both(fake_broker& a, fake_broker& b, const std::function<bool()>& pred,
+               std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    a.pump_once(5ms);
+    b.pump_once(5ms);
+  }
+  return true;
+}
+
+TEST_CASE("with several broker endpoints a node passes over a standby and registers with the active one") {
+  zmq::context_t ctx;
+  fake_broker standby{ctx, unique_inproc()};
+  standby.standby = true;
+  standby.heartbeats = false;
+  fake_broker active{ctx, unique_inproc()};
+  auto opts = options_for(active, {kind_of("k", {"f"}, 1, ok_handler)});
+  opts.broker_endpoint = standby.endpoint() + ", " + active.endpoint();
+  nodes::node_runtime node{ctx, opts};
+  node.start();
+  REQUIRE(pump_both(standby, active, [&] { return active.count<cl::ready>() >= 1; }, 5s));
+  CHECK(standby.count<cl::ready>() == 1);  // told "standby" once, and never asked again
+  active.send(job_of("j1", "f", 3));
+  CHECK(pump_both(standby, active, [&] { return has_done(active, "j1"); }, 5s));
+  pump_both(standby, active, [] { return false; }, 300ms);
+  CHECK(standby.count<cl::ready>() == 1);
+  CHECK(active.count<cl::ready>() == 1);
+  node.stop();
+}
+
+TEST_CASE("with several broker endpoints a node moves on when the first one does not answer") {
+  zmq::context_t ctx;
+  std::string nobody;
+  {
+    fake_broker gone{ctx, "tcp://127.0.0.1:*"};
+    nobody = gone.endpoint();  // a port nobody listens on once it is closed
+  }
+  fake_broker active{ctx, "tcp://127.0.0.1:*"};
+  auto opts = options_for(active, {kind_of("k", {"f"}, 1, ok_handler)});
+  opts.broker_endpoint = nobody + "," + active.endpoint();
+  nodes::node_runtime node{ctx, opts};
+  node.start();
+  REQUIRE(active.wait_until([&] { return active.count<cl::ready>() >= 1; }, 5s));
+  active.pump_for(20ms);
+  active.send(job_of("j1", "f", 4));
+  CHECK(active.wait_until([&] { return has_done(active, "j1"); }, 5s));
+  node.stop();
+}
+
+TEST_CASE("a node whose broker falls silent registers with the next endpoint, where its jobs then run") {
+  zmq::context_t ctx;
+  fake_broker first{ctx, unique_inproc()};
+  first.heartbeat_ms = 50;
+  fake_broker second{ctx, unique_inproc()};
+  second.heartbeat_ms = 50;
+  auto opts = options_for(first, {kind_of("k", {"f"}, 1, ok_handler)});
+  opts.broker_endpoint = first.endpoint() + "," + second.endpoint();
+  nodes::node_runtime node{ctx, opts};
+  node.start();
+  REQUIRE(pump_both(first, second, [&] { return first.count<cl::ready>() >= 1; }, 5s));
+  CHECK(second.count<cl::ready>() == 0);
+  first.heartbeats = false;  // the active broker stops (a SIGSTOP, a dead machine)
+  REQUIRE(pump_both(first, second, [&] { return second.count<cl::ready>() >= 1; }, 5s));
+  second.send(job_of("j1", "f", 9));
+  CHECK(pump_both(first, second, [&] { return has_done(second, "j1"); }, 5s));
+  CHECK(!has_done(first, "j1"));
+  node.stop();
+}
