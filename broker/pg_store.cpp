@@ -76,12 +76,15 @@ CREATE TABLE IF NOT EXISTS klynaa.attempts(
   PRIMARY KEY(job_id, attempt));
 CREATE TABLE IF NOT EXISTS klynaa.lease(
   name TEXT PRIMARY KEY, holder TEXT, token BIGINT NOT NULL DEFAULT 0, expires_at TIMESTAMPTZ);
+CREATE UNIQUE INDEX IF NOT EXISTS lease_token ON klynaa.lease(name, token);
 CREATE OR REPLACE FUNCTION klynaa.check_fence(p_token BIGINT, p_holder TEXT) RETURNS void
 LANGUAGE plpgsql AS $fence$
 BEGIN
-  -- The row lock holds off a takeover (acquire_or_renew_lease) until this commit ends.
+  -- A KEY SHARE lock holds off a takeover (an UPDATE of the token, a key
+  -- column: the lease_token index) until this commit ends, but not a renewal (an
+  -- UPDATE of expires_at only), which must never wait for a commit's fsync.
   PERFORM 1 FROM klynaa.lease WHERE name = 'broker' AND token = p_token AND holder = p_holder
-    FOR UPDATE;
+    FOR KEY SHARE;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'fenced: the lease is held by another broker' USING ERRCODE = 'KLF01';
   END IF;
@@ -200,6 +203,11 @@ SELECT id FROM gone ORDER BY updated_ms, id
      "INSERT INTO klynaa.meta(key, value) VALUES('last_probe', $1::text) "
      "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"},
     {"fence", "SELECT klynaa.check_fence($1::bigint, $2::text)"},
+    // Renewal by the holder: expires_at only (no key column), so it takes a
+    // lock that fenced commits do not hold it off with (check_fence).
+    {"renew_lease",
+     "UPDATE klynaa.lease SET expires_at = now() + $2::bigint * interval '1 millisecond' "
+     "WHERE name = 'broker' AND holder = $1::text RETURNING token"},
     {"lease", R"sql(
 INSERT INTO klynaa.lease AS l (name, holder, token, expires_at)
 VALUES ('broker', $1::text, 1, now() + $2::bigint * interval '1 millisecond')
@@ -434,7 +442,10 @@ struct pg_store::impl {
     PQsetNoticeProcessor(conn, [](void*, const char*) {}, nullptr);
     // Accepted means committed: never acknowledge before the WAL is flushed.
     auto sc = exec("SHOW synchronous_commit");
-    if (text(sc.get(), 0, 0) == "off") exec("SET synchronous_commit = on");
+    if (!opts.durable_commits)
+      exec("SET synchronous_commit = off");  // the lease renewer (pg_options::durable_commits)
+    else if (text(sc.get(), 0, 0) == "off")
+      exec("SET synchronous_commit = on");
     if (opts.read_only) exec("SET default_transaction_read_only = on");
     if (init) {
       if (opts.read_only)
@@ -811,7 +822,8 @@ std::optional<int64_t> pg_store::acquire_or_renew_lease(const std::string& holde
   auto& d = *impl_;
   if (err) err->message.clear();
   try {
-    auto r = d.query("lease", params().add(holder).add(ttl_ms));
+    auto r = d.query("renew_lease", params().add(holder).add(ttl_ms));
+    if (PQntuples(r.get()) == 0) r = d.query("lease", params().add(holder).add(ttl_ms));  // take it, if free
     if (PQntuples(r.get()) == 0) return std::nullopt;  // another holder's lease is valid
     d.holder = holder;
     return i64(r.get(), 0, 0);

@@ -33,6 +33,11 @@ struct pg_options {
   bool read_only = false;
   /// Shown in pg_stat_activity; empty = libpq's default (or the URL's).
   std::string application_name;
+  /// false only for the lease renewer (broker/lease_keeper.hpp): its renewals
+  /// need not wait for PostgreSQL's WAL flush — a renewal lost in a database
+  /// crash only makes the lease expire sooner, and the fence still holds — so a
+  /// slow disk cannot make the active broker miss its lease and stop.
+  bool durable_commits = true;
 };
 
 /// `url` with any password replaced by "****" (URI user info, `password=` in a

@@ -289,6 +289,7 @@ int wait_for_lease(prepared& p, bool with_node, broker_role& role, broker::broke
       log::info("broker", "took the lease", {{"token", *token}, {"broker_name", role.name}, {"lease_ms", lease_ms}});
       st->set_fence(*token);
       po.application_name = "klynaa lease";
+      po.durable_commits = false;  // renewals never wait for a WAL flush (pg_options)
       auto renewer = broker::pg_store::open(po, serr);
       if (!renewer) {
         std::cerr << "klynaa: cannot open the store for the lease: " << serr.message << "\n";

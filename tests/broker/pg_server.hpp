@@ -98,6 +98,11 @@ class pg_server {
     start_postmaster();
   }
 
+  /// The database gone for a while (a crash, a network cut): an immediate stop
+  /// now, and a start on the same port and data with resume().
+  void pause() { stop(); }
+  void resume() { start_postmaster(); }
+
   ~pg_server() {
     stop();
     std::error_code ec;

@@ -12,10 +12,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <libpq-fe.h>
 
 #include "pg_server.hpp"
 
@@ -299,4 +303,55 @@ TEST_CASE("a fenced store cannot commit once another broker took the lease", "[s
   // An unfenced store (a tool, a test) is not checked.
   auto c = open_ok(options(server.url(db), "tool"));
   CHECK(c->commit(one_request("by-tool", 5), err));
+}
+
+TEST_CASE("a renewal never waits for a commit in flight, a takeover does", "[store][postgres][lease]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  auto a = open_ok(options(server.url(db), "broker-a"));
+  pg_options renewer_opts = options(server.url(db), "broker-a lease");
+  renewer_opts.durable_commits = false;
+  auto renewer = open_ok(renewer_opts);
+  auto b = open_ok(options(server.url(db), "broker-b"));
+  store_error err;
+  auto token = a->acquire_or_renew_lease("broker-a", 60000, &err);
+  REQUIRE(token);
+
+  // A commit of broker-a in flight (its fence checked, its fsync pending): a
+  // transaction that has run check_fence and not ended.
+  PGconn* c = PQconnectdb(server.url(db).c_str());
+  REQUIRE(PQstatus(c) == CONNECTION_OK);
+  auto run = [c](const std::string& sql) {
+    PGresult* r = PQexec(c, sql.c_str());
+    const auto st = PQresultStatus(r);
+    INFO(sql << ": " << PQresultErrorMessage(r));
+    CHECK((st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK));
+    PQclear(r);
+  };
+  run("BEGIN");
+  run("SELECT klynaa.check_fence(" + std::to_string(*token) + ", 'broker-a')");
+
+  // The holder's renewal goes through at once (it only moves expires_at) ...
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(renewer->acquire_or_renew_lease("broker-a", 200, &err) == token);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));
+
+  // ... while a takeover after the expiry waits until that commit has ended,
+  // so nothing broker-a committed lands after broker-b took over.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::atomic<bool> returned{false};
+  std::optional<int64_t> taken;
+  std::thread takeover([&] {
+    store_error e;
+    taken = b->acquire_or_renew_lease("broker-b", 60000, &e);
+    returned = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  CHECK(!returned.load());
+  run("COMMIT");
+  takeover.join();
+  PQfinish(c);
+  REQUIRE(taken);
+  CHECK(*taken == *token + 1);
+  CHECK(!renewer->acquire_or_renew_lease("broker-a", 60000, &err));  // lost: another holder
 }

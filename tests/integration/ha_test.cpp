@@ -16,7 +16,9 @@ namespace cl = klynaa::protocol::cluster;
 
 namespace {
 
-constexpr int64_t lease_ms = 2000;
+// Long enough that renewals never miss it on a loaded CI machine (ASan, -j2):
+// a renewal that fails for 2/3 of the lease stops the broker.
+constexpr int64_t lease_ms = 4000;
 
 std::map<std::string, std::string> pg_env(const std::string& url, const std::string& name) {
   return {{"KLYNAA_STORE_BACKEND", "postgres"},
@@ -384,4 +386,50 @@ TEST_CASE("store migrate copies a SQLite store into an empty PostgreSQL and a br
   CHECK(ran);
   node.kill(SIGTERM);
   node.wait(15000ms);
+}
+
+TEST_CASE("losing the database while running - the ingress answers overloaded, never accepted, then fail-stops",
+          "[ha][postgres]") {
+  auto& pg = pg_server::get();
+  const auto url = pg.url(pg.fresh_database());
+  auto a = std::make_unique<klynaa_server>("broker", pg_env(url, "broker-a"));
+  REQUIRE(role_of(*a) == "active");
+  zmq::context_t ctx;
+  auto ok = publish(ctx, a->ingress(), "db-lost-before", 1);
+  REQUIRE(ok);
+  REQUIRE(ok->status == reply_status::accepted);
+
+  pg.pause();
+  // Until it fail-stops, every request is refused as overloaded with a delay,
+  // naming the store's failure; nothing is accepted without the database.
+  int overloaded = 0, accepted = 0;
+  for (int i = 0; i < 50 && a->proc().running(); ++i) {
+    auto r = publish(ctx, a->ingress(), "db-lost-" + std::to_string(i), 2, 1000ms);
+    if (!r) continue;  // it exited meanwhile
+    if (r->status == reply_status::accepted) ++accepted;
+    if (r->status == reply_status::rejected && r->error && r->error->code == "overloaded") {
+      ++overloaded;
+      CHECK(r->retry_after_ms.value_or(0) > 0);
+    }
+  }
+  CHECK(accepted == 0);
+  CHECK(overloaded >= 1);
+  // Renewals fail for 2/3 of the lease: it stops rather than risk a second active broker.
+  auto code = a->proc().wait(std::chrono::milliseconds(lease_ms + 10000));
+  REQUIRE(code);
+  CHECK(*code == 3);
+  CHECK_THAT(a->proc().log(), Catch::Contains("lost the lease"));
+
+  // The database is back: a broker started again (as its supervisor would)
+  // takes the lease, has the event accepted before, and none of the refused ones.
+  pg.resume();
+  a.reset();
+  klynaa_server b("broker", pg_env(url, "broker-a"));
+  REQUIRE(wait_for([&] { return role_of(b) == "active"; }, std::chrono::milliseconds(lease_ms + 10000)));
+  auto again = publish(ctx, b.ingress(), "db-lost-before", 1);
+  REQUIRE(again);
+  CHECK(again->status == reply_status::duplicate);
+  auto fresh = publish(ctx, b.ingress(), "db-lost-0", 2);
+  REQUIRE(fresh);
+  CHECK(fresh->status == reply_status::accepted);
 }
