@@ -433,3 +433,38 @@ TEST_CASE("losing the database while running - the ingress answers overloaded, n
   REQUIRE(fresh);
   CHECK(fresh->status == reply_status::accepted);
 }
+
+TEST_CASE("a broker on an unreachable or misconfigured PostgreSQL exits at start naming store.url, never the password",
+          "[ha][postgres]") {
+  auto& pg = pg_server::get();
+  const auto db = pg.fresh_database();
+  const std::string wrong_password = "not-the-password-93c1";
+  const std::string bad_password_url = pg.url(db, "klynaa", wrong_password);
+  // A port on 127.0.0.1 where nothing listens: bound, then closed.
+  int port = 0;
+  {
+    zmq::context_t ctx;
+    zmq::socket_t s(ctx, zmq::socket_type::rep);
+    s.bind("tcp://127.0.0.1:*");
+    const std::string ep = s.get(zmq::sockopt::last_endpoint);
+    port = std::stoi(ep.substr(ep.rfind(':') + 1));
+  }
+  const std::string unreachable_url =
+      "postgresql://klynaa:" + wrong_password + "@127.0.0.1:" + std::to_string(port) + "/" + db;
+  for (const auto& url : {bad_password_url, unreachable_url}) {
+    INFO(url);
+    temp_dir d;
+    auto [code, out] = run_cli({"broker", "--data-dir", d / "data", "--ingress", "tcp://127.0.0.1:*"},
+                               {{"KLYNAA_STORE_BACKEND", "postgres"}, {"KLYNAA_STORE_URL", url},
+                                {"KLYNAA_CLUSTER_BIND", "tcp://127.0.0.1:*"}, {"KLYNAA_ADMIN_BIND", "127.0.0.1:0"}});
+    INFO(out);
+    CHECK(code == 1);
+    CHECK_THAT(out, Catch::Contains("cannot open the store") && Catch::Contains("store.url"));
+    CHECK(out.find(wrong_password) == std::string::npos);
+  }
+  // backend = "postgres" without a url is a config error (exit 2) naming the key.
+  temp_dir d;
+  auto [code, out] = run_cli({"broker", "--data-dir", d / "data"}, {{"KLYNAA_STORE_BACKEND", "postgres"}});
+  CHECK(code == 2);
+  CHECK_THAT(out, Catch::Contains("[store] url"));
+}
