@@ -85,7 +85,6 @@ TEST_CASE("failover under load: kill -9 of the active broker with three nodes an
       {"KLYNAA_ESCROW_HOLD_SECONDS", "3600"},
       {"KLYNAA_CLUSTER_HEARTBEAT_MS", "200"},
       {"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "1500"},
-      {"KLYNAA_LOG_LEVEL", std::getenv("FO_DEBUG") ? "debug" : "info"},
   };
   auto env_a = env, env_b = env;
   env_a["KLYNAA_STORE_BROKER_NAME"] = "broker-a";
