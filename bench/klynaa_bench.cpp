@@ -968,11 +968,13 @@ int run_load(options& o) {
 
   std::optional<admin_client> admin;
   fn_counts base;
+  json base_store = json::object(), last_store = json::object();  // /stats "store": group commits
   if (o.wait) {
     admin.emplace(o.admin);
     auto st = admin->stats();
     if (!st) return finish(1, "cannot GET http://" + o.admin + "/stats (--admin)");
     base = counts_of(*st, function);
+    base_store = st->value("store", json::object());
   }
   const uint64_t expect = o.expect ? o.expect : o.count;
 
@@ -1034,6 +1036,7 @@ int run_load(options& o) {
       int64_t now = mono_ns();
       if (st) {
         last = counts_of(*st, function);
+        last_store = st->value("store", json::object());
         if (last.dead > base.dead) {
           sending = false;
           sampler.join();
@@ -1102,6 +1105,17 @@ int run_load(options& o) {
   out["fsync_ms"] = fsync;
   out["fsync_p99_ms"] = fsync.is_object() ? fsync["p99"] : json(nullptr);
   out["overloaded_retries"] = overloaded;
+  // The broker's group commits during the run: how many, and what each carried.
+  auto delta = [&](const char* k) {
+    return last_store.value(k, 0.0) - base_store.value(k, 0.0);
+  };
+  if (o.wait && delta("commits") > 0) {
+    const double commits = delta("commits");
+    out["store_commits"] = {{"commits", commits},
+                            {"requests_per_commit", round3(delta("requests") / commits)},
+                            {"updates_per_commit", round3(delta("updates") / commits)},
+                            {"commit_ms_avg", round3(delta("commit_seconds") * 1000 / commits)}};
+  }
   out["send_seconds"] = round3(static_cast<double>(t_sent - S.t0) / 1e9);
   out["loadavg"] = loadavg();
   out["cores"] = std::thread::hardware_concurrency();

@@ -110,10 +110,20 @@ void broker_core::impl::add_live(const job_record& r, int64_t now) {
   queue.add(std::move(j), now);
 }
 
-void broker_core::impl::record(const live_job& j, job_state s, const std::string& outcome,
-                               const std::string& error_json, const std::string& result_json,
-                               int64_t duration_ms) {
-  job_update u;
+job_update& broker_core::impl::record(live_job& j, job_state s, const std::string& outcome,
+                                      const std::string& error_json, const std::string& result_json,
+                                      int64_t duration_ms) {
+  auto& updates = current.b.updates;
+  job_update* slot = nullptr;
+  if (j.upd_gen == batch_gen && j.upd_idx < updates.size() && updates[j.upd_idx].id == j.id &&
+      updates[j.upd_idx].outcome.empty()) {
+    slot = &updates[j.upd_idx];  // both land in one transaction: the older one says nothing more
+  } else {
+    j.upd_gen = batch_gen;
+    j.upd_idx = static_cast<uint32_t>(updates.size());
+    slot = &updates.emplace_back();
+  }
+  job_update& u = *slot;
   u.id = j.id;
   u.state = s;
   u.attempts = j.attempts;
@@ -124,7 +134,7 @@ void broker_core::impl::record(const live_job& j, job_state s, const std::string
   u.node = j.node_name();
   u.outcome = outcome;
   u.duration_ms = duration_ms;
-  current.b.updates.push_back(std::move(u));
+  return u;
 }
 
 int broker_core::impl::run(const std::atomic<int>& ph) {
@@ -340,7 +350,8 @@ void broker_core::impl::maybe_submit() {
   if (current.empty()) return;
   committing = std::move(current);
   current = open_batch{};
-  writer->submit(committing->b);  // copy: the batch stays for the replies and a retry
+  writer->submit(committing->b);  // by reference: it stays for the replies and a retry
+  ++batch_gen;  // record() no longer merges into the batch that left
 }
 
 void broker_core::impl::on_commit() {
@@ -351,6 +362,10 @@ void broker_core::impl::on_commit() {
   if (!r || !committing) return;
   open_batch ob = std::move(*committing);
   committing.reset();
+  ++store_totals.commits;
+  store_totals.requests += static_cast<int64_t>(ob.b.requests.size());
+  store_totals.updates += static_cast<int64_t>(ob.b.updates.size());
+  store_totals.commit_us += r->commit_us;
   if (r->outcome)
     apply_commit(ob, *r->outcome);
   else
@@ -419,6 +434,7 @@ void broker_core::impl::fail_commit(open_batch& ob, const store_error& err) {
   // State changes of jobs are not lost: they go again with the next batch.
   auto& nb = current.b;
   nb.updates.insert(nb.updates.begin(), ob.b.updates.begin(), ob.b.updates.end());
+  ++batch_gen;  // indexes into current.b.updates moved
   nb.children.insert(nb.children.begin(), ob.b.children.begin(), ob.b.children.end());
   current.finished.insert(current.finished.begin(), ob.finished.begin(), ob.finished.end());
   if (ob.dlq) ob.dlq->answer.set_value({{"error", "the store could not commit: " + err.message}});
@@ -527,7 +543,11 @@ void broker_core::impl::publish_stats(int64_t now) {
                       {"retrying", retrying},
                       {"history", history},
                       {"draining", draining},
-                      {"disk_free_mb", disk_free_mb}};
+                      {"disk_free_mb", disk_free_mb},
+                      {"store", {{"commits", store_totals.commits},
+                                 {"requests", store_totals.requests},
+                                 {"updates", store_totals.updates},
+                                 {"commit_seconds", static_cast<double>(store_totals.commit_us) / 1e6}}}};
   std::lock_guard<std::mutex> lk(snapshot_mu);
   snapshot = std::move(s);
 }

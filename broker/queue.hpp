@@ -46,6 +46,12 @@ struct live_job {
   int64_t lease_deadline = 0;
   int64_t started_ms = 0;
   bool fanout = false;  ///< updateWorkerLocation: runs on every geo node
+  /// Where its latest state change waits in the open batch (core.cpp record()):
+  /// a change with no history entry (running) is overwritten by the next one
+  /// of the same batch, so a job that starts and ends within one group commit
+  /// costs the store one row update, not two.
+  uint64_t upd_gen = 0;
+  uint32_t upd_idx = 0;
 
   /// What only a job that was dispatched needs, allocated on its first dispatch:
   /// a pending job stays small (bench/soak.sh: 1M pending jobs in memory).

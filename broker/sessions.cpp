@@ -102,6 +102,7 @@ void broker_core::impl::handle_node_message(const std::string& identity, const z
   auto& n = it->second;
   n.last_seen = now;
   if (auto* d = std::get_if<cl::done>(&*msg)) {
+    n.credit += d->credit;  // even for a late result: the node's slot is free
     on_done(n, *d, now);
   } else if (auto* c = std::get_if<cl::credit>(&*msg)) {
     n.credit += std::max<int64_t>(0, c->n);
@@ -204,9 +205,15 @@ void broker_core::impl::start_fanout(live_job& j, int64_t now) {
   r.fanout_error.clear();
   r.fanout_permanent = false;
   for (auto& [id, n] : nodes)
-    if (n.kinds.count(j.kind)) r.fanout_todo.insert(id);
+    if (n.kinds.count(j.kind)) {
+      r.fanout_todo.insert(id);
+      n.fanout_sends.push_back(j.id);
+    }
   queue.set_running(j, "*", "*", ++lease_counter, now + opts.cfg.cluster.lease_ms, now);
-  record(j, job_state::running);
+  // Not stored as running: after a restart a fan-out goes to every geo node
+  // again whatever its stored state, and applying a location twice is harmless;
+  // the store's one write for it is its end (a third of the writer's work per
+  // job at full load, docs/performance.md).
   fanouts.insert(j.id);
 }
 
@@ -235,8 +242,8 @@ void broker_core::impl::complete(live_job& jr, const cl::done& d, int64_t now) {
       r.created_ms = now;
       current.b.children.push_back(std::move(r));
     }
-    record(*j, job_state::done, "ok", "", d.result_json, d.duration_ms);
-    if (function == "cleanupData") start_prune(current.b.updates.back(), note, now);
+    auto& u = record(*j, job_state::done, "ok", "", d.result_json, d.duration_ms);
+    if (function == "cleanupData") start_prune(u, note, now);
     queue.finish(j->id, job_state::done);
   } else if (d.outcome == "transient" && d.error_code == "circuit_open") {
     // Not run at all: the node's breaker for the downstream is open. The job
@@ -381,12 +388,10 @@ void broker_core::impl::dispatch(int64_t now) {
     for (auto& [identity, n] : nodes) {
       if (n.credit <= 0) continue;
       live_job* j = nullptr;
-      for (auto& id : fanouts) {
-        auto* f = queue.find(id);
-        if (f && f->fanout_sends_to(identity)) {
-          j = f;
-          break;
-        }
+      while (!j && !n.fanout_sends.empty()) {
+        auto* f = queue.find(n.fanout_sends.front());
+        n.fanout_sends.pop_front();
+        if (f && f->fanout && f->fanout_sends_to(identity)) j = f;
       }
       if (!j) {
         j = queue.next_runnable(n.kinds);

@@ -20,11 +20,11 @@ void commit_writer::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void commit_writer::submit(batch b) {
+void commit_writer::submit(const batch& b) {
   busy_ = true;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    in_ = std::move(b);
+    in_ = &b;
   }
   cv_.notify_all();
 }
@@ -43,17 +43,17 @@ void commit_writer::loop() {
   notify.set(zmq::sockopt::linger, 0);
   notify.connect(notify_endpoint_);
   for (;;) {
-    batch b;
+    const batch* b = nullptr;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return in_.has_value() || stopping_; });
+      cv_.wait(lk, [&] { return in_ != nullptr || stopping_; });
       if (!in_) return;  // stopping with nothing in flight
-      b = std::move(*in_);
-      in_.reset();
+      b = in_;
+      in_ = nullptr;
     }
     result r;
     auto t0 = std::chrono::steady_clock::now();
-    r.outcome = store_.commit(b, r.error);
+    r.outcome = store_.commit(*b, r.error);
     r.commit_us = std::chrono::duration_cast<std::chrono::microseconds>(
                       std::chrono::steady_clock::now() - t0).count();
     {

@@ -33,8 +33,10 @@ class commit_writer {
   /// Finishes the batch in flight, then joins the thread.
   void stop();
 
-  /// Hands over a batch. Only while !busy().
-  void submit(batch b);
+  /// Hands over a batch, by reference: it must stay alive and unchanged until
+  /// take() returned its result (the loop keeps it for the replies anyway, so
+  /// copying it would only cost an allocation per string). Only while !busy().
+  void submit(const batch& b);
   bool busy() const { return busy_; }
 
   /// The result of the submitted batch; call after the notify frame arrived.
@@ -49,7 +51,7 @@ class commit_writer {
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::optional<batch> in_;
+  const batch* in_ = nullptr;
   std::optional<result> out_;
   bool stopping_ = false;
   bool busy_ = false;  ///< touched by the loop thread only

@@ -99,7 +99,12 @@ const table_copy tables[] = {
      "created_ms, updated_ms, auto_release, last_error, result, attempt_base) VALUES($1, $2, $3, $4, $5, "
      "$6::bigint, $7::int, $8::bigint, $9::bigint, $10::bigint, $11::bigint, $12::bigint, "
      "($13::int <> 0), $14, $15, $16::bigint)"},
-    {"attempts", "SELECT job_id, attempt, node, outcome, error, duration_ms, at_ms FROM attempts",
+    // SQLite keeps a successful attempt on its job's row (schema 3); PostgreSQL
+    // keeps every attempt as a row.
+    {"attempts",
+     "SELECT job_id, attempt, node, outcome, error, duration_ms, at_ms FROM attempts UNION ALL "
+     "SELECT id, attempts, ok_node, 'ok', '', ok_duration_ms, ok_at_ms FROM jobs j WHERE ok_at_ms > 0 "
+     "AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = j.id AND a.attempt = j.attempts)",
      "INSERT INTO klynaa.attempts(job_id, attempt, node, outcome, error, duration_ms, at_ms) "
      "VALUES($1, $2::bigint, $3, $4, $5, $6::bigint, $7::bigint)"},
     {"closed_pickups", "SELECT pickup_id, closed_ms FROM closed_pickups",

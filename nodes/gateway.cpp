@@ -173,8 +173,7 @@ void on_job(gateway_ptr self, const cl::job& j, std::string frame) {
                {{"job_id", j.job_id}, {"function", j.function}, {"attempt", j.attempt}, {"node", st.cfg.node},
                 {"outcome", "dead"}});
     send_msg(self, failure_done(j, outcome::permanent, "not_hosted",
-                                "node " + st.cfg.node + " hosts no actor kind that runs " + j.function));
-    send_msg(self, cl::credit{1});
+                                "node " + st.cfg.node + " hosts no actor kind that runs " + j.function));  // credit 1
     return;
   }
   st.held[j.lease] = {j.job_id, j.function};
@@ -246,12 +245,8 @@ void on_frame(gateway_ptr self, std::string frame) {
                  {{"node", st.cfg.node}, {"type", cl::name_of(*msg)}});
 }
 
-void count_outcome(gateway_ptr self, const std::string& function, const std::string& frame) {
-  auto msg = cl::decode(frame.data(), frame.size());
-  if (!msg || !std::holds_alternative<cl::done>(*msg))
-    return;
+void count_outcome(gateway_ptr self, const std::string& function, const std::string& o) {
   auto& c = self->state.jobs_by_function[function];
-  const auto& o = std::get<cl::done>(*msg).outcome;
   (o == "ok" ? c.ok : o == "permanent" ? c.dead : c.retry) += 1;
 }
 
@@ -265,17 +260,34 @@ void on_done(gateway_ptr self, int64_t lease, const std::string& frame) {
                  {{"node", st.cfg.node}, {"job_id", h != st.held.end() ? h->second.job_id : std::string{}}});
     return;
   }
-  bool withdrawn_kind = false;
+  std::string function;
   if (h != st.held.end()) {
-    count_outcome(self, h->second.function, frame);
-    withdrawn_kind = st.withdrawn_functions.count(h->second.function) > 0;
+    function = h->second.function;
     st.held.erase(h);
   }
-  if (!frame.empty())
-    send_frame(self, frame);
-  if (st.lf == life::running && !withdrawn_kind)  // a withdrawn kind's slots are not granted again
-    send_msg(self, cl::credit{1});
-  else
+  // The slot is granted again with the DONE itself (its `credit`), not by a
+  // CREDIT message of its own; a withdrawn kind's slots are not granted again,
+  // nor any while stopping.
+  const bool grant = st.lf == life::running && !st.withdrawn_functions.count(function);
+  auto msg = frame.empty() ? std::nullopt : cl::decode(frame.data(), frame.size());
+  auto* d = msg ? std::get_if<cl::done>(&*msg) : nullptr;
+  if (d == nullptr) {  // nothing to report (or not a DONE): the slot alone
+    if (!frame.empty())
+      send_frame(self, frame);
+    if (grant)
+      send_msg(self, cl::credit{1});
+  } else {
+    if (!function.empty())
+      count_outcome(self, function, d->outcome);
+    const int64_t credit = grant ? 1 : 0;
+    if (d->credit == credit) {
+      send_frame(self, frame);
+    } else {
+      d->credit = credit;
+      send_msg(self, *d);
+    }
+  }
+  if (!grant)
     maybe_finish_stop(self);
 }
 
@@ -306,8 +318,8 @@ void on_withdraw(gateway_ptr self, const std::string& kind, const std::string& r
   w.reason = reason;
   for (const auto& k : st.cfg.kinds)
     if (k.kind == kind) {
-      w.credit = k.workers;
-      st.capacity -= k.workers;
+      w.credit = k.workers + k.prefetch;
+      st.capacity -= k.workers + k.prefetch;
       st.withdrawn_functions.insert(k.functions.begin(), k.functions.end());
     }
   st.withdrawn[kind] = reason;
@@ -399,7 +411,7 @@ void init(gateway_ptr self, gateway_config cfg) {
   st.push->set(zmq::sockopt::sndhwm, 0);  // never block a scheduler thread
   st.push->connect(st.cfg.out_endpoint);
   for (const auto& k : st.cfg.kinds) {
-    st.capacity += k.workers;
+    st.capacity += k.workers + k.prefetch;
     auto pool = self->spawn(pool_actor, caf::actor_cast<caf::actor>(self), pool_config{st.cfg.node, k, st.cfg.busy});
     st.pools.push_back(pool);
     for (const auto& f : k.functions)

@@ -99,6 +99,9 @@ struct actor_kind_spec {
   int workers = 1;
   std::function<std::unique_ptr<job_handler>()> make_handler;
   supervision limits;
+  /// Jobs the node asks for beyond `workers`: they wait in the pool's queue.
+  /// Only for kinds whose jobs are short (geo): a queued job's lease runs.
+  int prefetch = 0;
 };
 
 }  // namespace klynaa::nodes

@@ -53,7 +53,7 @@ void dispatch(pool_actor_ptr self) {
   for (auto& s : st.slots) {
     if (st.queue.empty())
       return;
-    if (s.busy || !s.worker)
+    if (s.busy || !s.worker || s.dying)
       continue;
     auto p = std::move(st.queue.front());
     st.queue.pop_front();
@@ -137,7 +137,7 @@ std::chrono::milliseconds restart_delay(const pool_state& st) {
   return std::chrono::milliseconds{std::min(d, lim.restart_backoff_max_ms)};
 }
 
-void on_done(pool_actor_ptr self, int64_t lease, std::string done) {
+void on_done(pool_actor_ptr self, int64_t lease, std::string done, bool dying) {
   auto* s = slot_of(self, caf::actor_cast<caf::actor_addr>(self->current_sender()));
   if (s == nullptr || !s->busy || s->lease != lease) {
     // An abandoned worker's handler returned after its job was reported: the
@@ -152,6 +152,7 @@ void on_done(pool_actor_ptr self, int64_t lease, std::string done) {
   if (done.empty())
     done = failure_frame(s->frame, "worker_error", "the worker could not decode the job");
   s->busy = false;
+  s->dying = dying;
   s->frame.clear();
   self->send(self->state.gateway, done_atom::value, lease, std::move(done));
   dispatch(self);
@@ -171,6 +172,7 @@ void on_worker_down(pool_actor_ptr self, const caf::down_msg& msg) {
   auto reason = self->system().render(msg.reason);
   fail_running(self, *s, "worker_died", "the worker running this job died: " + reason);
   s->worker = nullptr;
+  s->dying = false;
   if (st.draining || st.withdrawn)
     return;
   auto now = clock::now();
@@ -249,7 +251,9 @@ caf::behavior pool_actor(pool_actor_ptr self, caf::actor gateway, pool_config cf
         st.queue.push_back({lease, std::move(job_id), std::move(frame)});
         dispatch(self);
       },
-      [self](done_atom, int64_t lease, std::string& done) { on_done(self, lease, std::move(done)); },
+      [self](done_atom, int64_t lease, std::string& done, bool dying) {
+        on_done(self, lease, std::move(done), dying);
+      },
       [self](drain_atom) { on_drain(self); },
       [self](tick_atom) { on_tick(self); },
   };

@@ -18,8 +18,10 @@
 // Messages:
 //   (run_atom, lease, job_id, job frame)  queue this job (from the gateway);
 //       while draining or withdrawn it is handed back at once.
-//   (done_atom, lease, done frame)        from a worker: forwarded to the gateway
-//       as (done_atom, lease, done frame); the worker takes the next job.
+//   (done_atom, lease, done frame, dying) from a worker: forwarded to the gateway
+//       as (done_atom, lease, done frame); the worker takes the next job, unless
+//       it is dying (its handler threw: it exits, and is restarted once its
+//       exit arrives; a job handed to it meanwhile would die with it).
 //   (drain_atom)                          stop taking jobs: every queued job goes
 //       back to the gateway as (handback_atom, lease, job_id); running jobs finish.
 //   (tick_atom)                           to itself every 100 ms: restarts due,
@@ -58,6 +60,7 @@ struct pool_state {
   struct slot {
     caf::actor worker;  ///< invalid while it waits to be restarted
     bool busy = false;
+    bool dying = false;  ///< reported its last job and exits: takes no other
     int64_t lease = 0;
     std::string frame;  ///< the job it runs, to report it if the worker dies
     clock::time_point started;

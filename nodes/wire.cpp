@@ -66,6 +66,7 @@ cl::done to_done(const cl::job& wire, const job_result& r, int64_t duration_ms) 
   d.http_status = r.http_status.value_or(0);
   d.retry_after_ms = r.retry_after_ms.value_or(-1);
   d.duration_ms = duration_ms;
+  d.credit = 1;  // the slot it frees (the gateway clears it when the slot is not granted again)
   if (r.kind == outcome::ok) {
     d.children.reserve(r.children.size());
     for (const auto& c : r.children)

@@ -111,7 +111,9 @@ caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_confi
         auto& st = self->state;
         bool threw = false;
         auto done = run_one(st.handler.get(), st.cfg, frame, threw);
-        self->send(caf::actor_cast<caf::actor>(self->current_sender()), done_atom::value, lease, std::move(done));
+        // `threw` tells the pool this worker is about to exit: no next job for it.
+        self->send(caf::actor_cast<caf::actor>(self->current_sender()), done_atom::value, lease, std::move(done),
+                   threw);
         if (threw)  // the job is reported; now die, to be restarted afresh
           self->quit(caf::make_error(caf::sec::runtime_error, "the job handler threw"));
       },

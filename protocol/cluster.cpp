@@ -94,7 +94,7 @@ struct encoder {
     pack_kv(pk, "ts_ms", m.ts_ms);
   }
   void operator()(const done& m) const {
-    pk.pack_map(11);
+    pk.pack_map(12);
     pack_kv(pk, "t", std::string{"done"});
     pack_kv(pk, "job_id", m.job_id);
     pack_kv(pk, "lease", m.lease);
@@ -109,6 +109,7 @@ struct encoder {
     pk.pack_array(static_cast<uint32_t>(m.children.size()));
     for (const auto& c : m.children)
       pack_child(pk, c);
+    pack_kv(pk, "credit", m.credit);
   }
   void operator()(const credit& m) const {
     pk.pack_map(2);
@@ -275,8 +276,11 @@ bool read_done(map_reader& r, done& m) {
     return r.fail("outcome", "must be \"ok\", \"transient\" or \"permanent\"");
   if (!r.str("result_json", m.result_json, false) || !r.str("error_code", m.error_code, false)
       || !r.str("error_message", m.error_message, false) || !r.int64("http_status", m.http_status, false)
-      || !r.int64("retry_after_ms", m.retry_after_ms, false) || !r.int64("duration_ms", m.duration_ms, false))
+      || !r.int64("retry_after_ms", m.retry_after_ms, false) || !r.int64("duration_ms", m.duration_ms, false)
+      || !r.int64("credit", m.credit, false))
     return false;
+  if (m.credit < 0)
+    return r.fail("credit", "must not be negative");
   const auto* cs = r.find("children");
   if (cs == nullptr)
     return true;

@@ -61,6 +61,7 @@ struct done {
   int64_t retry_after_ms = -1;   ///< -1 = none
   int64_t duration_ms = 0;
   std::vector<child> children;
+  int64_t credit = 0;  ///< job slots this DONE frees at the node: added to its credit
 };
 
 /// N->B: the node can take `n` more jobs (on top of what it was granted).

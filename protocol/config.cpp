@@ -213,6 +213,8 @@ const key_spec keys[] = {
     KLYNAA_KEY(node, notifier_workers, at_least_one, "jobs a node's notifier runs at once"),
     KLYNAA_KEY(node, escrow_workers, at_least_one, "jobs a node's escrow actor runs at once"),
     KLYNAA_KEY(node, geo_workers, at_least_one, "jobs a node's geo actor runs at once"),
+    KLYNAA_KEY(node, geo_prefetch, not_negative,
+               "geo jobs a node queues beyond those running, so that the round trip to the broker is hidden"),
     KLYNAA_KEY(node, scheduler_workers, at_least_one, "jobs a node's scheduler runs at once"),
     KLYNAA_KEY(node, job_timeout_seconds, not_negative,
                "a job running longer fails (retried) and its worker is replaced; 0 means no limit"),

@@ -133,6 +133,10 @@ struct config {
     int64_t notifier_workers = 8;
     int64_t escrow_workers = 4;
     int64_t geo_workers = 1;
+    /// Geo jobs a node takes beyond those running (docs/performance.md): they
+    /// take microseconds, so without a queue at the node the round trip to the
+    /// broker, not the work, would set their rate.
+    int64_t geo_prefetch = 256;
     int64_t scheduler_workers = 1;
     int64_t job_timeout_seconds = 300;    ///< a job running longer is failed and its worker replaced
     int64_t max_restarts = 10;            ///< worker restarts per kind within the window ...

@@ -45,6 +45,10 @@ TEST_CASE("every actor kind is built with its functions and worker counts") {
   auto geo_fns = by_kind["geo"]->functions;
   std::sort(geo_fns.begin(), geo_fns.end());
   CHECK(geo_fns == std::vector<std::string>{"notifyNearbyWorkers", "updateWorkerLocation"});
+  // Only geo queues jobs beyond its workers; the others call Django and take seconds.
+  CHECK(by_kind["geo"]->prefetch == 256);
+  for (auto& s : specs)
+    if (s.kind != "geo") CHECK(s.prefetch == 0);
   for (auto& s : specs)
     if (s.kind != "geo") CHECK(s.make_handler() != nullptr);
 }

@@ -504,6 +504,8 @@ TEST_CASE("an update changes state, attempts and due and writes the attempt hist
   CHECK(h[1]["attempt"] == 2);
   CHECK(h[1]["node"] == "node-b");
   CHECK(h[1]["outcome"] == "ok");
+  CHECK(h[1]["duration_ms"] == 7);
+  CHECK(h[1]["at_ms"].get<int64_t>() >= h[0]["at_ms"].get<int64_t>());
   CHECK(h[1]["error"].is_null());
   CHECK(s->history_json("no-such-job") == "[]");
 
@@ -822,6 +824,38 @@ TEST_CASE("a version 1 store is upgraded in place: its jobs gain attempt_base 0"
   REQUIRE(j);
   CHECK(j->attempt_base == 0);
   CHECK(ids_of(unfinished(*s)) == std::vector<std::string>{"v1#1"});
+}
+
+TEST_CASE("a version 2 store is upgraded in place: its ok attempts are shown once, new ones too",
+          "[store]") {
+  temp_dir dir;
+  {
+    auto s = open_store(dir.db());
+    commit_one(*s, make_request("v2", {make_job("v2#1", 1), make_job("v2#2", 2)}));
+  }
+  // Version 2 kept a successful attempt as an attempts row, like any other.
+  raw_sql(dir.db(), "ALTER TABLE jobs DROP COLUMN ok_node; ALTER TABLE jobs DROP COLUMN ok_duration_ms; "
+                    "ALTER TABLE jobs DROP COLUMN ok_at_ms; "
+                    "UPDATE jobs SET state = 3, attempts = 1 WHERE id = 'v2#1'; "
+                    "INSERT INTO attempts VALUES('v2#1', 1, 'node-old', 'ok', '', 5, 1700000000000); "
+                    "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
+  auto s = open_store(dir.db());
+  auto old = nlohmann::json::parse(s->history_json("v2#1"));
+  REQUIRE(old.size() == 1);
+  CHECK(old[0]["node"] == "node-old");
+  CHECK(old[0]["outcome"] == "ok");
+  batch done;
+  auto d = update("v2#2", job_state::done, 1, 2);
+  d.node = "node-new";
+  d.outcome = "ok";
+  d.duration_ms = 3;
+  done.updates.push_back(d);
+  commit_ok(*s, done);
+  auto h = nlohmann::json::parse(s->history_json("v2#2"));
+  REQUIRE(h.size() == 1);
+  CHECK(h[0]["node"] == "node-new");
+  CHECK(h[0]["duration_ms"] == 3);
+  CHECK(h[0]["attempt"] == 1);
 }
 
 TEST_CASE("a store that cannot be opened says which file", "[store]") {

@@ -210,7 +210,10 @@ class store_reader {
 
   std::vector<attempt_row> attempts() {
     std::vector<attempt_row> out;
-    query("SELECT job_id, attempt, node, outcome, error, duration_ms, at_ms FROM attempts ORDER BY job_id, attempt",
+    // The successful attempt is kept on its job's row (store schema 3).
+    query("SELECT job_id, attempt, node, outcome, error, duration_ms, at_ms FROM attempts UNION ALL "
+          "SELECT id, attempts, ok_node, 'ok', '', ok_duration_ms, ok_at_ms FROM jobs WHERE ok_at_ms > 0 "
+          "ORDER BY 1, 2",
           [&](sqlite3_stmt* s) {
             attempt_row a;
             a.job_id = text(s, 0);

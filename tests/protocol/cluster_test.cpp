@@ -84,6 +84,7 @@ TEST_CASE("done survives a round trip with its children") {
   d.http_status = 503;
   d.retry_after_ms = 2000;
   d.duration_ms = 17;
+  d.credit = 1;
   d.children = {{"evt-1#1#1", "sendPushNotification", R"({"a":1})", 0},
                 {"#escrow-released-7", "processEscrowRelease", "{}", 1700000086400000}};
   auto back = std::get<cl::done>(round_trip(d));
@@ -96,6 +97,7 @@ TEST_CASE("done survives a round trip with its children") {
   CHECK(back.http_status == 503);
   CHECK(back.retry_after_ms == 2000);
   CHECK(back.duration_ms == 17);
+  CHECK(back.credit == 1);
   REQUIRE(back.children.size() == 2);
   CHECK(back.children[1].job_id == "#escrow-released-7");
   CHECK(back.children[1].function == "processEscrowRelease");
@@ -227,6 +229,15 @@ TEST_CASE("a ready of another protocol version is rejected") {
     pk.pack(std::string{"credit"}), pk.pack(1);
   });
   CHECK(rejection_of(frame).find("unsupported version 2") == 0);
+}
+
+TEST_CASE("a done without credit grants none, and a negative credit is rejected") {
+  cl::done d;
+  d.job_id = "j";
+  d.outcome = "ok";
+  CHECK(std::get<cl::done>(round_trip(d)).credit == 0);
+  d.credit = -1;
+  CHECK(rejection_of(cl::encode(d)).find("credit") == 0);
 }
 
 TEST_CASE("a done with an unknown outcome is rejected") {

@@ -150,6 +150,7 @@ dedup_retention_days = 30
 notifier_workers = 2
 escrow_workers = 3
 geo_workers = 4
+geo_prefetch = 0
 scheduler_workers = 5
 )");
   CHECK(c.ingress.bind == "tcp://0.0.0.0:6000");
@@ -192,6 +193,7 @@ scheduler_workers = 5
   CHECK(c.node.notifier_workers == 2);
   CHECK(c.node.escrow_workers == 3);
   CHECK(c.node.geo_workers == 4);
+  CHECK(c.node.geo_prefetch == 0);
   CHECK(c.node.scheduler_workers == 5);
 }
 
