@@ -46,23 +46,28 @@ job_result call_handler(job_handler* handler, const job& j, std::atomic<int>& bu
   }
 }
 
-nlohmann::json job_fields(const cl::job& wire, const worker_config& cfg) {
-  return {{"job_id", wire.job_id}, {"function", wire.function}, {"attempt", wire.attempt}, {"node", cfg.node}};
+// A job's two lines (contract §7) are rendered without building a JSON object:
+// they are most of what a microsecond job costs its worker (docs/performance.md).
+log::fields_text job_fields(const cl::job& wire, const worker_config& cfg) {
+  log::fields_text f;
+  f.add("job_id", wire.job_id).add("function", wire.function).add("attempt", wire.attempt).add("node", cfg.node);
+  return f;
 }
 
 void log_end(const cl::job& wire, const worker_config& cfg, const job_result& r, int64_t duration_ms) {
+  const auto l = r.kind == outcome::ok ? log::level::info : log::level::warning;
+  if (!log::enabled(l))
+    return;
   auto fields = job_fields(wire, cfg);
-  fields["duration_ms"] = duration_ms;
-  fields["outcome"] = log_outcome(r.kind);
+  fields.add("duration_ms", duration_ms).add("outcome", log_outcome(r.kind));
   if (r.kind == outcome::ok) {
-    log::info(cfg.kind, "job finished", fields);
+    log::write(l, cfg.kind, "job finished", fields);
     return;
   }
-  fields["error_code"] = r.error_code;
-  fields["error"] = r.message;
+  fields.add("error_code", r.error_code).add("error", r.message);
   if (r.http_status)
-    fields["http_status"] = *r.http_status;
-  log::warning(cfg.kind, "job failed", fields);
+    fields.add("http_status", static_cast<int64_t>(*r.http_status));
+  log::write(l, cfg.kind, "job failed", fields);
 }
 
 /// Runs one job frame to its DONE frame.
@@ -75,7 +80,8 @@ std::string run_one(job_handler* handler, const worker_config& cfg, const std::s
     return {};
   }
   const auto& wire = std::get<cl::job>(*msg);
-  log::info(cfg.kind, "job started", job_fields(wire, cfg));
+  if (log::enabled(log::level::info))
+    log::write(log::level::info, cfg.kind, "job started", job_fields(wire, cfg));
   auto start = std::chrono::steady_clock::now();
   job_result result;
   if (auto j = to_job(wire, cfg.node, &error))

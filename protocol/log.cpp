@@ -31,6 +31,7 @@
 #include <thread>
 
 #include <boost/core/null_deleter.hpp>
+#include <boost/log/attributes/attribute_value_impl.hpp>
 #include <boost/log/attributes/constant.hpp>
 #include <boost/log/attributes/value_extraction.hpp>
 #include <boost/log/core.hpp>
@@ -179,7 +180,8 @@ void install_sink(std::ostream* os) {
   if (sink_) core->remove_sink(sink_);
   // The record's message is the whole JSON line (write() renders it).
   auto message_only = [](const bl::record_view& rec, bl::formatting_ostream& out) {
-    if (auto msg = bl::extract<std::string>("Message", rec)) out << *msg;
+    static const bl::attribute_name message("Message");  // resolved once, not per line
+    if (auto msg = bl::extract<std::string>(message, rec)) out << *msg;
   };
   if (os) {
     auto backend = boost::make_shared<bl::sinks::text_ostream_backend>();
@@ -287,31 +289,26 @@ bool enabled(level l) noexcept {
   return static_cast<int>(l) >= min_level_.load(std::memory_order_relaxed);
 }
 
-void write(level l, std::string_view component, std::string_view msg,
-           const nlohmann::json& fields) noexcept {
-  if (!enabled(l)) return;
-  try {
-    ensure_default_sink();
-    auto core = bl::core::get();
-    bl::record rec = core->open_record(bl::attribute_set());
-    if (!rec) return;
-    {
-      bl::record_ostream strm(rec);
-      strm << format_line(now_ms(), l, component, msg, fields);
-      strm.flush();
-    }
-    core->push_record(std::move(rec));
-  } catch (...) {
-    // Never throw into the caller; the line is lost.
-  }
+namespace {
+
+/// Pushes a rendered line through the Boost.Log core as the record's message.
+void push_line(std::string line) {
+  ensure_default_sink();
+  auto core = bl::core::get();
+  bl::record rec = core->open_record(bl::attribute_set());
+  if (!rec) return;
+  // The message attribute set directly, as record_ostream would, without
+  // building a stream for it.
+  static const bl::attribute_name message("Message");
+  rec.attribute_values().insert(message, bl::attributes::make_attribute_value(std::move(line)));
+  core->push_record(std::move(rec));
 }
 
-std::string format_line(int64_t unix_ms, level l, std::string_view component, std::string_view msg,
-                        const nlohmann::json& fields) {
-  // Built by hand so the fixed keys come first, in a stable order; every value
-  // goes through nlohmann::json for escaping.
+/// `{"ts":...,"level":...,"component":...,"msg":...` (no closing brace).
+std::string line_head(int64_t unix_ms, level l, std::string_view component, std::string_view msg,
+                      size_t extra) {
   std::string line;
-  line.reserve(96 + msg.size());
+  line.reserve(96 + msg.size() + extra);
   line += "{\"ts\":\"";
   line += iso8601_utc_ms(unix_ms);
   line += "\",\"level\":\"";
@@ -320,6 +317,58 @@ std::string format_line(int64_t unix_ms, level l, std::string_view component, st
   append_quoted(line, component);
   line += ",\"msg\":";
   append_quoted(line, msg);
+  return line;
+}
+
+}  // namespace
+
+fields_text& fields_text::add(std::string_view key, std::string_view value) {
+  text_ += ',';
+  append_quoted(text_, key);
+  text_ += ':';
+  append_quoted(text_, value);
+  return *this;
+}
+
+fields_text& fields_text::add(std::string_view key, int64_t value) {
+  text_ += ',';
+  append_quoted(text_, key);
+  text_ += ':';
+  text_ += std::to_string(value);
+  return *this;
+}
+
+void write(level l, std::string_view component, std::string_view msg,
+           const nlohmann::json& fields) noexcept {
+  if (!enabled(l)) return;
+  try {
+    push_line(format_line(now_ms(), l, component, msg, fields));
+  } catch (...) {
+    // Never throw into the caller; the line is lost.
+  }
+}
+
+void write(level l, std::string_view component, std::string_view msg, const fields_text& fields) noexcept {
+  if (!enabled(l)) return;
+  try {
+    push_line(format_line(now_ms(), l, component, msg, fields));
+  } catch (...) {
+  }
+}
+
+std::string format_line(int64_t unix_ms, level l, std::string_view component, std::string_view msg,
+                        const fields_text& fields) {
+  auto line = line_head(unix_ms, l, component, msg, fields.text().size() + 1);
+  line += fields.text();
+  line += '}';
+  return line;
+}
+
+std::string format_line(int64_t unix_ms, level l, std::string_view component, std::string_view msg,
+                        const nlohmann::json& fields) {
+  // Built by hand so the fixed keys come first, in a stable order; every value
+  // goes through nlohmann::json for escaping.
+  auto line = line_head(unix_ms, l, component, msg, 0);
   if (fields.is_object()) {
     for (auto it = fields.begin(); it != fields.end(); ++it) {
       line += ',';

@@ -59,6 +59,28 @@ bool enabled(level l) noexcept;
 void write(level l, std::string_view component, std::string_view msg,
            const nlohmann::json& fields = nlohmann::json()) noexcept;
 
+/// Extra fields rendered straight into line text, for the hot path (a job's
+/// start and end lines): no JSON object is built. Keys are the caller's
+/// constants (ASCII, not ts/level/component/msg); values are escaped as JSON.
+///   log::write(level::info, "geo", "job started",
+///              log::fields_text().add("job_id", id).add("attempt", 1));
+class fields_text {
+ public:
+  fields_text& add(std::string_view key, std::string_view value);
+  fields_text& add(std::string_view key, const char* value) { return add(key, std::string_view(value)); }
+  fields_text& add(std::string_view key, const std::string& value) { return add(key, std::string_view(value)); }
+  fields_text& add(std::string_view key, int64_t value);
+  fields_text& add(std::string_view key, int value) { return add(key, static_cast<int64_t>(value)); }
+  /// `,"key":value` for each field, in the order added.
+  const std::string& text() const { return text_; }
+
+ private:
+  std::string text_;
+};
+
+/// Writes one line if `l` is enabled, with the fields of `fields` after `msg`.
+void write(level l, std::string_view component, std::string_view msg, const fields_text& fields) noexcept;
+
 inline void trace(std::string_view component, std::string_view msg,
                   const nlohmann::json& fields = nlohmann::json()) noexcept {
   write(level::trace, component, msg, fields);
@@ -85,6 +107,8 @@ inline void error(std::string_view component, std::string_view msg,
 /// elsewhere.
 std::string format_line(int64_t unix_ms, level l, std::string_view component, std::string_view msg,
                         const nlohmann::json& fields = nlohmann::json());
+std::string format_line(int64_t unix_ms, level l, std::string_view component, std::string_view msg,
+                        const fields_text& fields);
 
 /// Milliseconds since the Unix epoch, from the system clock.
 int64_t now_ms() noexcept;

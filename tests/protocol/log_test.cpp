@@ -80,6 +80,32 @@ TEST_CASE("messages and fields are escaped, and invalid UTF-8 never throws", "[l
   CHECK(lines[1]["component"] == std::string("x\0y", 3));
 }
 
+TEST_CASE("fields_text writes the same line as a JSON object of the same fields and escapes values", "[log]") {
+  const std::string tricky = "quote \" backslash \\ newline \n tab \t caf\xc3\xa9 bad \xff";
+  klog::fields_text f;
+  f.add("job_id", "evt-1#1").add("attempt", 3).add("duration_ms", int64_t{-12}).add("error", tricky);
+  const auto text = klog::format_line(1700000000123, klog::level::warning, "geo", "job failed", f);
+  // The same members and values (a JSON object's keys come sorted; these in the order added).
+  CHECK(nlohmann::json::parse(text) ==
+        nlohmann::json::parse(klog::format_line(1700000000123, klog::level::warning, "geo", "job failed",
+                                                {{"job_id", "evt-1#1"}, {"attempt", 3}, {"duration_ms", -12},
+                                                 {"error", tricky}})));
+  CHECK(text.find(R"("msg":"job failed","job_id":"evt-1#1","attempt":3,"duration_ms":-12,"error":)") !=
+        std::string::npos);
+  captured_log cap;
+  klog::write(klog::level::info, "geo", "job started", klog::fields_text().add("job_id", "j").add("attempt", 1));
+  klog::write(klog::level::debug, "geo", "below the level", klog::fields_text());
+  klog::set_level(klog::level::info);
+  klog::write(klog::level::debug, "geo", "dropped", klog::fields_text().add("job_id", "k"));
+  auto lines = cap.lines();
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[0]["job_id"] == "j");
+  CHECK(lines[0]["attempt"] == 1);
+  CHECK(lines[0]["msg"] == "job started");
+  CHECK(lines[1]["msg"] == "below the level");  // trace was the level until set_level
+  CHECK(lines[1].size() == 4);  // ts, level, component, msg: no fields
+}
+
 TEST_CASE("fields cannot hide the fixed keys", "[log]") {
   captured_log cap;
   klog::info("cli", "real", {{"msg", "fake"}, {"level", "error"}});
