@@ -142,6 +142,9 @@ if "error" not in c and "error" not in s["klynaa"]:
         "acks_vs_zmq_req_rep": round(kl["ingress_acks_per_s"] / c["zmq_dealer_router"]["req_rep_per_s"], 3)
         if kl.get("ingress_acks_per_s") else None,
         "e2e_vs_sqlite_batch256_rows": round(k / c["sqlite_wal_full"]["batch256_rows_per_s"], 3) if k else None,
+        # Klynaa's own store alone, accepting and ending jobs on one writer thread
+        "e2e_vs_klynaa_store_jobs": round(k / c["klynaa_store"]["jobs_per_s"], 3)
+        if k and c.get("klynaa_store", {}).get("jobs_per_s") else None,
     }
 # a human-readable digest on stderr
 def g(r, *path):
@@ -151,6 +154,10 @@ def g(r, *path):
         r = r[p]
     return r
 print("\n--- summary (N=%d, load average %s)" % (n, open("/proc/loadavg").read().split()[:3]), file=sys.stderr)
+print("ceilings: klynaa store alone %s jobs/s (%s accepts/s, %s ends/s), sqlite %s rows/s in batches, fsync p99 %s ms" % (
+    g(s["ceilings"], "klynaa_store", "jobs_per_s"), g(s["ceilings"], "klynaa_store", "accepts_per_s"),
+    g(s["ceilings"], "klynaa_store", "ends_per_s"), g(s["ceilings"], "sqlite_wal_full", "batch256_rows_per_s"),
+    g(s["ceilings"], "fsync_ms", "p99")), file=sys.stderr)
 print("klynaa: acks/s %s  e2e jobs/s %s  ack p99 %s ms  e2e p99 %s ms  rss %s MB" % (
     g(s["klynaa"], "ingress_acks_per_s"), g(s["klynaa"], "e2e_jobs_per_s"),
     g(s["klynaa"], "ack_latency_ms", "p99"), g(s["klynaa"], "e2e_latency_ms", "p99"),

@@ -57,6 +57,7 @@
 #include <zmq.hpp>
 
 #include "bench/histogram.hpp"
+#include "broker/store.hpp"
 #include "protocol/message.hpp"
 
 namespace {
@@ -668,6 +669,66 @@ json measure_sqlite(const std::string& dir) {
   return out;
 }
 
+/// Klynaa's own store (broker/sqlite_store.cpp, durable): what its one writer
+/// thread can do with nothing else running. `n` worker.location requests (one
+/// job each, ids from 4 interleaved clients) accepted in batches of 256, then
+/// each job's end recorded in batches of 256: the writer's work for one job.
+json measure_store(const std::string& dir, int n) {
+  const std::string path = dir + "/klynaa-bench-store.db";
+  for (auto suffix : {"", "-wal", "-shm"}) ::unlink((path + suffix).c_str());
+  klynaa::broker::sqlite_options so;
+  so.path = path;
+  klynaa::broker::store_error err;
+  auto st = klynaa::broker::open_sqlite_store(so, err);
+  if (!st) return {{"error", err.message}};
+  const std::string prefix = "kbstore" + std::to_string(wall_ms()) + "-";
+  auto id_of = [&](int i) { return prefix + std::to_string(i % 4) + "-" + std::to_string(i); };
+  const int64_t now = wall_ms();
+  auto timed = [&](auto fill) -> double {
+    const int64_t t0 = mono_ns();
+    for (int i = 0; i < n; i += 256) {
+      klynaa::broker::batch b;
+      for (int k = i; k < std::min(n, i + 256); ++k) fill(b, k);
+      if (!st->commit(b, err)) return -1;
+    }
+    return static_cast<double>(mono_ns() - t0) / 1e9;
+  };
+  const double accept_s = timed([&](klynaa::broker::batch& b, int k) {
+    klynaa::broker::new_request r;
+    r.id = id_of(k);
+    r.type = "worker.location";
+    r.ts_ms = r.accepted_ms = now;
+    klynaa::broker::job_record j;
+    j.id = r.id + "#1";
+    j.request_id = r.id;
+    j.function = "updateWorkerLocation";
+    j.data_json = R"({"available":true,"lat":4.0511,"lng":9.7679,"worker_id":)" + std::to_string(k % 100000) + "}";
+    j.ordering_key = "worker:" + std::to_string(k % 100000);
+    j.seq = k + 1;
+    j.due_ms = j.ts_ms = j.created_ms = now;
+    r.jobs.push_back(std::move(j));
+    b.requests.push_back(std::move(r));
+  });
+  const double done_s = timed([&](klynaa::broker::batch& b, int k) {
+    klynaa::broker::job_update u;
+    u.id = id_of(k) + "#1";
+    u.state = klynaa::broker::job_state::done;
+    u.attempts = 1;
+    u.seq = k + 1;
+    u.result_json = "{}";
+    u.node = "bench";
+    u.outcome = "ok";
+    b.updates.push_back(std::move(u));
+  });
+  st.reset();
+  for (auto suffix : {"", "-wal", "-shm"}) ::unlink((path + suffix).c_str());
+  if (accept_s < 0 || done_s < 0) return {{"error", err.message}};
+  return {{"requests", n},
+          {"accepts_per_s", std::round(n / accept_s)},
+          {"ends_per_s", std::round(n / done_s)},
+          {"jobs_per_s", std::round(n / (accept_s + done_s))}};
+}
+
 /// DEALER -> ROUTER (echo) over tcp://127.0.0.1, `window` requests in flight.
 json measure_zmq(uint64_t messages, int window) {
   zmq::context_t ctx(1);
@@ -730,6 +791,7 @@ int run_ceilings(options& o) {
   out["machine"] = machine();
   out["fsync_ms"] = fsync_json(measure_fsync(dir, o.fsync_samples ? o.fsync_samples : 500));
   out["sqlite_wal_full"] = measure_sqlite(dir);
+  out["klynaa_store"] = measure_store(dir, 50000);
   out["zmq_dealer_router"] = measure_zmq(o.zmq_messages, 1000);
   out["machine"]["loadavg_after"] = loadavg();
   std::cout << out.dump() << std::endl;

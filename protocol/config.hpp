@@ -132,7 +132,10 @@ struct config {
   struct node_section {
     int64_t notifier_workers = 8;
     int64_t escrow_workers = 4;
-    int64_t geo_workers = 1;
+    /// Geo jobs are microseconds of CPU, but one worker spends most of its time
+    /// waiting for the pool's next message; four keep the queue drained
+    /// (docs/performance.md: 1 -> 4 workers, ~12k -> ~20k jobs/s).
+    int64_t geo_workers = 4;
     /// Geo jobs a node takes beyond those running (docs/performance.md): they
     /// take microseconds, so without a queue at the node the round trip to the
     /// broker, not the work, would set their rate.

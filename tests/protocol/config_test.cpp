@@ -149,7 +149,7 @@ dedup_retention_days = 30
 [node]
 notifier_workers = 2
 escrow_workers = 3
-geo_workers = 4
+geo_workers = 6
 geo_prefetch = 0
 scheduler_workers = 5
 )");
@@ -192,7 +192,7 @@ scheduler_workers = 5
   CHECK(c.store.dedup_retention_days == 30);
   CHECK(c.node.notifier_workers == 2);
   CHECK(c.node.escrow_workers == 3);
-  CHECK(c.node.geo_workers == 4);
+  CHECK(c.node.geo_workers == 6);
   CHECK(c.node.geo_prefetch == 0);
   CHECK(c.node.scheduler_workers == 5);
 }
