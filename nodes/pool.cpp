@@ -38,31 +38,73 @@ namespace {
 
 constexpr auto tick_interval = std::chrono::milliseconds{100};
 
-caf::actor spawn_worker(pool_actor_ptr self) {
+caf::actor spawn_worker(pool_actor_ptr self, pool_state::slot& s) {
   const auto& c = self->state.cfg;
-  return self->spawn<caf::detached + caf::monitored>(worker_actor,
-                                                      worker_config{c.node, c.spec.kind, c.spec.make_handler, c.busy});
+  worker_config wc{c.node, c.spec.kind, c.spec.make_handler, c.busy};
+  s.abandoned = wc.abandoned;
+  return self->spawn<caf::detached + caf::monitored>(worker_actor, std::move(wc));
 }
 
 nlohmann::json fields(pool_actor_ptr self) {
   return {{"node", self->state.cfg.node}, {"kind", self->state.cfg.spec.kind}};
 }
 
+/// Jobs a worker is given at once. For kinds with prefetch (short jobs: geo)
+/// two, so that its next job waits in its mailbox while its DONE travels to the
+/// pool: it never idles for the round trip (docs/performance.md). Kinds that
+/// call Django keep one: a job must not wait behind a slow call while another
+/// worker is free.
+size_t depth(const pool_state& st) {
+  return st.cfg.spec.prefetch > 0 ? 2 : 1;
+}
+
 void dispatch(pool_actor_ptr self) {
   auto& st = self->state;
-  for (auto& s : st.slots) {
-    if (st.queue.empty())
-      return;
-    if (s.busy || !s.worker || s.dying)
-      continue;
-    auto p = std::move(st.queue.front());
-    st.queue.pop_front();
-    s.busy = true;
-    s.lease = p.lease;
-    s.frame = std::move(p.frame);
-    s.started = clock::now();
-    self->send(s.worker, run_atom::value, s.lease, s.frame);
+  const size_t most = depth(st);
+  for (size_t round = 0; round < most; ++round) {  // first every idle worker, then a second job each
+    for (auto& s : st.slots) {
+      if (st.queue.empty())
+        return;
+      if (!s.worker || s.dying || (s.busy ? 1 : 0) + s.next.size() > round)
+        continue;
+      auto p = std::move(st.queue.front());
+      st.queue.pop_front();
+      self->send(s.worker, run_atom::value, p.lease, p.frame);
+      if (s.busy) {
+        s.next.push_back(std::move(p));
+        continue;
+      }
+      s.busy = true;
+      s.lease = p.lease;
+      s.job_id = std::move(p.job_id);
+      s.frame = std::move(p.frame);
+      s.started = clock::now();
+    }
   }
+}
+
+/// The jobs waiting in a worker's mailbox go back to the head of the queue, in
+/// order: they never started (the worker died, or was abandoned, before them).
+void requeue_next(pool_state& st, pool_state::slot& s) {
+  while (!s.next.empty()) {
+    st.queue.push_front(std::move(s.next.back()));
+    s.next.pop_back();
+  }
+}
+
+/// The slot's next job becomes the one it runs (its worker starts it now).
+void start_next(pool_state::slot& s) {
+  s.busy = false;
+  s.frame.clear();
+  if (s.next.empty())
+    return;
+  auto p = std::move(s.next.front());
+  s.next.pop_front();
+  s.busy = true;
+  s.lease = p.lease;
+  s.job_id = std::move(p.job_id);
+  s.frame = std::move(p.frame);
+  s.started = pool_state::clock::now();
 }
 
 pool_state::slot* slot_of(pool_actor_ptr self, const caf::actor_addr& worker) {
@@ -82,6 +124,7 @@ std::string failure_frame(const std::string& frame, const std::string& code, con
 
 /// Reports the slot's job as failed and frees the slot.
 void fail_running(pool_actor_ptr self, pool_state::slot& s, const std::string& code, const std::string& message) {
+  requeue_next(self->state, s);
   if (!s.busy)
     return;
   self->send(self->state.gateway, done_atom::value, s.lease, failure_frame(s.frame, code, message));
@@ -151,9 +194,10 @@ void on_done(pool_actor_ptr self, int64_t lease, std::string done, bool dying) {
   }
   if (done.empty())
     done = failure_frame(s->frame, "worker_error", "the worker could not decode the job");
-  s->busy = false;
   s->dying = dying;
-  s->frame.clear();
+  if (dying)  // it exits after this: what waits in its mailbox goes to the others
+    requeue_next(self->state, *s);
+  start_next(*s);
   self->send(self->state.gateway, done_atom::value, lease, std::move(done));
   dispatch(self);
 }
@@ -196,7 +240,7 @@ void on_tick(pool_actor_ptr self) {
     if (st.withdrawn)
       break;
     if (!s.worker && !st.draining && now >= s.restart_at) {
-      s.worker = spawn_worker(self);
+      s.worker = spawn_worker(self, s);
       log::info("node", "worker restarted", fields(self));
     }
     if (s.busy && lim.job_timeout_ms > 0 && now - s.started > std::chrono::milliseconds{lim.job_timeout_ms}) {
@@ -210,12 +254,14 @@ void on_tick(pool_actor_ptr self) {
       self->demonitor(s.worker);
       self->monitor(s.worker);  // keep watching it, as an abandoned worker
       st.abandoned.push_back(s.worker);
+      if (s.abandoned)
+        s.abandoned->store(true);  // its mailbox's jobs were queued again (fail_running)
       caf::anon_send_exit(s.worker, caf::exit_reason::user_shutdown);
       s.worker = nullptr;
       s.restart_at = now;  // replaced at once: the kind keeps its capacity
       if (!note_restart(self, now))
         break;
-      s.worker = spawn_worker(self);
+      s.worker = spawn_worker(self, s);
     }
   }
   dispatch(self);
@@ -238,7 +284,7 @@ caf::behavior pool_actor(pool_actor_ptr self, caf::actor gateway, pool_config cf
   st.cfg = std::move(cfg);
   st.slots.resize(static_cast<size_t>(st.cfg.spec.workers));
   for (auto& s : st.slots)
-    s.worker = spawn_worker(self);
+    s.worker = spawn_worker(self, s);
   self->set_down_handler([self](caf::down_msg& msg) { on_worker_down(self, msg); });
   self->delayed_send(self, tick_interval, tick_atom::value);
   return {

@@ -1,6 +1,10 @@
 // A pool: the jobs of one actor kind. It keeps a FIFO queue and `workers`
-// worker actors (nodes/worker.hpp), hands each idle worker the next job, and
-// supervises them in the OTP style (CAF 0.17 has no supervisor: monitors, a
+// worker actors (nodes/worker.hpp), hands each idle worker the next job (for a
+// kind with prefetch, also a second one that waits in the worker's mailbox, so
+// the worker does not idle while its DONE goes to the pool and the next job
+// comes back; jobs still waiting there when the worker dies or is abandoned go
+// back to the queue: they never started, and an abandoned worker skips them),
+// and supervises them in the OTP style (CAF 0.17 has no supervisor: monitors, a
 // tick, restarts):
 //   - a worker that dies (its handler threw: the worker reports the job and
 //     exits so that its handler is made afresh) is restarted after a backoff
@@ -57,19 +61,24 @@ struct pool_state {
   using clock = std::chrono::steady_clock;
   static inline const char* name = "pool";
 
+  struct pending {
+    int64_t lease = 0;
+    std::string job_id;
+    std::string frame;
+  };
   struct slot {
     caf::actor worker;  ///< invalid while it waits to be restarted
     bool busy = false;
     bool dying = false;  ///< reported its last job and exits: takes no other
     int64_t lease = 0;
+    std::string job_id;
     std::string frame;  ///< the job it runs, to report it if the worker dies
     clock::time_point started;
     clock::time_point restart_at;  ///< when an empty slot gets a new worker
-  };
-  struct pending {
-    int64_t lease = 0;
-    std::string job_id;
-    std::string frame;
+    /// Jobs already in the worker's mailbox behind the one it runs (kinds with
+    /// prefetch: see pool.cpp depth()); back to the queue if it dies first.
+    std::deque<pending> next;
+    std::shared_ptr<std::atomic<bool>> abandoned;  ///< the worker's flag (worker_config::abandoned)
   };
 
   pool_config cfg;

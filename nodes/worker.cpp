@@ -115,6 +115,8 @@ caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_confi
   return {
       [self](run_atom, int64_t lease, const std::string& frame) {
         auto& st = self->state;
+        if (st.cfg.abandoned->load())
+          return;  // the pool gave this job to another worker
         bool threw = false;
         auto done = run_one(st.handler.get(), st.cfg, frame, threw);
         // `threw` tells the pool this worker is about to exit: no next job for it.

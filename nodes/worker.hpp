@@ -28,6 +28,9 @@ struct worker_config {
   /// Counts handlers running right now on this node (the runtime reads it at
   /// shutdown to know whether a stuck handler must be abandoned).
   std::shared_ptr<std::atomic<int>> busy;
+  /// Set by the pool when it abandons this worker (a job past its time limit):
+  /// jobs still in its mailbox are skipped, not run (the pool queued them again).
+  std::shared_ptr<std::atomic<bool>> abandoned = std::make_shared<std::atomic<bool>>(false);
 };
 
 struct worker_state {

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <future>
+#include <algorithm>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
@@ -226,6 +227,48 @@ TEST_CASE("a handler that throws counts as a transient failure with the exceptio
   node.stop();
 }
 
+TEST_CASE("with prefetch a worker runs the jobs queued in its mailbox in order and one waiting behind a crash runs after the restart") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto order = std::make_shared<std::vector<std::string>>();
+  auto mu = std::make_shared<std::mutex>();
+  auto kind = kind_of("k", {"f"}, 1, [order, mu](const nodes::job& j) -> nodes::job_result {
+    {
+      std::lock_guard<std::mutex> lk(*mu);
+      order->push_back(j.id);
+    }
+    if (j.id == "crash") throw std::runtime_error("handler bug");
+    std::this_thread::sleep_for(20ms);
+    return nodes::job_result::success({{"ok", true}});
+  });
+  kind.prefetch = 4;
+  kind.limits.restart_backoff_ms = 10;
+  nodes::node_runtime node{ctx, options_for(broker, {kind})};
+  node.start();
+  await_registration(broker);
+  int64_t lease = 0;
+  for (const char* id : {"a", "b", "c"})
+    broker.send(job_of(id, "f", ++lease));
+  REQUIRE(broker.wait_until([&] { return broker.count<cl::done>() == 3; }, 5s));
+  {
+    std::lock_guard<std::mutex> lk(*mu);
+    CHECK(*order == std::vector<std::string>{"a", "b", "c"});
+  }
+  // "after" waits in the worker's mailbox behind "crash": the worker exits
+  // after reporting "crash", and "after" runs on its replacement, unharmed.
+  broker.send(job_of("crash", "f", 10));
+  broker.send(job_of("after", "f", 11));
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "crash") && has_done(broker, "after"); }, 5s));
+  CHECK(done_of(broker, "crash")->error_code == "exception");
+  CHECK(done_of(broker, "after")->outcome == "ok");
+  CHECK(done_of(broker, "after")->credit == 1);
+  {
+    std::lock_guard<std::mutex> lk(*mu);
+    CHECK(std::count(order->begin(), order->end(), "after") == 1);
+  }
+  node.stop();
+}
+
 TEST_CASE("a worker whose handler threw is restarted with a fresh handler, and other kinds keep working") {
   zmq::context_t ctx;
   fake_broker broker{ctx, unique_inproc()};
@@ -326,6 +369,35 @@ TEST_CASE("a job past its time limit fails as timeout, its worker is replaced, i
   for (const auto& x : broker.all<cl::done>())
     if (x.job_id == "hang") ++dones;
   CHECK(dones == 1);
+  node.stop();
+}
+
+TEST_CASE("with prefetch a job queued behind one past its time limit runs once on the replacement worker") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  gate g;
+  auto runs = std::make_shared<std::atomic<int>>(0);
+  auto spec = kind_of("k", {"f"}, 1, [&g, runs](const nodes::job& j) {
+    if (j.id == "hang") g.wait(10s);
+    if (j.id == "queued") ++*runs;
+    return nodes::job_result::success({{"job", j.id}});
+  });
+  spec.prefetch = 4;
+  spec.limits.job_timeout_ms = 300;
+  nodes::node_runtime node{ctx, options_for(broker, {spec})};
+  node.start();
+  await_registration(broker);
+  broker.send(job_of("hang", "f", 1));
+  broker.send(job_of("queued", "f", 2));  // in the hung worker's mailbox
+  REQUIRE(broker.wait_until([&] { return has_done(broker, "hang") && has_done(broker, "queued"); }, 5s));
+  CHECK(done_of(broker, "hang")->error_code == "timeout");
+  CHECK(done_of(broker, "queued")->outcome == "ok");
+  // The abandoned worker's call returns: it skips what was left in its mailbox.
+  g.release();
+  REQUIRE(eventually([&] { return g.left.load(); }, 5s));
+  broker.pump_for(300ms);
+  CHECK(runs->load() == 1);
+  CHECK(broker.count<cl::done>() == 2);
   node.stop();
 }
 
