@@ -71,7 +71,7 @@ nodes::actor_kind_spec geo_spec(const protocol::config& cfg) {
   s.kind = "geo";
   s.functions = {"notifyNearbyWorkers", "updateWorkerLocation"};
   s.workers = workers_of(cfg.node.geo_workers);
-  s.prefetch = static_cast<int>(std::min<int64_t>(cfg.node.geo_prefetch, 100000));
+  s.prefetch = static_cast<int>(cfg.node.geo_prefetch);  // 0..100000 (config check)
   // One factory per spec: every handler of this node shares its index and loader.
   s.make_handler = geo_handler_factory(cfg.django, geo_options::from_config(cfg.geo));
   return s;

@@ -90,6 +90,11 @@ std::string max_bytes_range(const value& v) {
   return n >= 1 && n <= (int64_t{1} << 30) ? "" : "must be between 1 and 1073741824";
 }
 
+std::string prefetch_range(const value& v) {
+  auto n = std::get<int64_t>(v);
+  return n >= 0 && n <= 100000 ? "" : "must be between 0 and 100000";
+}
+
 std::string hold_range(const value& v) {
   // ms arithmetic on it (ts + hold * 1000) must not overflow: at most 10 years.
   auto n = std::get<int64_t>(v);
@@ -213,7 +218,7 @@ const key_spec keys[] = {
     KLYNAA_KEY(node, notifier_workers, at_least_one, "jobs a node's notifier runs at once"),
     KLYNAA_KEY(node, escrow_workers, at_least_one, "jobs a node's escrow actor runs at once"),
     KLYNAA_KEY(node, geo_workers, at_least_one, "jobs a node's geo actor runs at once"),
-    KLYNAA_KEY(node, geo_prefetch, not_negative,
+    KLYNAA_KEY(node, geo_prefetch, prefetch_range,
                "geo jobs a node queues beyond those running, so that the round trip to the broker is hidden"),
     KLYNAA_KEY(node, scheduler_workers, at_least_one, "jobs a node's scheduler runs at once"),
     KLYNAA_KEY(node, job_timeout_seconds, not_negative,

@@ -10,11 +10,13 @@ figures belong to bench/compare.sh (docs/performance.md).
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from netutil import free_port  # noqa: E402
 
 ARGS = None
 
@@ -22,14 +24,6 @@ ARGS = None
 def run_bench(*extra, timeout=240):
     env = dict(os.environ, KLYNAA_SCHEDULER_MISFIRE_GRACE_SECONDS="0")
     return subprocess.run([ARGS.bench, *extra], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class BenchSmokeTest(unittest.TestCase):
@@ -50,6 +44,13 @@ class BenchSmokeTest(unittest.TestCase):
             for key in ("p50", "p99", "p999"):
                 self.assertIsNotNone(out["ack_latency_ms"][key], key)
             self.assertLessEqual(out["ack_latency_ms"]["p50"], out["ack_latency_ms"]["p99"])
+            # The broker's group commits (/stats "store") carried every request and
+            # every job's end (per-commit averages are rounded to 3 decimals).
+            sc = out["store_commits"]
+            self.assertGreater(sc["commits"], 0)
+            self.assertGreaterEqual(sc["requests_per_commit"] * sc["commits"], 3000 - 2)
+            self.assertGreaterEqual(sc["updates_per_commit"] * sc["commits"], 3000 - 2)
+            self.assertGreater(sc["commit_ms_avg"], 0)
             self.assertEqual(os.listdir(tmp), [])  # its klynaa run's data dir is gone
 
     def test_no_broker_is_an_error_and_no_figure(self):

@@ -1,6 +1,7 @@
 // The broker's side of the cluster protocol against scripted fake nodes (real
 // `klynaa broker` process, DEALER sockets in the test): fan-out, leases, node
 // loss, late results and ordering.
+#include "fake_node.hpp"
 #include "protocol/cluster.hpp"
 #include "support.hpp"
 
@@ -11,49 +12,6 @@ using klynaa::protocol::reply_status;
 namespace cl = klynaa::protocol::cluster;
 
 namespace {
-
-/// A node speaking KJCP by hand.
-class fake_node {
- public:
-  fake_node(zmq::context_t& ctx, const std::string& endpoint, std::string name,
-            std::vector<std::string> kinds, int64_t credit)
-      : sock_(ctx, zmq::socket_type::dealer) {
-    sock_.set(zmq::sockopt::linger, 0);
-    sock_.connect(endpoint);
-    send(cl::ready{std::move(name), std::move(kinds), credit});
-  }
-  void send(const cl::message& m) {
-    auto f = cl::encode(m);
-    sock_.send(zmq::buffer(f), zmq::send_flags::none);
-  }
-  /// The next `job` (heartbeats and welcome are skipped), or nullopt.
-  std::optional<cl::job> next_job(std::chrono::milliseconds timeout = 10000ms) {
-    auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      zmq::pollitem_t items[] = {{static_cast<void*>(sock_), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 1, 50ms);
-      zmq::message_t m;
-      while (sock_.recv(m, zmq::recv_flags::dontwait)) {
-        auto msg = cl::decode(m.data(), m.size());
-        if (msg && std::holds_alternative<cl::job>(*msg)) return std::get<cl::job>(*msg);
-      }
-      send(cl::heartbeat{});
-    }
-    return std::nullopt;
-  }
-  void finish(const cl::job& j, const std::string& outcome = "ok") {
-    cl::done d;
-    d.job_id = j.job_id;
-    d.lease = j.lease;
-    d.outcome = outcome;
-    d.result_json = "{}";
-    send(d);
-    send(cl::credit{1});
-  }
-
- private:
-  zmq::socket_t sock_;
-};
 
 json stats_of(klynaa_server& srv) {
   auto addr = srv.endpoints()["admin"].get<std::string>();

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,20 +36,15 @@ sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 
 from klynaa_client import Client, KlynaaUnavailable  # noqa: E402
 
+sys.path.insert(0, HERE)
+from netutil import free_port  # noqa: E402
+
 PY = "/usr/bin/python3"
 API_KEY = "test-key-123"
 AUTH = {"Authorization": "Api-Key " + API_KEY}
 ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 PICKUP_KEYS = {"id", "status", "customer_id", "worker_id", "lat", "lng", "price", "currency", "created_at",
                "accepted_at", "delivered_at"}
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class FakeIngress:

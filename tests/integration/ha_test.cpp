@@ -7,6 +7,7 @@
 #include <httplib.h>
 
 #include "../broker/pg_server.hpp"
+#include "fake_node.hpp"
 #include "protocol/cluster.hpp"
 #include "support.hpp"
 
@@ -51,6 +52,18 @@ std::pair<int, std::string> http_get(const std::string& addr, const std::string&
 }
 
 /// Publishes and returns the reply (nullopt: no answer within `timeout`).
+/// Two brokers on one fresh store: `a`, started first, holds the lease; `b` is
+/// the standby.
+struct broker_pair {
+  std::string url = fresh_store_url();
+  klynaa_server a{"broker", pg_env(url, "broker-a")};
+  klynaa_server b{"broker", pg_env(url, "broker-b")};
+  broker_pair() {
+    REQUIRE(role_of(a) == "active");
+    REQUIRE(role_of(b) == "standby");
+  }
+};
+
 std::optional<klynaa::protocol::reply> publish(zmq::context_t& ctx, const std::string& ingress,
                                                const std::string& id, int worker,
                                                std::chrono::milliseconds timeout = 10000ms) {
@@ -62,11 +75,9 @@ std::optional<klynaa::protocol::reply> publish(zmq::context_t& ctx, const std::s
 
 TEST_CASE("two brokers on one PostgreSQL - one is active, the standby sends everyone elsewhere",
           "[ha][postgres]") {
-  const auto url = fresh_store_url();
-  klynaa_server a("broker", pg_env(url, "broker-a"));
-  REQUIRE(role_of(a) == "active");
-  klynaa_server b("broker", pg_env(url, "broker-b"));
-  REQUIRE(role_of(b) == "standby");
+  broker_pair pair;
+  auto& a = pair.a;
+  auto& b = pair.b;
   INFO(b.log());
 
   zmq::context_t ctx;
@@ -135,11 +146,9 @@ TEST_CASE("two brokers on one PostgreSQL - one is active, the standby sends ever
 
 TEST_CASE("kill -9 of the active broker - the standby takes over, accepted ids are duplicates and run",
           "[ha][postgres]") {
-  const auto url = fresh_store_url();
-  klynaa_server a("broker", pg_env(url, "broker-a"));
-  REQUIRE(role_of(a) == "active");
-  klynaa_server b("broker", pg_env(url, "broker-b"));
-  REQUIRE(role_of(b) == "standby");
+  broker_pair pair;
+  auto& a = pair.a;
+  auto& b = pair.b;
   const auto b_ingress = b.ingress(), b_cluster = b.cluster();
 
   zmq::context_t ctx;
@@ -196,11 +205,9 @@ TEST_CASE("kill -9 of the active broker - the standby takes over, accepted ids a
 
 TEST_CASE("a broker frozen past its lease fail-stops with exit 3 when resumed and accepts nothing",
           "[ha][postgres]") {
-  const auto url = fresh_store_url();
-  klynaa_server a("broker", pg_env(url, "broker-a"));
-  REQUIRE(role_of(a) == "active");
-  klynaa_server b("broker", pg_env(url, "broker-b"));
-  REQUIRE(role_of(b) == "standby");
+  broker_pair pair;
+  auto& a = pair.a;
+  auto& b = pair.b;
   const auto a_ingress = a.ingress();
 
   zmq::context_t ctx;
@@ -252,56 +259,6 @@ TEST_CASE("a broker frozen past its lease fail-stops with exit 3 when resumed an
   CHECK(again->status == reply_status::duplicate);
 }
 
-namespace {
-
-/// A node speaking KJCP by hand (as in cluster_test.cpp).
-class script_node {
- public:
-  script_node(zmq::context_t& ctx, const std::string& endpoint, std::vector<std::string> kinds)
-      : sock_(ctx, zmq::socket_type::dealer) {
-    sock_.set(zmq::sockopt::linger, 0);
-    sock_.connect(endpoint);
-    send(cl::ready{"script", std::move(kinds), 1});
-  }
-  void send(const cl::message& m) {
-    auto f = cl::encode(m);
-    sock_.send(zmq::buffer(f), zmq::send_flags::none);
-  }
-  std::optional<cl::job> next_job(std::chrono::milliseconds timeout = 10000ms) {
-    auto end = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < end) {
-      zmq::pollitem_t items[] = {{static_cast<void*>(sock_), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 1, 50ms);
-      zmq::message_t m;
-      while (sock_.recv(m, zmq::recv_flags::dontwait)) {
-        auto msg = cl::decode(m.data(), m.size());
-        if (msg && std::holds_alternative<cl::job>(*msg)) return std::get<cl::job>(*msg);
-      }
-      send(cl::heartbeat{});
-    }
-    return std::nullopt;
-  }
-  void finish(const cl::job& j, const std::string& outcome) {
-    cl::done d;
-    d.job_id = j.job_id;
-    d.lease = j.lease;
-    d.outcome = outcome;
-    d.result_json = outcome == "ok" ? "{}" : "";
-    if (outcome != "ok") {
-      d.error_code = "http_404";
-      d.error_message = "Django answered 404: no such pickup";
-      d.http_status = 404;
-    }
-    send(d);
-    send(cl::credit{1});
-  }
-
- private:
-  zmq::socket_t sock_;
-};
-
-}  // namespace
-
 TEST_CASE("store migrate copies a SQLite store into an empty PostgreSQL and a broker serves it",
           "[ha][postgres][migrate]") {
   zmq::context_t ctx;
@@ -317,7 +274,7 @@ TEST_CASE("store migrate copies a SQLite store into an empty PostgreSQL and a br
     CHECK(busy == 1);
     CHECK_THAT(busy_out, Catch::Contains("a broker is using the data dir"));
 
-    script_node node(ctx, src.cluster(), {"escrow", "geo"});
+    fake_node node(ctx, src.cluster(), "script", {"escrow", "geo"}, 1);
     auto r = publish(ctx, src.ingress(), "mig-loc-1", 1);
     REQUIRE(r);
     REQUIRE(r->status == reply_status::accepted);
@@ -332,7 +289,7 @@ TEST_CASE("store migrate copies a SQLite store into an empty PostgreSQL and a br
     REQUIRE(e);
     CHECK(e->function == "processEscrowRelease");
     dead_job = e->job_id;
-    node.finish(*e, "permanent");  // dead, with one attempt of history
+    node.finish(*e, "permanent", "http_404", "Django answered 404: no such pickup", 404);  // dead, with one attempt of history
     REQUIRE(wait_for([&] {
       auto addr = src.endpoints()["admin"].get<std::string>();
       auto s = json::parse(http_get(addr, "/stats").second, nullptr, false);
@@ -391,7 +348,7 @@ TEST_CASE("store migrate copies a SQLite store into an empty PostgreSQL and a br
 TEST_CASE("losing the database while running - the ingress answers overloaded, never accepted, then fail-stops",
           "[ha][postgres]") {
   auto& pg = pg_server::get();
-  const auto url = pg.url(pg.fresh_database());
+  const auto url = fresh_store_url();
   auto a = std::make_unique<klynaa_server>("broker", pg_env(url, "broker-a"));
   REQUIRE(role_of(*a) == "active");
   zmq::context_t ctx;

@@ -27,7 +27,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,20 +47,14 @@ sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 from klynaa_client import (Client, KlynaaError, KlynaaInvokeFailed, KlynaaInvokeTimeout,  # noqa: E402
                            KlynaaOverloaded, KlynaaRejected, KlynaaShuttingDown, KlynaaUnavailable,
                            KlynaaUnexpectedReply, django_client, event_id, publish_on_commit)
+sys.path.insert(0, HERE)
+from netutil import free_port  # noqa: E402
 
 PY = "/usr/bin/python3"
 KLYNAA = os.environ.get("KLYNAA_BIN", os.path.join(ROOT, "build", "klynaa"))
 API_KEY = "pyclient-test-key"
 RUN = uuid.uuid4().hex[:8]  # makes ids unique per run
 SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_for(cond, timeout, step=0.05):

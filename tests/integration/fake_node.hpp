@@ -1,0 +1,67 @@
+// A node speaking the cluster protocol by hand, for tests of the broker's side
+// (cluster_test.cpp, ha_test.cpp): READY on construction, JOBs read one at a
+// time, DONE written as told. It grants slots the CREDIT way (a DONE, then
+// CREDIT{1}); real nodes put the credit in the DONE, so both paths are tested.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <zmq.hpp>
+
+#include "protocol/cluster.hpp"
+
+namespace klynaa::test {
+
+class fake_node {
+ public:
+  fake_node(zmq::context_t& ctx, const std::string& endpoint, std::string name,
+            std::vector<std::string> kinds, int64_t credit)
+      : sock_(ctx, zmq::socket_type::dealer) {
+    sock_.set(zmq::sockopt::linger, 0);
+    sock_.connect(endpoint);
+    send(protocol::cluster::ready{std::move(name), std::move(kinds), credit});
+  }
+  void send(const protocol::cluster::message& m) {
+    auto f = protocol::cluster::encode(m);
+    sock_.send(zmq::buffer(f), zmq::send_flags::none);
+  }
+  /// The next `job` (heartbeats and welcome are skipped), or nullopt.
+  std::optional<protocol::cluster::job> next_job(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    namespace cl = protocol::cluster;
+    auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      zmq::pollitem_t items[] = {{static_cast<void*>(sock_), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, std::chrono::milliseconds(50));
+      zmq::message_t m;
+      while (sock_.recv(m, zmq::recv_flags::dontwait)) {
+        auto msg = cl::decode(m.data(), m.size());
+        if (msg && std::holds_alternative<cl::job>(*msg)) return std::get<cl::job>(*msg);
+      }
+      send(cl::heartbeat{});
+    }
+    return std::nullopt;
+  }
+  /// DONE with `outcome` ("ok", "transient", "permanent"), then CREDIT{1}.
+  void finish(const protocol::cluster::job& j, const std::string& outcome = "ok",
+              const std::string& error_code = "", const std::string& error_message = "",
+              int64_t http_status = 0) {
+    protocol::cluster::done d;
+    d.job_id = j.job_id;
+    d.lease = j.lease;
+    d.outcome = outcome;
+    d.result_json = outcome == "ok" ? "{}" : "";
+    d.error_code = error_code;
+    d.error_message = error_message;
+    d.http_status = http_status;
+    send(d);
+    send(protocol::cluster::credit{1});
+  }
+
+ private:
+  zmq::socket_t sock_;
+};
+
+}  // namespace klynaa::test
