@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libcaf-dev libzmq3-dev cppzmq-dev libmsgpack-cxx-dev
   libboost-log-dev libboost-program-options-dev libboost-dev
-  catch2 libsqlite3-dev sqlite3 libcurl4-openssl-dev tzdata openssl
+  catch2 libsqlite3-dev sqlite3 libcurl4-openssl-dev tzdata openssl libjemalloc-dev
   libtomlplusplus-dev nlohmann-json3-dev libhowardhinnant-date-dev
   libjwt-dev libssl-dev libcpp-httplib-dev libpq-dev postgresql
   clang libclang-rt-dev prometheus
