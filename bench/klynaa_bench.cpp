@@ -1031,12 +1031,14 @@ int run_load(options& o) {
   std::optional<admin_client> admin;
   fn_counts base;
   json base_store = json::object(), last_store = json::object();  // /stats "store": group commits
+  json base_link = json::object(), last_link = json::object();    // /stats "cluster_link": frames
   if (o.wait) {
     admin.emplace(o.admin);
     auto st = admin->stats();
     if (!st) return finish(1, "cannot GET http://" + o.admin + "/stats (--admin)");
     base = counts_of(*st, function);
     base_store = st->value("store", json::object());
+    base_link = st->value("cluster_link", json::object());
   }
   const uint64_t expect = o.expect ? o.expect : o.count;
 
@@ -1099,6 +1101,7 @@ int run_load(options& o) {
       if (st) {
         last = counts_of(*st, function);
         last_store = st->value("store", json::object());
+        last_link = st->value("cluster_link", json::object());
         if (last.dead > base.dead) {
           sending = false;
           sampler.join();
@@ -1178,6 +1181,12 @@ int run_load(options& o) {
                             {"updates_per_commit", round3(delta("updates") / commits)},
                             {"commit_ms_avg", round3(delta("commit_seconds") * 1000 / commits)}};
   }
+  // The cluster link during the run: messages per frame each way (BATCH frames).
+  auto link = [&](const char* k) { return last_link.value(k, 0.0) - base_link.value(k, 0.0); };
+  if (o.wait && link("frames_sent") > 0 && link("frames_received") > 0)
+    out["cluster_link"] = {{"messages_per_frame_sent", round3(link("messages_sent") / link("frames_sent"))},
+                           {"messages_per_frame_received",
+                            round3(link("messages_received") / link("frames_received"))}};
   out["send_seconds"] = round3(static_cast<double>(t_sent - S.t0) / 1e9);
   out["loadavg"] = loadavg();
   out["cores"] = std::thread::hardware_concurrency();

@@ -92,14 +92,14 @@ bool broker_core::impl::open(std::string& err) {
   return true;
 }
 
-void broker_core::impl::add_live(const job_record& r, int64_t now) {
+void broker_core::impl::add_live(job_record r, int64_t now) {
   live_job j;
-  j.id = r.id;
-  j.request_id = r.request_id;
-  j.function = r.function;
+  j.id = std::move(r.id);
+  j.request_id = std::move(r.request_id);
   j.kind = std::string(protocol::actor_of(r.function));
-  j.data_json = r.data_json;
-  j.okey = r.ordering_key;
+  j.function = std::move(r.function);
+  j.data_json = std::move(r.data_json);
+  j.okey = std::move(r.ordering_key);
   j.seq = r.seq;
   j.due_ms = r.due_ms;
   j.ts_ms = r.ts_ms;
@@ -380,16 +380,17 @@ void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) 
   for (size_t i = 0; i < ob.reqs.size() && i < out.requests.size(); ++i) {
     auto& p = ob.reqs[i];
     auto& o = out.requests[i];
+    auto& jobs = ob.b.requests[i].jobs;
     for (auto& id : o.cancelled) queue.finish(id, job_state::cancelled);
     if (p.internal) {
-      for (auto& j : o.created) add_live(j, now);
+      for (auto k : o.created) add_live(std::move(jobs[k]), now);
       continue;
     }
     if (o.duplicate) {
       answer_duplicate(p, o);
       continue;
     }
-    for (auto& j : o.created) add_live(j, now);
+    for (auto k : o.created) add_live(std::move(jobs[k]), now);
     ++ingress_counts["accepted"];
     if (p.op == protocol::op::invoke && !o.job_ids.empty()) {
       add_waiter(p, o.job_ids.front());
@@ -547,7 +548,11 @@ void broker_core::impl::publish_stats(int64_t now) {
                       {"store", {{"commits", store_totals.commits},
                                  {"requests", store_totals.requests},
                                  {"updates", store_totals.updates},
-                                 {"commit_seconds", static_cast<double>(store_totals.commit_us) / 1e6}}}};
+                                 {"commit_seconds", static_cast<double>(store_totals.commit_us) / 1e6}}},
+                      {"cluster_link", {{"frames_sent", link_totals.frames_sent},
+                                        {"messages_sent", link_totals.messages_sent},
+                                        {"frames_received", link_totals.frames_received},
+                                        {"messages_received", link_totals.messages_received}}}};
   std::lock_guard<std::mutex> lk(snapshot_mu);
   snapshot = std::move(s);
 }

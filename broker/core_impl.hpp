@@ -80,6 +80,8 @@ struct node_session {
   /// Fan-out jobs started since, to send here in order (an entry whose job no
   /// longer waits for this node is skipped): dispatch never scans all fan-outs.
   std::deque<std::string> fanout_sends;
+  bool batch = false;                ///< it takes BATCH frames (its READY said so)
+  std::vector<std::string> outbox;   ///< JOB frames of this dispatch pass, sent as one BATCH
 };
 
 /// A dead-letter command from the admin endpoint, answered after its commit.
@@ -127,7 +129,7 @@ struct broker_core::impl {
   void on_commit();
   void apply_commit(open_batch& ob, const commit_outcome& out);
   void fail_commit(open_batch& ob, const store_error& err);
-  void add_live(const job_record& r, int64_t now);
+  void add_live(job_record r, int64_t now);
   job_update& record(live_job& j, job_state s, const std::string& outcome = {},
                      const std::string& error_json = {}, const std::string& result_json = {},
                      int64_t duration_ms = 0);
@@ -149,7 +151,8 @@ struct broker_core::impl {
 
   // sessions.cpp
   void on_cluster();
-  void handle_node_message(const std::string& identity, const zmq::message_t& frame, int64_t now);
+  void handle_node_message(const std::string& identity, const void* data, size_t size, int64_t now,
+                           bool in_batch = false);
   void dispatch(int64_t now);
   void on_done(node_session& n, const protocol::cluster::done& d, int64_t now);
   void lose_job(const std::string& job_id, const std::string& why, int64_t now);
@@ -161,6 +164,9 @@ struct broker_core::impl {
   void drop_node(std::string identity, const std::string& why, int64_t now);  // by value: callers pass map keys
   void check_nodes(int64_t now);
   bool send_node(const std::string& identity, const std::string& frame);
+  /// Sends the node's outbox (one JOB alone, several as one BATCH); false when
+  /// the node is unreachable.
+  bool flush_outbox(const std::string& identity, node_session& n);
   int64_t retry_delay(const std::string& function, int64_t attempts, int64_t retry_after_ms);
   void start_prune(const job_update& done, finished_note note, int64_t now);
   void prune_committed(const commit_outcome& out);
@@ -222,6 +228,10 @@ struct broker_core::impl {
   struct {
     int64_t commits = 0, requests = 0, updates = 0, commit_us = 0;
   } store_totals;
+  /// Cluster frames and the messages they carried (a BATCH carries many), both ways.
+  struct {
+    int64_t frames_sent = 0, messages_sent = 0, frames_received = 0, messages_received = 0;
+  } link_totals;
 
   mutable std::mutex snapshot_mu;
   nlohmann::json snapshot = nlohmann::json::object();

@@ -605,9 +605,9 @@ struct pg_store::impl {
       out.existing.clear();  // not a duplicate: nothing was there before
       auto ordinals = nlohmann::json::parse(text(res, 0, 2));
       for (auto& n : ordinals) {
-        auto& j = r.jobs.at(n.get<size_t>() - 1);
-        out.job_ids.push_back(j.id);
-        out.created.push_back(j);
+        const auto index = n.get<size_t>() - 1;
+        out.job_ids.push_back(r.jobs.at(index).id);
+        out.created.push_back(static_cast<uint32_t>(index));
       }
       out.cancelled = string_array(text(res, 0, 3));
     }, q);

@@ -44,7 +44,8 @@ void broker_core::impl::on_cluster() {
                    {{"frames", rest.size()}});
       continue;
     }
-    handle_node_message(id.to_string(), rest[0], now);
+    ++link_totals.frames_received;
+    handle_node_message(id.to_string(), rest[0].data(), rest[0].size(), now);
   }
 }
 
@@ -53,6 +54,8 @@ bool broker_core::impl::send_node(const std::string& identity, const std::string
     if (!cluster.send(zmq::buffer(identity), zmq::send_flags::sndmore | zmq::send_flags::dontwait))
       return false;
     cluster.send(zmq::buffer(frame), zmq::send_flags::none);
+    ++link_totals.frames_sent;
+    ++link_totals.messages_sent;
     auto it = nodes.find(identity);
     if (it != nodes.end()) it->second.last_sent = wall_ms();
     return true;
@@ -61,12 +64,31 @@ bool broker_core::impl::send_node(const std::string& identity, const std::string
   }
 }
 
-void broker_core::impl::handle_node_message(const std::string& identity, const zmq::message_t& frame,
-                                            int64_t now) {
+bool broker_core::impl::flush_outbox(const std::string& identity, node_session& n) {
+  if (n.outbox.empty()) return true;
+  const bool sent = n.outbox.size() == 1 ? send_node(identity, n.outbox.front())
+                                         : send_node(identity, cl::encode_batch(n.outbox));
+  if (sent) link_totals.messages_sent += static_cast<int64_t>(n.outbox.size()) - 1;
+  n.outbox.clear();
+  return sent;
+}
+
+void broker_core::impl::handle_node_message(const std::string& identity, const void* data, size_t size,
+                                            int64_t now, bool in_batch) {
   std::string err;
-  auto msg = cl::decode(frame.data(), frame.size(), &err);
+  auto msg = cl::decode(data, size, &err);
   if (!msg) {
     log::warning(component, "undecodable cluster message ignored", {{"error", err}});
+    return;
+  }
+  ++link_totals.messages_received;
+  if (auto* b = std::get_if<cl::batch>(&*msg)) {
+    --link_totals.messages_received;  // the batch counts as the messages it carries
+    if (in_batch) {
+      log::warning(component, "a batch inside a batch ignored", {{"frames", b->frames.size()}});
+      return;
+    }
+    for (auto& f : b->frames) handle_node_message(identity, f.data(), f.size(), now, true);
     return;
   }
   if (auto* r = std::get_if<cl::ready>(&*msg)) {
@@ -84,11 +106,13 @@ void broker_core::impl::handle_node_message(const std::string& identity, const z
     s.name = r->node;
     s.kinds.insert(r->kinds.begin(), r->kinds.end());
     s.credit = r->credit;
+    s.batch = r->batch;
     s.last_seen = now;
     nodes[identity] = std::move(s);
     cl::welcome w;
     w.heartbeat_ms = opts.cfg.cluster.heartbeat_ms;
     w.lease_ms = opts.cfg.cluster.lease_ms;
+    w.batch = true;
     send_node(identity, cl::encode(cl::message(w)));
     log::info(component, "node registered", {{"node", r->node}, {"kinds", r->kinds}, {"credit", r->credit}});
     return;
@@ -365,7 +389,12 @@ bool broker_core::impl::send_job(const std::string& identity, node_session& n, l
   m.attempt = j.fanout ? j.attempts : j.attempts + 1;
   m.lease = j.fanout ? j.lease : lease_counter + 1;
   m.ts_ms = j.ts_ms;
-  if (!send_node(identity, cl::encode(cl::message(m)))) return false;
+  if (n.batch) {  // sent at the end of the dispatch pass, with the others of this node
+    n.outbox.push_back(cl::encode(cl::message(m)));
+    if (n.outbox.size() >= cl::max_batch && !flush_outbox(identity, n)) return false;
+  } else if (!send_node(identity, cl::encode(cl::message(m)))) {
+    return false;
+  }
   if (j.fanout) {
     j.run().fanout_todo.erase(identity);
     j.run().fanout_wait.insert(identity);
@@ -401,11 +430,16 @@ void broker_core::impl::dispatch(int64_t now) {
       if (!send_job(identity, n, *j, now)) {
         if (!j->fanout) queue.retry_now(j->id);
         drop_node(identity, "unreachable", now);
-        return;  // nodes changed under the loop
+        progress = false;
+        break;  // nodes changed under the loop; what the others got is sent below
       }
       progress = true;
     }
   }
+  std::vector<std::string> unreachable;
+  for (auto& [identity, n] : nodes)
+    if (!flush_outbox(identity, n)) unreachable.push_back(identity);
+  for (auto& identity : unreachable) drop_node(identity, "unreachable", now);
 }
 
 }  // namespace klynaa::broker

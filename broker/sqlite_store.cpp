@@ -442,12 +442,10 @@ class sqlite_store final : public store {
     request_outcome out;
     // Insert first, with the ids of every candidate job: a new id (the common
     // case) costs one B-tree descent, not a lookup and then an insert.
-    std::vector<std::string> candidates;
-    candidates.reserve(r.jobs.size());
-    for (auto& j : r.jobs) candidates.push_back(j.id);
-    const auto candidate_ids = nlohmann::json(candidates).dump();
+    id_list_.clear();
+    append_id_array(id_list_, r.jobs, [](const job_record& j) -> const std::string& { return j.id; });
     get("insert_request").bind(1, r.id).bind(2, r.op).bind(3, r.type).bind(4, r.ts_ms)
-        .bind(5, r.accepted_ms).bind(6, candidate_ids).run();
+        .bind(5, r.accepted_ms).bind(6, id_list_).run();
     auto& find = get("find_request");
     if (sqlite3_changes(db_) == 0 && (find.bind(1, r.id), find.step())) {
       out.duplicate = true;
@@ -468,18 +466,44 @@ class sqlite_store final : public store {
       out.cancelled = cancel_auto_release(*r.closes_pickup, now);
       get("close_pickup").bind(1, *r.closes_pickup).bind(2, now).run();
     }
-    for (auto& j : r.jobs) {
+    for (size_t i = 0; i < r.jobs.size(); ++i) {
+      auto& j = r.jobs[i];
       if (j.auto_release && pickup_closed(j)) continue;  // confirmed/disputed first: no auto-release
       if (insert_job(j)) {
         out.job_ids.push_back(j.id);
-        out.created.push_back(j);
+        out.created.push_back(static_cast<uint32_t>(i));
       }
     }
-    if (out.job_ids != candidates) {  // some were not created: the request lists the ones that were
-      auto ids = nlohmann::json(out.job_ids).dump();
-      get("set_request_jobs").bind(1, r.id).bind(2, ids).run();
+    if (out.created.size() != r.jobs.size()) {  // some were not created: the request lists the ones that were
+      id_list_.clear();
+      append_id_array(id_list_, out.job_ids, [](const std::string& id) -> const std::string& { return id; });
+      get("set_request_jobs").bind(1, r.id).bind(2, id_list_).run();
     }
     return out;
+  }
+
+  /// Appends a JSON array of the strings `id_of` gives for `items` (job ids:
+  /// plain ASCII in the common case, written without building a JSON value).
+  template <class Items, class IdOf>
+  static void append_id_array(std::string& out, const Items& items, IdOf id_of) {
+    out += '[';
+    bool first = true;
+    for (auto& item : items) {
+      const std::string& id = id_of(item);
+      if (!first) out += ',';
+      first = false;
+      const bool plain = std::all_of(id.begin(), id.end(), [](char c) {
+        return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+      });
+      if (plain) {
+        out += '"';
+        out += id;
+        out += '"';
+      } else {
+        out += nlohmann::json(id).dump();
+      }
+    }
+    out += ']';
   }
 
   bool pickup_closed(const job_record& j) {
@@ -537,7 +561,8 @@ class sqlite_store final : public store {
   }
 
   sqlite3* db_ = nullptr;
-  std::map<std::string, stmt> stmts_;
+  std::map<std::string, stmt, std::less<>> stmts_;
+  std::string id_list_;  ///< apply_request's bound id list: reused, and alive until the statement ran
 };
 
 }  // namespace

@@ -106,7 +106,7 @@ struct request_outcome {
   bool duplicate = false;
   int original_op = 0;                 ///< for duplicates: the first request's op
   std::vector<std::string> job_ids;    ///< the jobs of the (first) request
-  std::vector<job_record> created;     ///< accepted: the jobs actually stored
+  std::vector<uint32_t> created;       ///< accepted: the jobs actually stored, as indices into new_request::jobs
   std::vector<std::string> cancelled;  ///< auto-release jobs this request cancelled
   std::vector<job_record> existing;    ///< duplicate: the first request's jobs as stored now
 };

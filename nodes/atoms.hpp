@@ -11,6 +11,7 @@
 //   pool       -> gateway : (handback_atom, lease, job_id)      one queued job not run
 //   runtime    -> gateway : (stop_atom, grace_ms) -> ok_atom    after BYE went out
 //   gateway    -> itself  : (tick_atom)                         timers
+//   gateway    -> itself  : (flush_atom)                        send the DONEs queued so far as one BATCH
 //   pool       -> itself  : (tick_atom)                         restarts, job time limits
 //   pool       -> gateway : (withdraw_atom, kind, reason, {"leases","jobs"} JSON)
 //                                                               the pool gave up on its kind
@@ -27,6 +28,7 @@ using drain_atom = caf::atom_constant<caf::atom("drain")>;
 using handback_atom = caf::atom_constant<caf::atom("handback")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
+using flush_atom = caf::atom_constant<caf::atom("flush")>;
 using withdraw_atom = caf::atom_constant<caf::atom("withdraw")>;
 
 }  // namespace klynaa::nodes

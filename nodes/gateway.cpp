@@ -48,11 +48,48 @@ nlohmann::json node_field(gateway_ptr self) {
 
 // -- outgoing ------------------------------------------------------------------
 
-void send_frame(gateway_ptr self, const std::string& frame) {
+void push_frame(gateway_ptr self, const std::string& frame) {
   auto& st = self->state;
   if (!st.push->send(zmq::buffer(frame), zmq::send_flags::dontwait))
     log::error("node", "could not queue a frame for the broker", node_field(self));
   st.last_tx = clock::now();
+}
+
+/// Sends the queued DONEs: one alone, several as one BATCH.
+void flush_outbox(gateway_ptr self) {
+  auto& st = self->state;
+  if (st.outbox.empty())
+    return;
+  push_frame(self, st.outbox.size() == 1 ? st.outbox.front() : cl::encode_batch(st.outbox));
+  st.outbox.clear();
+}
+
+/// Sends a frame now, after the queued ones (so that the broker sees them in order).
+void send_frame(gateway_ptr self, const std::string& frame) {
+  flush_outbox(self);
+  push_frame(self, frame);
+}
+
+/// Sends a frame with the others that arrive before the flush message (a broker
+/// that does not take BATCH frames: now).
+void queue_frame(gateway_ptr self, std::string frame) {
+  auto& st = self->state;
+  if (!st.batch_out) {
+    send_frame(self, frame);
+    return;
+  }
+  st.outbox.push_back(std::move(frame));
+  if (st.outbox.size() >= cl::max_batch)
+    flush_outbox(self);
+  if (!st.flush_pending) {
+    st.flush_pending = true;
+    self->send(self, flush_atom::value);
+  }
+}
+
+void on_flush(gateway_ptr self) {
+  self->state.flush_pending = false;
+  flush_outbox(self);
 }
 
 void send_msg(gateway_ptr self, const cl::message& m) {
@@ -83,6 +120,7 @@ void send_ready(gateway_ptr self) {
   auto& st = self->state;
   cl::ready r;
   r.node = st.cfg.node;
+  r.batch = true;
   for (const auto& k : st.cfg.kinds)
     if (!st.withdrawn.count(k.kind))
       r.kinds.push_back(k.kind);
@@ -192,6 +230,9 @@ void on_welcome(gateway_ptr self, const cl::welcome& w) {
   st.ready_attempts = 0;
   st.heartbeat_ms = w.heartbeat_ms;
   st.lease_ms = w.lease_ms;
+  if (st.batch_out && !w.batch)
+    flush_outbox(self);  // a broker that does not take them (an older one, after a failover)
+  st.batch_out = w.batch;
 }
 
 void on_broker_bye(gateway_ptr self, const cl::bye& b) {
@@ -225,13 +266,22 @@ void on_broker_bye(gateway_ptr self, const cl::bye& b) {
   }
 }
 
-void on_frame(gateway_ptr self, std::string frame) {
+void on_frame(gateway_ptr self, std::string frame, bool in_batch = false) {
   auto& st = self->state;
   st.last_rx = clock::now();  // any message proves the broker alive
   std::string error;
   auto msg = cl::decode(frame.data(), frame.size(), &error);
   if (!msg) {
     log::warning("node", "ignored an invalid frame from the broker", {{"node", st.cfg.node}, {"error", error}});
+    return;
+  }
+  if (auto* b = std::get_if<cl::batch>(&*msg)) {
+    if (in_batch) {
+      log::warning("node", "ignored a batch inside a batch from the broker", node_field(self));
+      return;
+    }
+    for (auto& f : b->frames)
+      on_frame(self, std::move(f), true);
     return;
   }
   if (auto* j = std::get_if<cl::job>(&*msg))
@@ -250,7 +300,7 @@ void count_outcome(gateway_ptr self, const std::string& function, const std::str
   (o == "ok" ? c.ok : o == "permanent" ? c.dead : c.retry) += 1;
 }
 
-void on_done(gateway_ptr self, int64_t lease, const std::string& frame) {
+void on_done(gateway_ptr self, int64_t lease, std::string frame) {
   auto& st = self->state;
   using life = gateway_state::life;
   auto h = st.held.find(lease);
@@ -273,18 +323,18 @@ void on_done(gateway_ptr self, int64_t lease, const std::string& frame) {
   auto* d = msg ? std::get_if<cl::done>(&*msg) : nullptr;
   if (d == nullptr) {  // nothing to report (or not a DONE): the slot alone
     if (!frame.empty())
-      send_frame(self, frame);
+      queue_frame(self, frame);
     if (grant)
-      send_msg(self, cl::credit{1});
+      queue_frame(self, cl::encode(cl::credit{1}));
   } else {
     if (!function.empty())
       count_outcome(self, function, d->outcome);
     const int64_t credit = grant ? 1 : 0;
     if (d->credit == credit) {
-      send_frame(self, frame);
+      queue_frame(self, std::move(frame));
     } else {
       d->credit = credit;
-      send_msg(self, *d);
+      queue_frame(self, cl::encode(*d));
     }
   }
   if (!grant)
@@ -429,13 +479,14 @@ caf::behavior gateway_actor(gateway_ptr self, gateway_config cfg) {
   init(self, std::move(cfg));
   return {
       [self](frame_atom, std::string& frame) { on_frame(self, std::move(frame)); },
-      [self](done_atom, int64_t lease, const std::string& frame) { on_done(self, lease, frame); },
+      [self](done_atom, int64_t lease, std::string& frame) { on_done(self, lease, std::move(frame)); },
       [self](handback_atom, int64_t lease, std::string& job_id) { on_handback(self, lease, std::move(job_id)); },
       [self](withdraw_atom, const std::string& kind, const std::string& reason, const std::string& handed) {
         on_withdraw(self, kind, reason, handed);
       },
       [self](stop_atom, int64_t grace_ms) { return on_stop(self, grace_ms); },
       [self](tick_atom) { on_tick(self); },
+      [self](flush_atom) { on_flush(self); },
   };
 }
 

@@ -17,6 +17,7 @@
 //   (handback_atom, lease, job_id) a queued job a draining pool did not run
 //   (stop_atom, grace_ms) -> ok_atom, once BYE is in the PUSH socket. Idempotent.
 //   (tick_atom)                    its own timer
+//   (flush_atom)                   its own: send the queued DONEs
 #pragma once
 
 #include <functional>
@@ -95,6 +96,9 @@ struct gateway_state {
   std::map<std::string, counts> jobs_by_function;  ///< for node_stats
   std::map<std::string, std::string> withdrawn;    ///< kind -> why its pool gave up
   std::set<std::string> withdrawn_functions;       ///< functions of those kinds
+  bool batch_out = false;            ///< the broker takes BATCH frames (from WELCOME)
+  std::vector<std::string> outbox;   ///< DONEs waiting for the flush message
+  bool flush_pending = false;        ///< a flush message is in the mailbox
 
   ~gateway_state();
 };

@@ -25,7 +25,7 @@ using packer = msgpack::packer<msgpack::sbuffer>;
 constexpr size_t max_array = 100000;  // children of one done, kinds of one ready
 constexpr size_t max_map = 64;        // keys of one message or child
 constexpr size_t max_str = 64u << 20;
-constexpr size_t max_bin = 0;
+constexpr size_t max_bin = max_str;  // the frames of a BATCH
 constexpr size_t max_ext = 0;
 constexpr size_t max_depth = 8;
 
@@ -70,18 +70,20 @@ struct encoder {
   packer& pk;
 
   void operator()(const ready& m) const {
-    pk.pack_map(5);
+    pk.pack_map(6);
     pack_kv(pk, "t", std::string{"ready"});
     pack_kv(pk, "v", int64_t{version});
     pack_kv(pk, "node", m.node);
     pack_strings(pk, "kinds", m.kinds);
     pack_kv(pk, "credit", m.credit);
+    pack_kv(pk, "batch", m.batch);
   }
   void operator()(const welcome& m) const {
-    pk.pack_map(3);
+    pk.pack_map(4);
     pack_kv(pk, "t", std::string{"welcome"});
     pack_kv(pk, "heartbeat_ms", m.heartbeat_ms);
     pack_kv(pk, "lease_ms", m.lease_ms);
+    pack_kv(pk, "batch", m.batch);
   }
   void operator()(const job& m) const {
     pk.pack_map(7);
@@ -139,6 +141,18 @@ struct encoder {
     pack_kv(pk, "reason", m.reason);
     pack_kv(pk, "credit", m.credit);
     pack_strings(pk, "jobs", m.jobs);
+  }
+  void operator()(const batch& m) const { pack_batch(pk, m.frames); }
+
+  static void pack_batch(packer& pk, const std::vector<std::string>& frames) {
+    pk.pack_map(2);
+    pack_kv(pk, "t", std::string{"batch"});
+    pack_key(pk, "frames");
+    pk.pack_array(static_cast<uint32_t>(frames.size()));
+    for (const auto& f : frames) {
+      pk.pack_bin(static_cast<uint32_t>(f.size()));
+      pk.pack_bin_body(f.data(), static_cast<uint32_t>(f.size()));
+    }
   }
 };
 
@@ -199,6 +213,16 @@ class map_reader {
     }
   }
 
+  bool boolean(const char* key, bool& out, bool required = true) {
+    const auto* v = find(key);
+    if (v == nullptr)
+      return !required || fail(key, "is missing");
+    if (v->type != msgpack::type::BOOLEAN)
+      return fail(key, "must be a boolean");
+    out = v->via.boolean;
+    return true;
+  }
+
   bool strings(const char* key, std::vector<std::string>& out, bool required = true) {
     const auto* v = find(key);
     if (v == nullptr)
@@ -242,7 +266,8 @@ bool read_ready(map_reader& r, ready& m) {
     return false;
   if (v != version)
     return set_error(r.error(), "unsupported version " + std::to_string(v) + " (this node speaks 1)");
-  return r.str("node", m.node) && r.strings("kinds", m.kinds) && r.int64("credit", m.credit);
+  return r.str("node", m.node) && r.strings("kinds", m.kinds) && r.int64("credit", m.credit)
+         && r.boolean("batch", m.batch, false);
 }
 
 bool read_welcome(map_reader& r, welcome& m) {
@@ -252,7 +277,7 @@ bool read_welcome(map_reader& r, welcome& m) {
     return r.fail("heartbeat_ms", "must be positive");
   if (m.lease_ms <= 0)
     return r.fail("lease_ms", "must be positive");
-  return true;
+  return r.boolean("batch", m.batch, false);
 }
 
 bool read_job(map_reader& r, job& m) {
@@ -318,6 +343,24 @@ bool read_withdraw(map_reader& r, withdraw& m) {
   return true;
 }
 
+bool read_batch(map_reader& r, batch& m) {
+  const auto* fs = r.find("frames");
+  if (fs == nullptr)
+    return r.fail("frames", "is missing");
+  if (fs->type != msgpack::type::ARRAY)
+    return r.fail("frames", "must be an array of binary frames");
+  if (fs->via.array.size > max_batch)
+    return r.fail("frames", "holds more than 1024 frames");
+  m.frames.reserve(fs->via.array.size);
+  for (uint32_t i = 0; i < fs->via.array.size; ++i) {
+    const auto& f = fs->via.array.ptr[i];
+    if (f.type != msgpack::type::BIN)
+      return r.fail("frames", "must be an array of binary frames");
+    m.frames.emplace_back(f.via.bin.ptr, f.via.bin.size);
+  }
+  return true;
+}
+
 template <class T, class Reader>
 std::optional<message> read_as(map_reader& r, Reader read) {
   T m;
@@ -353,6 +396,8 @@ std::optional<message> decode_map(const msgpack::object& o, std::string* error) 
     return read_as<node_stats>(r, read_stats);
   if (t == "withdraw")
     return read_as<withdraw>(r, read_withdraw);
+  if (t == "batch")
+    return read_as<batch>(r, read_batch);
   set_error(error, "unknown message type \"" + t.substr(0, 32) + "\"");
   return std::nullopt;
 }
@@ -390,9 +435,16 @@ std::optional<message> decode(const void* data, size_t size, std::string* error)
   return std::nullopt;
 }
 
+std::string encode_batch(const std::vector<std::string>& frames) {
+  msgpack::sbuffer buf;
+  packer pk{buf};
+  encoder::pack_batch(pk, frames);
+  return std::string{buf.data(), buf.size()};
+}
+
 const char* name_of(const message& m) {
   static constexpr const char* names[] = {"ready",     "welcome", "job",        "done",    "credit",
-                                          "heartbeat", "bye",     "node_stats", "withdraw"};
+                                          "heartbeat", "bye",     "node_stats", "withdraw", "batch"};
   static_assert(std::variant_size_v<message> == std::size(names));
   return names[m.index()];
 }

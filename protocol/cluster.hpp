@@ -22,12 +22,14 @@ struct ready {
   std::string node;                ///< node name (unique in the cluster)
   std::vector<std::string> kinds;  ///< actor kinds hosted: notifier, escrow, geo, scheduler
   int64_t credit = 0;              ///< how many jobs it may hold at once
+  bool batch = false;              ///< it takes BATCH frames (optional on the wire; absent = false)
 };
 
 /// B->N: registration accepted, with the timing the node must follow.
 struct welcome {
   int64_t heartbeat_ms = 1000;  ///< send something at least this often
   int64_t lease_ms = 30000;     ///< a job not reported within this is taken back
+  bool batch = false;           ///< the broker takes BATCH frames (optional; absent = false)
 };
 
 /// B->N: run one attempt of a job. `lease` identifies this dispatch: a `done`
@@ -96,10 +98,26 @@ struct withdraw {
   std::vector<std::string> jobs;
 };
 
-using message = std::variant<ready, welcome, job, done, credit, heartbeat, bye, node_stats, withdraw>;
+/// Either way, to a peer that said it takes them (READY / WELCOME `batch`):
+/// several messages in one frame, in order. Each of `frames` is one complete
+/// encoded message, never a batch itself. Under load the broker sends many JOBs
+/// in one frame and a node many DONEs, so that the per-frame costs (ZeroMQ, the
+/// node's I/O thread and its hand-off to the gateway) are paid once per batch.
+struct batch {
+  std::vector<std::string> frames;
+};
+
+/// The most frames one BATCH carries; a sender starts a new one after this many.
+inline constexpr size_t max_batch = 1024;
+
+using message = std::variant<ready, welcome, job, done, credit, heartbeat, bye, node_stats, withdraw, batch>;
 
 /// Encodes one message as a msgpack frame.
 std::string encode(const message& m);
+
+/// Encodes `frames` (each one encoded message, not a batch) as one BATCH frame,
+/// without copying them into a `batch` first.
+std::string encode_batch(const std::vector<std::string>& frames);
 
 /// Decodes one frame. Returns nullopt (and sets `error`) on anything that is not a
 /// well-formed message of this protocol; never throws.

@@ -230,3 +230,63 @@ TEST_CASE("a node that withdraws a kind gets none of it again, and the jobs it h
       CHECK(n["withdrawn"]["escrow"] == "11 worker restarts within 60 s");
     }
 }
+
+TEST_CASE("a node that takes batches gets the jobs of one dispatch pass in one frame and may answer in one",
+          "[cluster][batch]") {
+  klynaa_server srv("broker");
+  zmq::context_t ctx;
+  raw_client client(ctx, srv.ingress());
+  const int n = 40;
+  for (int i = 1; i <= n; ++i) {  // queued before any node is there
+    auto r = client.call(publish_frame("acc-" + std::to_string(i), "pickup.accepted",
+                                       {{"pickup_id", i}, {"customer_id", 100 + i}, {"worker_id", 7}}));
+    REQUIRE(r);
+    REQUIRE(r->status == reply_status::accepted);
+  }
+  fake_node node(ctx, srv.cluster(), "a", {"notifier"}, n, true);
+  std::vector<cl::job> jobs;
+  while (static_cast<int>(jobs.size()) < n) {
+    auto j = node.next_job();
+    REQUIRE(j);
+    jobs.push_back(*j);
+  }
+  CHECK(node.broker_batches);              // the WELCOME said the broker takes them
+  CHECK(node.batches_received >= 1);
+  CHECK(node.batches_received < n / 2);    // many jobs a frame, not one
+  node.finish_all(jobs);                   // 40 DONEs in one frame
+  CHECK(wait_for([&] { return count_of(stats_of(srv), "sendPickupNotification", "ok") == n; }, 10000ms));
+  auto link = stats_of(srv)["cluster_link"];
+  CHECK(link["messages_received"].get<int64_t>() >= link["frames_received"].get<int64_t>() + n - 1);
+  CHECK(link["messages_sent"].get<int64_t>() > link["frames_sent"].get<int64_t>());
+}
+
+TEST_CASE("a node that does not say it takes batches gets one job a frame, and a batch inside a batch is ignored",
+          "[cluster][batch]") {
+  klynaa_server srv("broker");
+  zmq::context_t ctx;
+  raw_client client(ctx, srv.ingress());
+  for (int i = 1; i <= 5; ++i) {
+    auto r = client.call(publish_frame("acc-" + std::to_string(i), "pickup.accepted",
+                                       {{"pickup_id", i}, {"customer_id", 100 + i}, {"worker_id", 7}}));
+    REQUIRE(r);
+  }
+  fake_node node(ctx, srv.cluster(), "a", {"notifier"}, 5);  // an older node: no `batch` in READY
+  std::vector<cl::job> jobs;
+  for (int i = 0; i < 5; ++i) {
+    auto j = node.next_job();
+    REQUIRE(j);
+    jobs.push_back(*j);
+  }
+  CHECK(node.batches_received == 0);
+  // A DONE wrapped twice is not applied; the broker says so and stays up.
+  cl::done d;
+  d.job_id = jobs[0].job_id;
+  d.lease = jobs[0].lease;
+  d.outcome = "ok";
+  d.result_json = "{}";
+  node.send(cl::batch{{cl::encode_batch({cl::encode(d)})}});
+  CHECK(wait_for([&] { return srv.log().find("a batch inside a batch ignored") != std::string::npos; }, 5000ms));
+  CHECK(count_of(stats_of(srv), "sendPickupNotification", "ok") == 0);
+  for (auto& j : jobs) node.finish(j);
+  CHECK(wait_for([&] { return count_of(stats_of(srv), "sendPickupNotification", "ok") == 5; }, 10000ms));
+}

@@ -2,9 +2,12 @@
 // (cluster_test.cpp, ha_test.cpp): READY on construction, JOBs read one at a
 // time, DONE written as told. It grants slots the CREDIT way (a DONE, then
 // CREDIT{1}); real nodes put the credit in the DONE, so both paths are tested.
+// With `batch` it says so in READY: JOBs may then come in BATCH frames (counted
+// in batches_received), and finish_all() answers many in one BATCH.
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,11 +21,11 @@ namespace klynaa::test {
 class fake_node {
  public:
   fake_node(zmq::context_t& ctx, const std::string& endpoint, std::string name,
-            std::vector<std::string> kinds, int64_t credit)
+            std::vector<std::string> kinds, int64_t credit, bool batch = false)
       : sock_(ctx, zmq::socket_type::dealer) {
     sock_.set(zmq::sockopt::linger, 0);
     sock_.connect(endpoint);
-    send(protocol::cluster::ready{std::move(name), std::move(kinds), credit});
+    send(protocol::cluster::ready{std::move(name), std::move(kinds), credit, batch});
   }
   void send(const protocol::cluster::message& m) {
     auto f = protocol::cluster::encode(m);
@@ -36,14 +39,48 @@ class fake_node {
       zmq::pollitem_t items[] = {{static_cast<void*>(sock_), 0, ZMQ_POLLIN, 0}};
       zmq::poll(items, 1, std::chrono::milliseconds(50));
       zmq::message_t m;
-      while (sock_.recv(m, zmq::recv_flags::dontwait)) {
+      while (jobs_.empty() && sock_.recv(m, zmq::recv_flags::dontwait)) {
         auto msg = cl::decode(m.data(), m.size());
-        if (msg && std::holds_alternative<cl::job>(*msg)) return std::get<cl::job>(*msg);
+        if (msg && std::holds_alternative<cl::batch>(*msg)) {
+          ++batches_received;
+          for (auto& f : std::get<cl::batch>(*msg).frames) {
+            auto inner = cl::decode(f.data(), f.size());
+            if (inner && std::holds_alternative<cl::job>(*inner)) jobs_.push_back(std::get<cl::job>(*inner));
+          }
+        } else if (msg && std::holds_alternative<cl::welcome>(*msg)) {
+          broker_batches = std::get<cl::welcome>(*msg).batch;
+        } else if (msg && std::holds_alternative<cl::job>(*msg)) {
+          jobs_.push_back(std::get<cl::job>(*msg));
+        }
+      }
+      if (!jobs_.empty()) {
+        auto j = std::move(jobs_.front());
+        jobs_.pop_front();
+        return j;
       }
       send(cl::heartbeat{});
     }
     return std::nullopt;
   }
+  /// One BATCH frame with an "ok" DONE for each of `jobs`, each granting its slot again.
+  void finish_all(const std::vector<protocol::cluster::job>& jobs) {
+    namespace cl = protocol::cluster;
+    std::vector<std::string> frames;
+    for (auto& j : jobs) {
+      cl::done d;
+      d.job_id = j.job_id;
+      d.lease = j.lease;
+      d.outcome = "ok";
+      d.result_json = "{}";
+      d.credit = 1;
+      frames.push_back(cl::encode(d));
+    }
+    auto f = cl::encode_batch(frames);
+    sock_.send(zmq::buffer(f), zmq::send_flags::none);
+  }
+
+  int batches_received = 0;     ///< BATCH frames of JOBs received so far
+  bool broker_batches = false;  ///< the WELCOME said the broker takes BATCH frames
   /// DONE with `outcome` ("ok", "transient", "permanent"), then CREDIT{1}.
   void finish(const protocol::cluster::job& j, const std::string& outcome = "ok",
               const std::string& error_code = "", const std::string& error_message = "",
@@ -62,6 +99,7 @@ class fake_node {
 
  private:
   zmq::socket_t sock_;
+  std::deque<protocol::cluster::job> jobs_;  ///< received, not yet returned by next_job
 };
 
 }  // namespace klynaa::test

@@ -39,6 +39,10 @@ class fake_broker {
   bool auto_welcome = true;   ///< answer each READY with WELCOME
   bool standby = false;       ///< answer each READY with BYE "standby" instead (a standby broker)
   bool heartbeats = true;     ///< send HB to the node every heartbeat_ms
+  bool batch = false;         ///< WELCOME says this broker takes BATCH frames
+
+  /// BATCH frames received; their messages are in `received` one by one.
+  int batches_received = 0;
 
   /// Everything the node sent, in order.
   std::vector<cl::message> received;
@@ -105,11 +109,21 @@ class fake_broker {
         auto m = cl::decode(parts[1].data(), parts[1].size(), &error);
         INFO(error);
         REQUIRE(m.has_value());
+        if (auto* b = std::get_if<cl::batch>(&*m)) {
+          ++batches_received;
+          for (auto& f : b->frames) {
+            auto inner = cl::decode(f.data(), f.size(), &error);
+            REQUIRE(inner.has_value());
+            received.push_back(*inner);
+          }
+          parts.clear();
+          continue;
+        }
         received.push_back(*m);
         if (std::holds_alternative<cl::ready>(*m) && standby)
           send(cl::bye{{}, "standby"});
         else if (std::holds_alternative<cl::ready>(*m) && auto_welcome)
-          send(cl::welcome{heartbeat_ms, lease_ms});
+          send(cl::welcome{heartbeat_ms, lease_ms, batch});
         parts.clear();
       }
     }

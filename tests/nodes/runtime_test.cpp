@@ -820,3 +820,33 @@ TEST_CASE("a node whose broker falls silent registers with the next endpoint, wh
   CHECK(!has_done(first, "j1"));
   node.stop();
 }
+
+TEST_CASE("a node says it takes batches, runs a BATCH of jobs, and batches its DONEs only for a broker that takes them") {
+  for (bool broker_batches : {true, false}) {
+    DYNAMIC_SECTION("broker takes batches: " << broker_batches) {
+      zmq::context_t ctx;
+      fake_broker broker{ctx, unique_inproc()};
+      broker.batch = broker_batches;
+      auto kind = kind_of("k", {"f"}, 4, ok_handler);
+      kind.prefetch = 1000;
+      nodes::node_runtime node{ctx, options_for(broker, {kind})};
+      node.start();
+      await_registration(broker);
+      CHECK(broker.all<cl::ready>().front().batch);
+      const int n = 500;
+      std::vector<std::string> frames;
+      for (int i = 0; i < n; ++i)
+        frames.push_back(cl::encode(job_of("j" + std::to_string(i), "f", 100 + i)));
+      broker.send(cl::batch{{frames.begin(), frames.begin() + n / 2}});
+      broker.send(cl::batch{{frames.begin() + n / 2, frames.end()}});
+      REQUIRE(broker.wait_until([&] { return broker.count<cl::done>() == static_cast<size_t>(n); }, 20s));
+      for (int i = 0; i < n; ++i)
+        CHECK(done_of(broker, "j" + std::to_string(i))->outcome == "ok");
+      if (broker_batches)
+        CHECK(broker.batches_received > 0);  // 500 DONEs from 4 workers: some arrive together
+      else
+        CHECK(broker.batches_received == 0);
+      node.stop();
+    }
+  }
+}

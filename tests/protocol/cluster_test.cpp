@@ -125,6 +125,7 @@ TEST_CASE("name_of gives each message its wire name") {
   CHECK(std::string{cl::name_of(cl::bye{})} == "bye");
   CHECK(std::string{cl::name_of(cl::node_stats{})} == "node_stats");
   CHECK(std::string{cl::name_of(cl::withdraw{})} == "withdraw");
+  CHECK(std::string{cl::name_of(cl::batch{})} == "batch");
 }
 
 TEST_CASE("withdraw survives a round trip, and a negative credit is refused") {
@@ -273,4 +274,68 @@ TEST_CASE("a done with an ill-typed child is rejected naming the child") {
 TEST_CASE("a welcome with a non-positive heartbeat is rejected") {
   auto frame = cl::encode(cl::welcome{0, 1000});
   CHECK(rejection_of(frame) == "heartbeat_ms must be positive");
+}
+
+TEST_CASE("ready and welcome carry batch, and a peer that leaves it out takes no batches") {
+  CHECK(std::get<cl::ready>(round_trip(cl::ready{"a", {"geo"}, 4, true})).batch);
+  CHECK_FALSE(std::get<cl::ready>(round_trip(cl::ready{"a", {"geo"}, 4, false})).batch);
+  CHECK(std::get<cl::welcome>(round_trip(cl::welcome{250, 4000, true})).batch);
+  // An older peer's READY and WELCOME, without the key:
+  auto ready = frame_of(5, [](auto& pk) {
+    pk.pack(std::string("t")), pk.pack(std::string("ready")), pk.pack(std::string("v")), pk.pack(1);
+    pk.pack(std::string("node")), pk.pack(std::string("old"));
+    pk.pack(std::string("kinds")), pk.pack(std::vector<std::string>{"geo"});
+    pk.pack(std::string("credit")), pk.pack(3);
+  });
+  auto r = cl::decode(ready.data(), ready.size());
+  REQUIRE(r);
+  CHECK_FALSE(std::get<cl::ready>(*r).batch);
+  auto welcome = frame_of(3, [](auto& pk) {
+    pk.pack(std::string("t")), pk.pack(std::string("welcome"));
+    pk.pack(std::string("heartbeat_ms")), pk.pack(100), pk.pack(std::string("lease_ms")), pk.pack(1000);
+  });
+  auto w = cl::decode(welcome.data(), welcome.size());
+  REQUIRE(w);
+  CHECK_FALSE(std::get<cl::welcome>(*w).batch);
+}
+
+TEST_CASE("a batch carries whole encoded messages in order") {
+  cl::job j{"p-1#1", "sendPickupNotification", R"({"pickup_id":1})", 1, 42, 7};
+  cl::done d;
+  d.job_id = "p-2#1";
+  d.lease = 43;
+  d.outcome = "ok";
+  d.credit = 1;
+  const std::vector<std::string> frames{cl::encode(j), cl::encode(d), cl::encode(cl::credit{2})};
+  const auto frame = cl::encode_batch(frames);
+  CHECK(frame == cl::encode(cl::batch{frames}));  // the two encoders agree
+  std::string error;
+  auto back = cl::decode(frame.data(), frame.size(), &error);
+  INFO(error);
+  REQUIRE(back);
+  REQUIRE(std::holds_alternative<cl::batch>(*back));
+  CHECK(cl::name_of(*back) == std::string("batch"));
+  auto& inner = std::get<cl::batch>(*back).frames;
+  REQUIRE(inner == frames);
+  auto first = cl::decode(inner[0].data(), inner[0].size());
+  REQUIRE(first);
+  CHECK(std::get<cl::job>(*first).lease == 42);
+  auto second = cl::decode(inner[1].data(), inner[1].size());
+  REQUIRE(second);
+  CHECK(std::get<cl::done>(*second).job_id == "p-2#1");
+}
+
+TEST_CASE("a batch whose frames are not binary, or that holds too many, is rejected naming frames") {
+  auto strings = frame_of(2, [](auto& pk) {
+    pk.pack(std::string("t")), pk.pack(std::string("batch"));
+    pk.pack(std::string("frames")), pk.pack(std::vector<std::string>{"x"});
+  });
+  CHECK(rejection_of(strings).find("frames") != std::string::npos);
+  auto missing = frame_of(1, [](auto& pk) { pk.pack(std::string("t")), pk.pack(std::string("batch")); });
+  CHECK(rejection_of(missing).find("frames is missing") != std::string::npos);
+  const std::vector<std::string> too_many(cl::max_batch + 1, cl::encode(cl::heartbeat{}));
+  CHECK(rejection_of(cl::encode_batch(too_many)).find("frames holds more than") != std::string::npos);
+  const std::vector<std::string> most(cl::max_batch, cl::encode(cl::heartbeat{}));
+  auto ok = cl::encode_batch(most);
+  CHECK(cl::decode(ok.data(), ok.size()));
 }
