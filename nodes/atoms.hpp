@@ -3,10 +3,10 @@
 // std::string (protocol/cluster.hpp), so no custom type needs registering.
 //
 //   I/O thread -> gateway : (frame_atom, frame)                 a frame from the broker
-//   gateway    -> pool    : (run_atom, lease, frame)            run this JOB
+//   gateway    -> pool    : (run_atom, lease, job_id, frame)    run this JOB
 //   pool       -> worker  : (run_atom, lease, frame)
-//   worker     -> pool    : (done_atom, lease, frame)           the DONE of that job
-//   pool       -> gateway : (done_atom, lease, frame)
+//   worker     -> pool    : (done_atom, lease, frame, dying, code)  the DONE of that job
+//   pool       -> gateway : (done_atom, lease, frame, code)     code: its outcome (wire.hpp)
 //   gateway    -> pool    : (drain_atom)                        stop: hand queued jobs back
 //   pool       -> gateway : (handback_atom, lease, job_id)      one queued job not run
 //   runtime    -> gateway : (stop_atom, grace_ms) -> ok_atom    after BYE went out

@@ -300,7 +300,7 @@ void count_outcome(gateway_ptr self, const std::string& function, const std::str
   (o == "ok" ? c.ok : o == "permanent" ? c.dead : c.retry) += 1;
 }
 
-void on_done(gateway_ptr self, int64_t lease, std::string frame) {
+void on_done(gateway_ptr self, int64_t lease, std::string frame, int64_t code) {
   auto& st = self->state;
   using life = gateway_state::life;
   auto h = st.held.find(lease);
@@ -319,22 +319,30 @@ void on_done(gateway_ptr self, int64_t lease, std::string frame) {
   // CREDIT message of its own; a withdrawn kind's slots are not granted again,
   // nor any while stopping.
   const bool grant = st.lf == life::running && !st.withdrawn_functions.count(function);
-  auto msg = frame.empty() ? std::nullopt : cl::decode(frame.data(), frame.size());
-  auto* d = msg ? std::get_if<cl::done>(&*msg) : nullptr;
-  if (d == nullptr) {  // nothing to report (or not a DONE): the slot alone
-    if (!frame.empty())
-      queue_frame(self, frame);
-    if (grant)
-      queue_frame(self, cl::encode(cl::credit{1}));
-  } else {
+  // A DONE built by a worker or pool carries credit 1 and comes with its outcome:
+  // granted again, it goes out as it is, without decoding it here.
+  if (auto known = outcome_of_code(code); known && grant) {
     if (!function.empty())
-      count_outcome(self, function, d->outcome);
-    const int64_t credit = grant ? 1 : 0;
-    if (d->credit == credit) {
-      queue_frame(self, std::move(frame));
+      count_outcome(self, function, wire_outcome(*known));
+    queue_frame(self, std::move(frame));
+  } else {
+    auto msg = frame.empty() ? std::nullopt : cl::decode(frame.data(), frame.size());
+    auto* d = msg ? std::get_if<cl::done>(&*msg) : nullptr;
+    if (d == nullptr) {  // nothing to report (or not a DONE): the slot alone
+      if (!frame.empty())
+        queue_frame(self, frame);
+      if (grant)
+        queue_frame(self, cl::encode(cl::credit{1}));
     } else {
-      d->credit = credit;
-      queue_frame(self, cl::encode(*d));
+      if (!function.empty())
+        count_outcome(self, function, d->outcome);
+      const int64_t credit = grant ? 1 : 0;
+      if (d->credit == credit) {
+        queue_frame(self, std::move(frame));
+      } else {
+        d->credit = credit;
+        queue_frame(self, cl::encode(*d));
+      }
     }
   }
   if (!grant)
@@ -479,7 +487,9 @@ caf::behavior gateway_actor(gateway_ptr self, gateway_config cfg) {
   init(self, std::move(cfg));
   return {
       [self](frame_atom, std::string& frame) { on_frame(self, std::move(frame)); },
-      [self](done_atom, int64_t lease, std::string& frame) { on_done(self, lease, std::move(frame)); },
+      [self](done_atom, int64_t lease, std::string& frame, int64_t code) {
+        on_done(self, lease, std::move(frame), code);
+      },
       [self](handback_atom, int64_t lease, std::string& job_id) { on_handback(self, lease, std::move(job_id)); },
       [self](withdraw_atom, const std::string& kind, const std::string& reason, const std::string& handed) {
         on_withdraw(self, kind, reason, handed);

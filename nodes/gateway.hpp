@@ -13,7 +13,7 @@
 //
 // Messages:
 //   (frame_atom, frame)            a frame from the broker (the I/O thread)
-//   (done_atom, lease, frame)      a DONE from a pool
+//   (done_atom, lease, frame, code) a DONE from a pool, with its outcome_code() (wire.hpp)
 //   (handback_atom, lease, job_id) a queued job a draining pool did not run
 //   (stop_atom, grace_ms) -> ok_atom, once BYE is in the PUSH socket. Idempotent.
 //   (tick_atom)                    its own timer

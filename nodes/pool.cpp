@@ -127,7 +127,9 @@ void fail_running(pool_actor_ptr self, pool_state::slot& s, const std::string& c
   requeue_next(self->state, s);
   if (!s.busy)
     return;
-  self->send(self->state.gateway, done_atom::value, s.lease, failure_frame(s.frame, code, message));
+  auto done = failure_frame(s.frame, code, message);
+  const int64_t reported = done.empty() ? unknown_outcome : outcome_code(outcome::transient);
+  self->send(self->state.gateway, done_atom::value, s.lease, std::move(done), reported);
   s.busy = false;
   s.frame.clear();
 }
@@ -180,7 +182,7 @@ std::chrono::milliseconds restart_delay(const pool_state& st) {
   return std::chrono::milliseconds{std::min(d, lim.restart_backoff_max_ms)};
 }
 
-void on_done(pool_actor_ptr self, int64_t lease, std::string done, bool dying) {
+void on_done(pool_actor_ptr self, int64_t lease, std::string done, bool dying, int64_t code) {
   auto* s = slot_of(self, caf::actor_cast<caf::actor_addr>(self->current_sender()));
   if (s == nullptr || !s->busy || s->lease != lease) {
     // An abandoned worker's handler returned after its job was reported: the
@@ -192,13 +194,15 @@ void on_done(pool_actor_ptr self, int64_t lease, std::string done, bool dying) {
     }());
     return;
   }
-  if (done.empty())
+  if (done.empty()) {
     done = failure_frame(s->frame, "worker_error", "the worker could not decode the job");
+    code = done.empty() ? unknown_outcome : outcome_code(outcome::transient);
+  }
   s->dying = dying;
   if (dying)  // it exits after this: what waits in its mailbox goes to the others
     requeue_next(self->state, *s);
   start_next(*s);
-  self->send(self->state.gateway, done_atom::value, lease, std::move(done));
+  self->send(self->state.gateway, done_atom::value, lease, std::move(done), code);
   dispatch(self);
 }
 
@@ -297,8 +301,8 @@ caf::behavior pool_actor(pool_actor_ptr self, caf::actor gateway, pool_config cf
         st.queue.push_back({lease, std::move(job_id), std::move(frame)});
         dispatch(self);
       },
-      [self](done_atom, int64_t lease, std::string& done, bool dying) {
-        on_done(self, lease, std::move(done), dying);
+      [self](done_atom, int64_t lease, std::string& done, bool dying, int64_t code) {
+        on_done(self, lease, std::move(done), dying, code);
       },
       [self](drain_atom) { on_drain(self); },
       [self](tick_atom) { on_tick(self); },

@@ -22,8 +22,8 @@
 // Messages:
 //   (run_atom, lease, job_id, job frame)  queue this job (from the gateway);
 //       while draining or withdrawn it is handed back at once.
-//   (done_atom, lease, done frame, dying) from a worker: forwarded to the gateway
-//       as (done_atom, lease, done frame); the worker takes the next job, unless
+//   (done_atom, lease, done frame, dying, outcome code) from a worker: forwarded
+//       to the gateway as (done_atom, lease, done frame, outcome code); the worker takes the next job, unless
 //       it is dying (its handler threw: it exits, and is restarted once its
 //       exit arrives; a job handed to it meanwhile would die with it).
 //   (drain_atom)                          stop taking jobs: every queued job goes

@@ -55,6 +55,15 @@ std::string dump(const nlohmann::json& j) {
 
 }  // namespace
 
+std::optional<outcome> outcome_of_code(int64_t code) {
+  switch (code) {
+    case 0: return outcome::ok;
+    case 1: return outcome::transient;
+    case 2: return outcome::permanent;
+    default: return std::nullopt;
+  }
+}
+
 cl::done to_done(const cl::job& wire, const job_result& r, int64_t duration_ms) {
   cl::done d;
   d.job_id = wire.job_id;

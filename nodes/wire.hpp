@@ -27,6 +27,14 @@ protocol::cluster::done failure_done(const protocol::cluster::job& wire, outcome
 /// "ok", "transient", "permanent": the outcome on the wire.
 const char* wire_outcome(outcome o);
 
+/// A DONE frame's outcome as it travels next to the frame between the node's
+/// actors, so that the gateway need not decode the frame again: the outcome as
+/// an integer, or `unknown_outcome` (then the gateway decodes the frame).
+inline constexpr int64_t unknown_outcome = -1;
+inline int64_t outcome_code(outcome o) { return static_cast<int64_t>(o); }
+/// The outcome of a code from outcome_code(); nullopt for any other value.
+std::optional<outcome> outcome_of_code(int64_t code);
+
 /// "ok", "retry", "dead": the node's view of an outcome in logs (contract §7).
 /// The broker decides whether a transient failure was the last attempt.
 const char* log_outcome(outcome o);

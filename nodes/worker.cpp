@@ -70,8 +70,10 @@ void log_end(const cl::job& wire, const worker_config& cfg, const job_result& r,
   log::write(l, cfg.kind, "job failed", fields);
 }
 
-/// Runs one job frame to its DONE frame.
-std::string run_one(job_handler* handler, const worker_config& cfg, const std::string& frame, bool& threw) {
+/// Runs one job frame to its DONE frame; `code` gets its outcome_code().
+std::string run_one(job_handler* handler, const worker_config& cfg, const std::string& frame, bool& threw,
+                    int64_t& code) {
+  code = unknown_outcome;
   std::string error;
   auto msg = cl::decode(frame.data(), frame.size(), &error);
   if (!msg || !std::holds_alternative<cl::job>(*msg)) {
@@ -91,6 +93,7 @@ std::string run_one(job_handler* handler, const worker_config& cfg, const std::s
   auto duration_ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
   log_end(wire, cfg, result, duration_ms);
+  code = outcome_code(result.kind);
   return cl::encode(to_done(wire, result, duration_ms));
 }
 
@@ -118,10 +121,11 @@ caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_confi
         if (st.cfg.abandoned->load())
           return;  // the pool gave this job to another worker
         bool threw = false;
-        auto done = run_one(st.handler.get(), st.cfg, frame, threw);
+        int64_t code = unknown_outcome;
+        auto done = run_one(st.handler.get(), st.cfg, frame, threw, code);
         // `threw` tells the pool this worker is about to exit: no next job for it.
         self->send(caf::actor_cast<caf::actor>(self->current_sender()), done_atom::value, lease, std::move(done),
-                   threw);
+                   threw, code);
         if (threw)  // the job is reported; now die, to be restarted afresh
           self->quit(caf::make_error(caf::sec::runtime_error, "the job handler threw"));
       },

@@ -3,7 +3,7 @@
 // job at a time, as its pool hands them out.
 //
 // Messages:
-//   (run_atom, lease, job frame) -> sends (done_atom, lease, done frame, dying) to the
+//   (run_atom, lease, job frame) -> sends (done_atom, lease, done frame, dying, outcome code) to the
 //     sender. A handler that throws is a transient failure with the exception's
 //     text, after which the worker exits (its pool restarts it with a fresh
 //     handler); data that is not a JSON object is a permanent failure.

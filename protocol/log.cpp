@@ -402,10 +402,26 @@ std::string iso8601_utc_ms(int64_t unix_ms) {
   const auto mm = static_cast<int>(ms_of_day / 60000 % 60);
   const auto ss = static_cast<int>(ms_of_day / 1000 % 60);
   const auto mss = static_cast<int>(ms_of_day % 1000);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%04lld-%02u-%02uT%02d:%02d:%02d.%03dZ", static_cast<long long>(y), m,
-                d, hh, mm, ss, mss);
-  return buf;
+  if (y < 0 || y > 9999) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%04lld-%02u-%02uT%02d:%02d:%02d.%03dZ", static_cast<long long>(y), m,
+                  d, hh, mm, ss, mss);
+    return buf;
+  }
+  // By hand: snprintf was a third of a log line's cost (two lines a job).
+  char buf[] = "0000-00-00T00:00:00.000Z";
+  auto put = [&buf](int at, int width, int64_t v) {
+    for (int i = at + width - 1; i >= at; --i, v /= 10)
+      buf[i] = static_cast<char>('0' + v % 10);
+  };
+  put(0, 4, y);
+  put(5, 2, m);
+  put(8, 2, d);
+  put(11, 2, hh);
+  put(14, 2, mm);
+  put(17, 2, ss);
+  put(20, 3, mss);
+  return std::string(buf, sizeof buf - 1);
 }
 
 std::string redact(std::string_view secret) {
