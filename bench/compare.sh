@@ -7,7 +7,8 @@
 # 2. installs what the anchors need from Debian when missing (redis-server, python3-celery,
 #    python3-redis, ruby-sidekiq, ruby-hiredis; as root, idempotent);
 # 3. runs, one after the other on this machine: the machine's ceilings (klynaa-bench --ceilings),
-#    Klynaa (klynaa-bench --start --count N, plus the two paced latency runs of issue 8), then each
+#    Klynaa (klynaa-bench --start --count N, plus the two paced latency runs of issue 8 and an ingress-only run of
+#    `klynaa broker` without a node), then each
 #    anchor ANCHORS_DIR/NAME/run.sh N;
 # 4. prints every raw JSON line as it comes, then ONE summary JSON line (the last line) with the
 #    ratios klynaa e2e jobs/s / anchor e2e jobs/s. A run that fails shows its error in the summary.
@@ -91,6 +92,9 @@ if [ "${KLYNAA_PACED:-1}" != 0 ]; then
   run klynaa_paced_ack "$BENCH" --start --rate 5000 --count 25000 --connections 2 --e2e-every 0 --timeout 300
   run klynaa_paced_e2e "$BENCH" --start --rate 1000 --count 5000 --connections 2 --e2e-every 1 --timeout 300
 fi
+# issue 8's ack target on the ingress alone: `klynaa broker` with no node, so no job
+# runs on the same two cores while it accepts
+run klynaa_ingress_only "$BENCH" --start --broker-only --count "$N" --timeout 300
 ANAMES=()
 for d in "$ANCHORS"/*/; do
   [ -f "$d/run.sh" ] || continue
@@ -125,7 +129,7 @@ def result(name):
             "output_tail": err[-12:]}
 
 s = {"n": n, "ceilings": result("ceilings"), "klynaa": result("klynaa")}
-for k in ("klynaa_paced_ack", "klynaa_paced_e2e"):
+for k in ("klynaa_paced_ack", "klynaa_paced_e2e", "klynaa_ingress_only"):
     if os.path.exists(os.path.join(out, f"{k}.rc")):
         s[k] = result(k)
 s["anchors"] = {a: result(f"anchor_{a}") for a in anchors}
@@ -162,6 +166,10 @@ print("klynaa: acks/s %s  e2e jobs/s %s  ack p99 %s ms  e2e p99 %s ms  rss %s MB
     g(s["klynaa"], "ingress_acks_per_s"), g(s["klynaa"], "e2e_jobs_per_s"),
     g(s["klynaa"], "ack_latency_ms", "p99"), g(s["klynaa"], "e2e_latency_ms", "p99"),
     g(s["klynaa"], "rss_mb")), file=sys.stderr)
+if "klynaa_ingress_only" in s:
+    print("klynaa_ingress_only (klynaa broker, no node): acks/s %s  ack p50 %s / p99 %s ms" % (
+        g(s["klynaa_ingress_only"], "ingress_acks_per_s"), g(s["klynaa_ingress_only"], "ack_latency_ms", "p50"),
+        g(s["klynaa_ingress_only"], "ack_latency_ms", "p99")), file=sys.stderr)
 for a, r in s["anchors"].items():
     print("%s: e2e jobs/s %s  p99 %s ms  ratio %s  %s" % (a, g(r, "e2e_jobs_per_s"),
           g(r, "e2e_latency_ms", "p99"), ratios.get(a), r.get("error", "")), file=sys.stderr)

@@ -147,6 +147,7 @@ std::optional<std::pair<double, double>> rss_mb(int pid) {
 struct options {
   bool ceilings = false;
   bool start = false;
+  bool broker_only = false;  ///< --start spawns `klynaa broker` (no node)
   bool keep = false;
   bool wait = true;
   std::string ingress, admin, data_dir, klynaa, config, tmp_dir;
@@ -174,6 +175,8 @@ where the broker is:
   --start              spawn `klynaa run` (next to this executable, or --klynaa PATH) on a
                        temporary data dir with ephemeral ports, and stop it afterwards
   --klynaa PATH        the klynaa executable for --start
+  --broker-only        with --start: spawn `klynaa broker` (no node) instead of `klynaa run`:
+                       the ingress alone, nothing runs the jobs; implies --no-wait
   --config F           passed to `klynaa run --config F` with --start
   --tmp-dir DIR        where --start makes its data dir (default $TMPDIR or /tmp)
   --keep               keep the --start data dir (its klynaa.log) afterwards
@@ -225,6 +228,7 @@ options parse(int argc, char** argv) {
     if (a == "--help" || a == "-h") usage(0);
     else if (a == "--ceilings") o.ceilings = true;
     else if (a == "--start") o.start = true;
+    else if (a == "--broker-only") o.broker_only = true;
     else if (a == "--keep") o.keep = true;
     else if (a == "--no-wait") o.wait = false;
     else if (a == "--ingress") o.ingress = need(i);
@@ -510,8 +514,12 @@ void start_klynaa(options& o) {
   g_child.dir = t.data();
   g_child.data_dir = g_child.dir + "/data";
   g_child.log = g_child.dir + "/klynaa.log";
-  std::vector<std::string> args = {bin, "run", "--data-dir", g_child.data_dir, "--ingress",
-                                   "tcp://127.0.0.1:*"};
+  std::vector<std::string> args = {bin, o.broker_only ? "broker" : "run", "--data-dir", g_child.data_dir,
+                                   "--ingress", "tcp://127.0.0.1:*"};
+  if (o.broker_only) {  // no node will connect: any free port
+    args.push_back("--cluster");
+    args.push_back("tcp://127.0.0.1:*");
+  }
   if (!o.config.empty()) {
     args.push_back("--config");
     args.push_back(o.config);
@@ -981,6 +989,10 @@ int run_load(options& o) {
   g_keep = o.keep;
   if (!o.start && o.ingress.empty() && o.data_dir.empty())
     fail(2, "say where the broker is: --start, --ingress E or --data-dir D");
+  if (o.broker_only && !o.start)
+    fail(2, "--broker-only goes with --start (it chooses what --start spawns)");
+  if (o.broker_only)
+    o.wait = false;  // nothing runs the jobs (and no invoke is sent: it would wait for nothing)
   if ((o.wait_function.empty() ? default_function(o.type) : o.wait_function).empty())
     fail(2, "unknown --type " + o.type + "; give --wait-function too, or --no-wait");
   std::string function = o.wait_function.empty() ? default_function(o.type) : o.wait_function;

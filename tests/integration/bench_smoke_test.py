@@ -53,6 +53,20 @@ class BenchSmokeTest(unittest.TestCase):
             self.assertGreater(sc["commit_ms_avg"], 0)
             self.assertEqual(os.listdir(tmp), [])  # its klynaa run's data dir is gone
 
+    def test_broker_only_measures_the_ingress_alone(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            r = run_bench("--start", "--broker-only", "--klynaa", ARGS.klynaa, "--tmp-dir", tmp, "--count", "2000",
+                          "--connections", "2", "--window", "64")
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            out = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][0])
+            self.assertEqual(out["ack_latency_ms"]["samples"], 2000)  # every request acknowledged
+            self.assertGreater(out["ingress_acks_per_s"], 0)
+            self.assertIsNone(out["e2e_jobs_per_s"])  # no node: no job ran, none waited for
+            self.assertEqual(os.listdir(tmp), [])
+        r = run_bench("--broker-only", "--ingress", "tcp://127.0.0.1:%d" % free_port(), timeout=60)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--broker-only goes with --start", r.stderr)
+
     def test_no_broker_is_an_error_and_no_figure(self):
         r = run_bench("--ingress", "tcp://127.0.0.1:%d" % free_port(), "--count", "10", "--no-wait", timeout=60)
         self.assertNotEqual(r.returncode, 0)
