@@ -167,6 +167,7 @@ struct broker_core::impl {
   /// Sends the node's outbox (one JOB alone, several as one BATCH); false when
   /// the node is unreachable.
   bool flush_outbox(const std::string& identity, node_session& n);
+  bool unknown_node_told = false;  ///< handle_node_message: a BYE went to the sender of this BATCH
   int64_t retry_delay(const std::string& function, int64_t attempts, int64_t retry_after_ms);
   void start_prune(const job_update& done, finished_note note, int64_t now);
   void prune_committed(const commit_outcome& out);

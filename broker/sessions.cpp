@@ -88,6 +88,7 @@ void broker_core::impl::handle_node_message(const std::string& identity, const v
       log::warning(component, "a batch inside a batch ignored", {{"frames", b->frames.size()}});
       return;
     }
+    unknown_node_told = false;
     for (auto& f : b->frames) handle_node_message(identity, f.data(), f.size(), now, true);
     return;
   }
@@ -119,8 +120,10 @@ void broker_core::impl::handle_node_message(const std::string& identity, const v
   }
   auto it = nodes.find(identity);
   if (it == nodes.end()) {
-    // A node we do not know (we restarted, or dropped it): ask it to register.
-    send_node(identity, cl::encode(cl::message(cl::bye{})));
+    // A node we do not know (we restarted, or dropped it): ask it to register,
+    // once per frame (a BATCH of its DONEs gets one BYE, not one each).
+    if (!in_batch || !unknown_node_told) send_node(identity, cl::encode(cl::message(cl::bye{})));
+    if (in_batch) unknown_node_told = true;
     return;
   }
   auto& n = it->second;

@@ -290,3 +290,35 @@ TEST_CASE("a node that does not say it takes batches gets one job a frame, and a
   for (auto& j : jobs) node.finish(j);
   CHECK(wait_for([&] { return count_of(stats_of(srv), "sendPickupNotification", "ok") == 5; }, 10000ms));
 }
+
+TEST_CASE("a node the broker does not know gets one bye for a batch of its dones", "[cluster][batch]") {
+  klynaa_server srv("broker");
+  zmq::context_t ctx;
+  zmq::socket_t stranger(ctx, zmq::socket_type::dealer);  // never sent READY (the broker restarted, say)
+  stranger.set(zmq::sockopt::linger, 0);
+  stranger.connect(srv.cluster());
+  std::vector<std::string> dones;
+  for (int i = 0; i < 3; ++i) {
+    cl::done d;
+    d.job_id = "old-" + std::to_string(i) + "#1";
+    d.lease = 100 + i;
+    d.outcome = "ok";
+    d.credit = 1;
+    dones.push_back(cl::encode(d));
+  }
+  auto batch = cl::encode_batch(dones);
+  stranger.send(zmq::buffer(batch), zmq::send_flags::none);
+  int byes = 0;
+  const auto end = std::chrono::steady_clock::now() + 1500ms;
+  while (std::chrono::steady_clock::now() < end) {
+    zmq::pollitem_t items[] = {{static_cast<void*>(stranger), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 1, 50ms);
+    zmq::message_t m;
+    while (stranger.recv(m, zmq::recv_flags::dontwait)) {
+      auto msg = cl::decode(m.data(), m.size());
+      if (msg && std::holds_alternative<cl::bye>(*msg)) ++byes;
+    }
+  }
+  CHECK(byes == 1);
+  CHECK(srv.proc().running());
+}
