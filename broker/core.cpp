@@ -66,7 +66,7 @@ bool broker_core::impl::open(std::string& err) {
   const int64_t now = wall_ms();
   size_t loaded = 0;
   bool ok = st->load_unfinished([&](job_record&& r) {
-    add_live(r, now);
+    add_live(std::move(r), now);
     ++loaded;
   }, serr);
   if (!ok) {
@@ -403,7 +403,7 @@ void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) 
     send_reply(p.client, rep);
   }
   for (size_t i = 0; i < ob.b.children.size() && i < out.children_inserted.size(); ++i)
-    if (out.children_inserted[i]) add_live(ob.b.children[i], now);
+    if (out.children_inserted[i]) add_live(std::move(ob.b.children[i]), now);
   for (auto& n : ob.finished) notify_waiters(n);
   if (ob.b.prune_before_ms && pruning) prune_committed(out);
   if (ob.dlq) dlq_committed(ob, out, now);

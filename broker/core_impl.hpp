@@ -82,6 +82,7 @@ struct node_session {
   std::deque<std::string> fanout_sends;
   bool batch = false;                ///< it takes BATCH frames (its READY said so)
   std::vector<std::string> outbox;   ///< JOB frames of this dispatch pass, sent as one BATCH
+  std::vector<std::string> outbox_jobs;  ///< the ids of the non-fan-out jobs among them
 };
 
 /// A dead-letter command from the admin endpoint, answered after its commit.
@@ -165,7 +166,8 @@ struct broker_core::impl {
   void check_nodes(int64_t now);
   bool send_node(const std::string& identity, const std::string& frame);
   /// Sends the node's outbox (one JOB alone, several as one BATCH); false when
-  /// the node is unreachable.
+  /// the node is unreachable, and then the outbox's jobs are ready again with
+  /// their attempt given back (no node saw them).
   bool flush_outbox(const std::string& identity, node_session& n);
   bool unknown_node_told = false;  ///< handle_node_message: a BYE went to the sender of this BATCH
   int64_t retry_delay(const std::string& function, int64_t attempts, int64_t retry_after_ms);

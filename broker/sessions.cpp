@@ -68,8 +68,19 @@ bool broker_core::impl::flush_outbox(const std::string& identity, node_session& 
   if (n.outbox.empty()) return true;
   const bool sent = n.outbox.size() == 1 ? send_node(identity, n.outbox.front())
                                          : send_node(identity, cl::encode_batch(n.outbox));
-  if (sent) link_totals.messages_sent += static_cast<int64_t>(n.outbox.size()) - 1;
+  if (sent) {
+    link_totals.messages_sent += static_cast<int64_t>(n.outbox.size()) - 1;
+  } else {
+    for (auto& id : n.outbox_jobs) {  // set running when queued: undo, uncharged
+      auto* j = queue.find(id);
+      if (!j || j->state != job_state::running || j->node() != identity) continue;
+      --j->attempts;
+      queue.retry_now(id);
+      record(*j, job_state::ready);  // replaces its `running` update in the open batch
+    }
+  }
   n.outbox.clear();
+  n.outbox_jobs.clear();
   return sent;
 }
 
@@ -392,12 +403,8 @@ bool broker_core::impl::send_job(const std::string& identity, node_session& n, l
   m.attempt = j.fanout ? j.attempts : j.attempts + 1;
   m.lease = j.fanout ? j.lease : lease_counter + 1;
   m.ts_ms = j.ts_ms;
-  if (n.batch) {  // sent at the end of the dispatch pass, with the others of this node
-    n.outbox.push_back(cl::encode(cl::message(m)));
-    if (n.outbox.size() >= cl::max_batch && !flush_outbox(identity, n)) return false;
-  } else if (!send_node(identity, cl::encode(cl::message(m)))) {
-    return false;
-  }
+  auto frame = cl::encode(cl::message(m));
+  if (!n.batch && !send_node(identity, frame)) return false;
   if (j.fanout) {
     j.run().fanout_todo.erase(identity);
     j.run().fanout_wait.insert(identity);
@@ -408,6 +415,11 @@ bool broker_core::impl::send_job(const std::string& identity, node_session& n, l
   }
   --n.credit;
   ++n.running;
+  if (n.batch) {  // sent at the end of the dispatch pass, with the others of this node
+    n.outbox.push_back(std::move(frame));
+    if (!j.fanout) n.outbox_jobs.push_back(j.id);
+    if (n.outbox.size() >= cl::max_batch && !flush_outbox(identity, n)) return false;
+  }
   return true;
 }
 
@@ -431,7 +443,7 @@ void broker_core::impl::dispatch(int64_t now) {
       }
       if (!j) continue;
       if (!send_job(identity, n, *j, now)) {
-        if (!j->fanout) queue.retry_now(j->id);
+        if (!j->fanout && !n.batch) queue.retry_now(j->id);  // batch: flush_outbox put it back
         drop_node(identity, "unreachable", now);
         progress = false;
         break;  // nodes changed under the loop; what the others got is sent below

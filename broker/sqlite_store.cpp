@@ -380,7 +380,11 @@ class sqlite_store final : public store {
   void add(const std::string& name, const std::string& sql) {
     stmts_.emplace(name, stmt(db_, sql.c_str()));
   }
-  stmt& get(const char* name) { return stmts_.at(name); }
+  stmt& get(const char* name) {
+    auto it = stmts_.find(name);  // std::less<>: no std::string made for the lookup
+    if (it == stmts_.end()) throw sqlite_failure(std::string("no prepared statement ") + name);
+    return it->second;
+  }
 
   // One chunk of retention: finished jobs (with their history) first, then the
   // dedup keys of old requests none of whose jobs is left.

@@ -55,13 +55,28 @@ void push_frame(gateway_ptr self, const std::string& frame) {
   st.last_tx = clock::now();
 }
 
-/// Sends the queued DONEs: one alone, several as one BATCH.
+/// Sends the queued DONEs: several as one BATCH to a broker that takes them,
+/// else (the session ended, or the broker does not) one frame each.
 void flush_outbox(gateway_ptr self) {
   auto& st = self->state;
   if (st.outbox.empty())
     return;
-  push_frame(self, st.outbox.size() == 1 ? st.outbox.front() : cl::encode_batch(st.outbox));
+  if (st.batch_out && st.outbox.size() > 1) {
+    push_frame(self, cl::encode_batch(st.outbox));
+  } else {
+    for (const auto& f : st.outbox)
+      push_frame(self, f);
+  }
   st.outbox.clear();
+}
+
+/// The session with the broker ended (BYE, silence): what is queued goes out
+/// one frame each, and so does everything until a WELCOME says the next broker
+/// takes BATCH frames (it may be an older one).
+void stop_batching(gateway_ptr self) {
+  auto& st = self->state;
+  st.batch_out = false;
+  flush_outbox(self);
 }
 
 /// Sends a frame now, after the queued ones (so that the broker sees them in order).
@@ -230,14 +245,15 @@ void on_welcome(gateway_ptr self, const cl::welcome& w) {
   st.ready_attempts = 0;
   st.heartbeat_ms = w.heartbeat_ms;
   st.lease_ms = w.lease_ms;
-  if (st.batch_out && !w.batch)
-    flush_outbox(self);  // a broker that does not take them (an older one, after a failover)
+  if (!w.batch)
+    stop_batching(self);  // a broker that does not take them (an older one, after a failover)
   st.batch_out = w.batch;
 }
 
 void on_broker_bye(gateway_ptr self, const cl::bye& b) {
   auto& st = self->state;
   st.sess = gateway_state::session::registering;
+  stop_batching(self);
   st.ready_attempts = 0;
   if (several_brokers(st)) {
     // A standby, or an active broker going down: another endpoint may be the
@@ -440,6 +456,7 @@ void on_tick(gateway_ptr self) {
                  {{"node", st.cfg.node}, {"silent_ms", elapsed_ms(st.last_rx, now)}});
     st.sess = session::registering;
     st.ready_attempts = 0;
+    stop_batching(self);
     next_broker(self, "silent");  // with several brokers, a standby may have taken over
     if (st.lf == life::running)
       send_ready(self);

@@ -25,7 +25,10 @@ using packer = msgpack::packer<msgpack::sbuffer>;
 constexpr size_t max_array = 100000;  // children of one done, kinds of one ready
 constexpr size_t max_map = 64;        // keys of one message or child
 constexpr size_t max_str = 64u << 20;
-constexpr size_t max_bin = max_str;  // the frames of a BATCH
+// The frames of a BATCH: each a whole message, which may hold a string of
+// max_str and its other keys. (A bin's bytes must be in the frame: no
+// allocation ahead of them.)
+constexpr size_t max_bin = 2 * max_str;
 constexpr size_t max_ext = 0;
 constexpr size_t max_depth = 8;
 

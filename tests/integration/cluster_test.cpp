@@ -270,7 +270,7 @@ TEST_CASE("a node that does not say it takes batches gets one job a frame, and a
                                        {{"pickup_id", i}, {"customer_id", 100 + i}, {"worker_id", 7}}));
     REQUIRE(r);
   }
-  fake_node node(ctx, srv.cluster(), "a", {"notifier"}, 5);  // an older node: no `batch` in READY
+  fake_node node(ctx, srv.cluster(), "a", {"notifier"}, 5);  // batch false, as an older node's READY without the key
   std::vector<cl::job> jobs;
   for (int i = 0; i < 5; ++i) {
     auto j = node.next_job();
@@ -286,6 +286,7 @@ TEST_CASE("a node that does not say it takes batches gets one job a frame, and a
   d.result_json = "{}";
   node.send(cl::batch{{cl::encode_batch({cl::encode(d)})}});
   CHECK(wait_for([&] { return srv.log().find("a batch inside a batch ignored") != std::string::npos; }, 5000ms));
+  std::this_thread::sleep_for(1000ms);  // /stats is published every 250 ms: an applied DONE would show by now
   CHECK(count_of(stats_of(srv), "sendPickupNotification", "ok") == 0);
   for (auto& j : jobs) node.finish(j);
   CHECK(wait_for([&] { return count_of(stats_of(srv), "sendPickupNotification", "ok") == 5; }, 10000ms));
