@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds (Debug, ASan+UBSan)
-# and runs the whole suite with CTest, then builds the ingress fuzz target (clang,
-# libFuzzer, in build-fuzz/) and fuzzes it for KLYNAA_FUZZ_SECONDS (default 60;
-# 0 skips it) with tests/fuzz/run.sh. Exit code: CTest's when CTest fails, else
+# and runs the whole suite with CTest, then builds the fuzz targets (ingress and
+# cluster decoders; clang, libFuzzer, in build-fuzz/) and fuzzes them for
+# KLYNAA_FUZZ_SECONDS in all (default 60; 0 skips it) with tests/fuzz/run.sh. Exit code: CTest's when CTest fails, else
 # the fuzzer's (non-zero when it found a crash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ ctest_rc=0
 fuzz_rc=0
 FUZZ_SECONDS=${KLYNAA_FUZZ_SECONDS:-60}
 if [ "$FUZZ_SECONDS" != 0 ]; then
-  echo "test: CTest exited with $ctest_rc; now the ingress fuzzer for $FUZZ_SECONDS s (tests/fuzz/run.sh)"
+  echo "test: CTest exited with $ctest_rc; now the fuzzers for $FUZZ_SECONDS s (tests/fuzz/run.sh)"
   bash tests/fuzz/run.sh "$FUZZ_SECONDS" || fuzz_rc=$?
   echo "test: fuzzer exited with $fuzz_rc"
 else
