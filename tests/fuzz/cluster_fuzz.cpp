@@ -17,39 +17,29 @@
 #include <string>
 #include <variant>
 
+#include "check.hpp"
 #include "protocol/cluster.hpp"
 
 namespace cl = klynaa::protocol::cluster;
 
 namespace {
 
-[[noreturn]] void violated(const char* what, int line) {
-  std::fprintf(stderr, "cluster_fuzz.cpp:%d: check failed: %s\n", line, what);
-  std::abort();
-}
-
-#define CHECK_THAT(cond) \
-  do {                   \
-    if (!(cond))         \
-      violated(#cond, __LINE__); \
-  } while (0)
-
 /// Decodes `frame`; when it is a message, checks the round trip and returns it.
 std::optional<cl::message> decode_checked(const std::string& frame) {
   std::string error;
   auto m = cl::decode(frame.data(), frame.size(), &error);
   if (!m) {
-    CHECK_THAT(!error.empty());  // a rejection always says why
+    FUZZ_CHECK(!error.empty());  // a rejection always says why
     return std::nullopt;
   }
   const auto once = cl::encode(*m);
   auto back = cl::decode(once.data(), once.size(), &error);
-  CHECK_THAT(back.has_value());
-  CHECK_THAT(back->index() == m->index());
-  CHECK_THAT(cl::encode(*back) == once);
+  FUZZ_CHECK(back.has_value());
+  FUZZ_CHECK(back->index() == m->index());
+  FUZZ_CHECK(cl::encode(*back) == once);
   if (auto* b = std::get_if<cl::batch>(&*m)) {
-    CHECK_THAT(b->frames.size() <= cl::max_batch);
-    CHECK_THAT(cl::encode_batch(b->frames) == once);
+    FUZZ_CHECK(b->frames.size() <= cl::max_batch);
+    FUZZ_CHECK(cl::encode_batch(b->frames) == once);
   }
   return m;
 }

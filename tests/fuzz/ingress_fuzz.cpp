@@ -28,20 +28,13 @@
 #include "protocol/msgpack_json.hpp"
 #include "protocol/schema.hpp"
 #include "protocol/validate.hpp"
+#include "check.hpp"
 
 namespace p = klynaa::protocol;
 
 namespace {
 
-[[noreturn]] void violated(const char* what, int line) {
-  std::fprintf(stderr, "ingress_fuzz.cpp:%d: check failed: %s\n", line, what);
-  std::abort();
-}
-
-#define CHECK(cond)                     \
-  do {                                  \
-    if (!(cond)) violated(#cond, __LINE__); \
-  } while (0)
+#define CHECK(cond) FUZZ_CHECK(cond)
 
 // The broker's "received at" (wall_ms()); fixed so a crash reproduces.
 constexpr int64_t now_ms = 1717171717171;
