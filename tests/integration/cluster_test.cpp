@@ -323,3 +323,29 @@ TEST_CASE("a node the broker does not know gets one bye for a batch of its dones
   CHECK(byes == 1);
   CHECK(srv.proc().running());
 }
+
+TEST_CASE("jobs the broker could not send to a vanished node run elsewhere without costing an attempt",
+          "[cluster][batch]") {
+  // The node disconnects without a word; the broker still counts it until
+  // node_timeout_ms. The next job for it cannot be sent (the connection is
+  // gone): it is ready again at once, its attempt not counted, since no node
+  // saw it, and the node is dropped.
+  klynaa_server srv("broker", {{"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "60000"}});
+  zmq::context_t ctx;
+  {
+    fake_node gone(ctx, srv.cluster(), "gone", {"escrow"}, 5, true);
+    REQUIRE(wait_for([&] { return stats_of(srv)["nodes"].size() == 1; }, 5000ms));
+  }  // its socket closes here
+  std::this_thread::sleep_for(500ms);  // the broker's socket has seen the connection go
+  raw_client client(ctx, srv.ingress());
+  auto r = client.call(publish_frame("conf-9", "pickup.confirmed", {{"pickup_id", 9}, {"customer_id", 1}}));
+  REQUIRE(r);
+  REQUIRE(r->status == reply_status::accepted);
+  CHECK(wait_for([&] { return srv.log().find(R"("reason":"unreachable")") != std::string::npos; }, 10000ms));
+  fake_node b(ctx, srv.cluster(), "b", {"escrow"}, 5, true);
+  auto j = b.next_job();
+  REQUIRE(j);
+  CHECK(j->job_id == "conf-9#1");
+  CHECK(j->attempt == 1);  // not 2: the failed send cost nothing
+  CHECK(srv.log().find("job lease lost") == std::string::npos);
+}
