@@ -403,14 +403,15 @@ bool broker_core::impl::send_job(const std::string& identity, node_session& n, l
   m.attempt = j.fanout ? j.attempts : j.attempts + 1;
   m.lease = j.fanout ? j.lease : lease_counter + 1;
   m.ts_ms = j.ts_ms;
-  auto frame = cl::encode(cl::message(m));
+  const int64_t lease = m.lease;
+  auto frame = cl::encode(cl::message(std::move(m)));  // no copy of the job's data
   if (!n.batch && !send_node(identity, frame)) return false;
   if (j.fanout) {
     j.run().fanout_todo.erase(identity);
     j.run().fanout_wait.insert(identity);
   } else {
     ++lease_counter;
-    queue.set_running(j, identity, n.name, m.lease, now + opts.cfg.cluster.lease_ms, now);
+    queue.set_running(j, identity, n.name, lease, now + opts.cfg.cluster.lease_ms, now);
     record(j, job_state::running);
   }
   --n.credit;
