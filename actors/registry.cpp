@@ -72,6 +72,7 @@ nodes::actor_kind_spec geo_spec(const protocol::config& cfg) {
   s.functions = {"notifyNearbyWorkers", "updateWorkerLocation"};
   s.workers = workers_of(cfg.node.geo_workers);
   s.prefetch = static_cast<int>(cfg.node.geo_prefetch);  // 0..100000 (config check)
+  s.blocking = false;  // in-memory index work only: the workers share CAF's scheduler threads
   // One factory per spec: every handler of this node shares its index and loader.
   s.make_handler = geo_handler_factory(cfg.django, geo_options::from_config(cfg.geo));
   return s;

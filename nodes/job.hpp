@@ -102,6 +102,12 @@ struct actor_kind_spec {
   /// Jobs the node asks for beyond `workers`: they wait in the pool's queue.
   /// Only for kinds whose jobs are short (geo): a queued job's lease runs.
   int prefetch = 0;
+  /// Whether a handler may block (an HTTP call to Django or a provider): then
+  /// each worker has a thread of its own. A kind whose handlers return within
+  /// microseconds and never wait on I/O (geo) says false: its workers run on
+  /// the CAF scheduler's threads and a job costs no thread wake-up. Such a
+  /// handler must not block: a stuck one would hold a scheduler thread.
+  bool blocking = true;
 };
 
 }  // namespace klynaa::nodes

@@ -42,6 +42,8 @@ caf::actor spawn_worker(pool_actor_ptr self, pool_state::slot& s) {
   const auto& c = self->state.cfg;
   worker_config wc{c.node, c.spec.kind, c.spec.make_handler, c.busy};
   s.abandoned = wc.abandoned;
+  if (!c.spec.blocking)  // see actor_kind_spec::blocking
+    return self->spawn<caf::monitored>(worker_actor, std::move(wc));
   return self->spawn<caf::detached + caf::monitored>(worker_actor, std::move(wc));
 }
 

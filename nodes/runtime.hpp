@@ -9,7 +9,8 @@
 //   - a CAF actor system with 2 scheduler threads runs the gateway (protocol
 //     logic, nodes/gateway.hpp) and one pool per kind (nodes/pool.hpp);
 //   - each worker of a pool is a detached actor with its own thread, because
-//     handlers block (HTTP calls).
+//     handlers block (HTTP calls); except the workers of a kind that never
+//     blocks (geo, actor_kind_spec::blocking), which share the scheduler's threads.
 #pragma once
 
 #include <cstdint>

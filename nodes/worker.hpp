@@ -1,6 +1,7 @@
-// A worker: one detached CAF actor (its own thread, since handlers block on
-// HTTP) owning one job_handler made by its kind's make_handler(). It runs one
-// job at a time, as its pool hands them out.
+// A worker: one CAF actor owning one job_handler made by its kind's
+// make_handler(); detached (its own thread) when the kind's handlers may block
+// on HTTP, else on the scheduler's threads (actor_kind_spec::blocking). It runs
+// one job at a time, as its pool hands them out.
 //
 // Messages:
 //   (run_atom, lease, job frame) -> sends (done_atom, lease, done frame, dying, outcome code) to the
@@ -39,7 +40,7 @@ struct worker_state {
   std::unique_ptr<job_handler> handler;  ///< nullptr when make_handler failed
 };
 
-/// The worker's behavior; spawn it with caf::detached. Always answers a run
+/// The worker's behavior (spawned by its pool). Always answers a run
 /// with a done; the done frame is empty only if the job frame could not be
 /// decoded (a bug), and the pool then reports the job itself.
 caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_config cfg);

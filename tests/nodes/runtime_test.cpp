@@ -8,6 +8,7 @@
 #include <future>
 #include <algorithm>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -228,6 +229,8 @@ TEST_CASE("a handler that throws counts as a transient failure with the exceptio
 }
 
 TEST_CASE("with prefetch a worker runs the jobs queued in its mailbox in order and one waiting behind a crash runs after the restart") {
+  const bool blocking = GENERATE(true, false);  // own threads, or the scheduler's (actor_kind_spec::blocking)
+  CAPTURE(blocking);
   zmq::context_t ctx;
   fake_broker broker{ctx, unique_inproc()};
   auto order = std::make_shared<std::vector<std::string>>();
@@ -242,6 +245,7 @@ TEST_CASE("with prefetch a worker runs the jobs queued in its mailbox in order a
     return nodes::job_result::success({{"ok", true}});
   });
   kind.prefetch = 4;
+  kind.blocking = blocking;
   kind.limits.restart_backoff_ms = 10;
   nodes::node_runtime node{ctx, options_for(broker, {kind})};
   node.start();
@@ -265,6 +269,39 @@ TEST_CASE("with prefetch a worker runs the jobs queued in its mailbox in order a
   {
     std::lock_guard<std::mutex> lk(*mu);
     CHECK(std::count(order->begin(), order->end(), "after") == 1);
+  }
+  node.stop();
+}
+
+TEST_CASE("workers of a kind that may block have a thread each and those of a kind that never blocks share the scheduler's two") {
+  const bool blocking = GENERATE(true, false);
+  CAPTURE(blocking);
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  auto threads = std::make_shared<std::set<std::thread::id>>();
+  auto mu = std::make_shared<std::mutex>();
+  auto kind = kind_of("k", {"f"}, 4, [threads, mu](const nodes::job&) -> nodes::job_result {
+    {
+      std::lock_guard<std::mutex> lk(*mu);
+      threads->insert(std::this_thread::get_id());
+    }
+    std::this_thread::sleep_for(5ms);  // every worker gets jobs
+    return nodes::job_result::success({{"ok", true}});
+  });
+  kind.blocking = blocking;
+  nodes::node_runtime node{ctx, options_for(broker, {kind})};
+  node.start();
+  await_registration(broker);
+  for (int i = 0; i < 40; ++i)
+    broker.send(job_of("j" + std::to_string(i), "f", i + 1));
+  REQUIRE(broker.wait_until([&] { return broker.count<cl::done>() == 40; }, 10s));
+  for (const auto& d : broker.all<cl::done>()) CHECK(d.outcome == "ok");
+  {
+    std::lock_guard<std::mutex> lk(*mu);
+    if (blocking)
+      CHECK(threads->size() == 4);
+    else
+      CHECK(threads->size() <= 2);
   }
   node.stop();
 }
