@@ -217,7 +217,7 @@ const key_spec keys[] = {
     KLYNAA_KEY(store, broker_name, any_value, "postgres: this broker's name as lease holder; empty means hostname:pid"),
     KLYNAA_KEY(node, notifier_workers, at_least_one, "jobs a node's notifier runs at once"),
     KLYNAA_KEY(node, escrow_workers, at_least_one, "jobs a node's escrow actor runs at once"),
-    KLYNAA_KEY(node, geo_workers, at_least_one, "jobs a node's geo actor runs at once"),
+    KLYNAA_KEY(node, geo_workers, at_least_one, "geo workers a node runs (they share the node's two CAF scheduler threads)"),
     KLYNAA_KEY(node, geo_prefetch, prefetch_range,
                "geo jobs a node queues beyond those running, so that the round trip to the broker is hidden"),
     KLYNAA_KEY(node, scheduler_workers, at_least_one, "jobs a node's scheduler runs at once"),
