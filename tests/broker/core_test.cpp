@@ -1,0 +1,183 @@
+// The broker's loop (broker_core) in this process, on a store whose commits the
+// test can hold: what ends up in which group commit. The fake node and the
+// client are the integration tests' (tests/integration/fake_node.hpp,
+// support.hpp); here they talk to the loop over inproc and 127.0.0.1.
+#include "broker/core.hpp"
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include <catch2/catch.hpp>
+
+#include "../integration/fake_node.hpp"
+#include "../integration/support.hpp"
+
+using namespace klynaa;
+using namespace klynaa::test;
+using namespace std::chrono_literals;
+namespace cl = protocol::cluster;
+
+namespace {
+
+/// A store that forwards to SQLite, can hold a commit until released, and
+/// remembers every job update it committed, by commit.
+class gated_store final : public broker::store {
+ public:
+  explicit gated_store(std::unique_ptr<broker::store> inner) : inner_(std::move(inner)) {}
+
+  /// The next commit waits in the writer until release().
+  void hold() {
+    std::lock_guard<std::mutex> lk(mu_);
+    holding_ = true;
+  }
+  void release() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      holding_ = false;
+    }
+    cv_.notify_all();
+  }
+  bool held() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return waiting_;
+  }
+  /// (commit number, job id, state, outcome) of each update committed so far.
+  std::vector<std::tuple<int, std::string, broker::job_state, std::string>> updates() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return updates_;
+  }
+
+  std::optional<broker::commit_outcome> commit(const broker::batch& b, broker::store_error& err) override {
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      waiting_ = holding_;
+      cv_.wait(lk, [&] { return !holding_; });
+      waiting_ = false;
+    }
+    auto out = inner_->commit(b, err);
+    std::lock_guard<std::mutex> lk(mu_);
+    ++commits_;
+    if (out)
+      for (auto& u : b.updates) updates_.emplace_back(commits_, u.id, u.state, u.outcome);
+    return out;
+  }
+  bool load_unfinished(const std::function<void(broker::job_record&&)>& sink, broker::store_error& err) override {
+    return inner_->load_unfinished(sink, err);
+  }
+  int64_t max_seq() override { return inner_->max_seq(); }
+  std::optional<broker::job_record> find_job(const std::string& id) override { return inner_->find_job(id); }
+  std::vector<broker::job_record> list_jobs(broker::job_state s, size_t limit) override {
+    return inner_->list_jobs(s, limit);
+  }
+  std::string history_json(const std::string& id) override { return inner_->history_json(id); }
+  std::vector<std::tuple<std::string, broker::job_state, int64_t>> count_by_function() override {
+    return inner_->count_by_function();
+  }
+
+ private:
+  std::unique_ptr<broker::store> inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool holding_ = false;
+  bool waiting_ = false;
+  int commits_ = 0;
+  std::vector<std::tuple<int, std::string, broker::job_state, std::string>> updates_;
+};
+
+/// A broker_core on a temp dir, its loop on a thread of its own.
+struct loop_fixture {
+  zmq::context_t ctx;
+  std::string dir;
+  gated_store* store = nullptr;
+  std::unique_ptr<broker::broker_core> core;
+  std::atomic<int> phase{static_cast<int>(broker::phase::running)};
+  std::thread thread;
+  std::string ingress;
+  const std::string cluster = "inproc://core-test-cluster";
+
+  loop_fixture() {
+    char tmpl[] = "/tmp/klynaa-core-test-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl));
+    dir = tmpl;
+    broker::sqlite_options so;
+    so.path = dir + "/broker.db";
+    broker::store_error serr;
+    auto inner = broker::open_sqlite_store(so, serr);
+    REQUIRE(inner);
+    auto gs = std::make_unique<gated_store>(std::move(inner));
+    store = gs.get();
+    broker::broker_options o;
+    o.ingress_bind = "tcp://127.0.0.1:*";
+    o.cluster_binds = {cluster};
+    o.data_dir = dir;
+    core = std::make_unique<broker::broker_core>(ctx, o, std::move(gs));
+    std::string err;
+    REQUIRE(core->open(err));
+    ingress = core->bound_endpoints()["ingress"].get<std::string>();
+    thread = std::thread([this] { core->run(phase); });
+  }
+  ~loop_fixture() {
+    store->release();
+    phase = static_cast<int>(broker::phase::stopping);
+    thread.join();
+    core.reset();
+    std::system(("rm -rf '" + dir + "'").c_str());
+  }
+  int64_t ok_of(const std::string& function) {
+    auto s = core->stats();
+    auto f = s["functions"][function];
+    return f.is_object() && f.contains("outcomes") ? f["outcomes"].value("ok", int64_t{0}) : 0;
+  }
+};
+
+json created(int64_t pickup) {
+  return {{"pickup_id", pickup}, {"customer_id", 101}, {"lat", 0.1}, {"lng", 0.2}};
+}
+
+}  // namespace
+
+TEST_CASE("a job's start and end that meet in one open batch are committed as one update") {
+  loop_fixture f;
+  fake_node node(f.ctx, f.cluster, "a", {"geo"}, 10);
+  raw_client client(f.ctx, f.ingress);
+  REQUIRE(client.call(publish_frame("a", "pickup.created", created(1))));
+  REQUIRE(client.call(publish_frame("b", "pickup.created", created(1))));  // waits for a: same pickup
+  auto a = node.next_job();
+  REQUIRE(a);
+  REQUIRE(a->job_id == "a#1");
+  CHECK(!node.next_job(200ms));  // b#1 is held back behind a#1
+
+  // Hold the writer in a commit (a request of another pickup), so that what
+  // follows gathers in the open batch behind it.
+  f.store->hold();
+  client.send_frames({"", publish_frame("z", "pickup.created", created(5))});
+  REQUIRE(wait_for([&] { return f.store->held(); }, 10000ms));
+  node.finish(*a);  // b#1 may run now: its start goes into the open batch
+  auto b = node.next_job();
+  REQUIRE(b);
+  CHECK(b->job_id == "b#1");
+  node.finish(*b);  // and its end, into the same one
+  REQUIRE(wait_for([&] { return f.ok_of("notifyNearbyWorkers") == 2; }, 10000ms));
+  f.store->release();
+  REQUIRE(wait_for(
+      [&] {
+        for (auto& [n, id, state, outcome] : f.store->updates())
+          if (id == "b#1" && state == broker::job_state::done) return true;
+        return false;
+      },
+      10000ms));
+
+  std::vector<std::tuple<int, std::string, broker::job_state, std::string>> of_b;
+  for (auto& u : f.store->updates())
+    if (std::get<1>(u) == "b#1") of_b.push_back(u);
+  REQUIRE(of_b.size() == 1);  // not `running` and then `done`
+  CHECK(std::get<2>(of_b[0]) == broker::job_state::done);
+  CHECK(std::get<3>(of_b[0]) == "ok");
+  // a#1 started before the hold: its start and end are two updates, in two commits.
+  std::vector<int> commits_of_a;
+  for (auto& [n, id, state, outcome] : f.store->updates())
+    if (id == "a#1") commits_of_a.push_back(n);
+  REQUIRE(commits_of_a.size() == 2);
+  CHECK(commits_of_a[0] < commits_of_a[1]);
+}
