@@ -36,6 +36,7 @@ std::optional<std::string> check_ca_file(const std::string& path, const char* ke
   return std::string(key) + ": cannot read the CA bundle " + path + ": " + std::strerror(errno);
 }
 
+/// The config check keeps node.*_workers within 1..1024; a config built in code is clamped the same way.
 int workers_of(int64_t configured) {
   return configured > 0 ? static_cast<int>(std::min<int64_t>(configured, 1024)) : 1;
 }

@@ -90,6 +90,12 @@ std::string max_bytes_range(const value& v) {
   return n >= 1 && n <= (int64_t{1} << 30) ? "" : "must be between 1 and 1073741824";
 }
 
+std::string workers_range(const value& v) {
+  // Each worker of a kind that may block is a thread of its own.
+  auto n = std::get<int64_t>(v);
+  return n >= 1 && n <= 1024 ? "" : "must be between 1 and 1024";
+}
+
 std::string prefetch_range(const value& v) {
   auto n = std::get<int64_t>(v);
   return n >= 0 && n <= 100000 ? "" : "must be between 0 and 100000";
@@ -215,12 +221,12 @@ const key_spec keys[] = {
                "postgres: how long the active broker's lease lasts unrenewed (renewed every lease_ms/3); "
                "a standby takes over after it"),
     KLYNAA_KEY(store, broker_name, any_value, "postgres: this broker's name as lease holder; empty means hostname:pid"),
-    KLYNAA_KEY(node, notifier_workers, at_least_one, "jobs a node's notifier runs at once"),
-    KLYNAA_KEY(node, escrow_workers, at_least_one, "jobs a node's escrow actor runs at once"),
-    KLYNAA_KEY(node, geo_workers, at_least_one, "geo workers a node runs (they share the node's two CAF scheduler threads)"),
+    KLYNAA_KEY(node, notifier_workers, workers_range, "jobs a node's notifier runs at once"),
+    KLYNAA_KEY(node, escrow_workers, workers_range, "jobs a node's escrow actor runs at once"),
+    KLYNAA_KEY(node, geo_workers, workers_range, "geo workers a node runs (they share the node's two CAF scheduler threads)"),
     KLYNAA_KEY(node, geo_prefetch, prefetch_range,
                "geo jobs a node queues beyond those running, so that the round trip to the broker is hidden"),
-    KLYNAA_KEY(node, scheduler_workers, at_least_one, "jobs a node's scheduler runs at once"),
+    KLYNAA_KEY(node, scheduler_workers, workers_range, "jobs a node's scheduler runs at once"),
     KLYNAA_KEY(node, job_timeout_seconds, not_negative,
                "a job running longer fails (retried) and its worker is replaced; 0 means no limit"),
     KLYNAA_KEY(node, max_restarts, at_least_one,

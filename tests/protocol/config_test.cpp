@@ -280,6 +280,9 @@ TEST_CASE("invalid values are errors naming the key and the rule", "[config]") {
   CHECK_THAT(parse_error("[node]\ngeo_prefetch = -1\n"),
              Catch::Contains("[node] geo_prefetch: must be between 0 and 100000"));
   CHECK_THAT(parse_error("[node]\ngeo_prefetch = 100001\n"), Catch::Contains("[node] geo_prefetch"));
+  CHECK_THAT(parse_error("[node]\nnotifier_workers = 1025\n"),
+             Catch::Contains("[node] notifier_workers: must be between 1 and 1024"));
+  CHECK_THAT(parse_error("[node]\ngeo_workers = 0\n"), Catch::Contains("[node] geo_workers: must be between 1 and 1024"));
   CHECK_THAT(parse_error("[retry]\nbase_delay_ms = 5000\nmax_delay_ms = 100\n"),
              Catch::Contains("base_delay_ms (5000) must not exceed max_delay_ms (100)"));
   CHECK_THAT(parse_error("[cluster]\nheartbeat_ms = 5000\nnode_timeout_ms = 5000\n"),
