@@ -49,6 +49,10 @@ TEST_CASE("every actor kind is built with its functions and worker counts") {
   CHECK(by_kind["geo"]->prefetch == 256);
   for (auto& s : specs)
     if (s.kind != "geo") CHECK(s.prefetch == 0);
+  // Only geo's workers share the scheduler's threads; the others block on HTTP.
+  CHECK(!by_kind["geo"]->blocking);
+  for (auto& s : specs)
+    if (s.kind != "geo") CHECK(s.blocking);
   for (auto& s : specs)
     if (s.kind != "geo") CHECK(s.make_handler() != nullptr);
 }

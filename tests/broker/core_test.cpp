@@ -87,8 +87,8 @@ class gated_store final : public broker::store {
 
 /// A broker_core on a temp dir, its loop on a thread of its own.
 struct loop_fixture {
+  temp_dir dir;  // first: removed last, after the loop and its store are gone
   zmq::context_t ctx;
-  std::string dir;
   gated_store* store = nullptr;
   std::unique_ptr<broker::broker_core> core;
   std::atomic<int> phase{static_cast<int>(broker::phase::running)};
@@ -97,11 +97,8 @@ struct loop_fixture {
   const std::string cluster = "inproc://core-test-cluster";
 
   loop_fixture() {
-    char tmpl[] = "/tmp/klynaa-core-test-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl));
-    dir = tmpl;
     broker::sqlite_options so;
-    so.path = dir + "/broker.db";
+    so.path = dir / "broker.db";
     broker::store_error serr;
     auto inner = broker::open_sqlite_store(so, serr);
     REQUIRE(inner);
@@ -110,7 +107,7 @@ struct loop_fixture {
     broker::broker_options o;
     o.ingress_bind = "tcp://127.0.0.1:*";
     o.cluster_binds = {cluster};
-    o.data_dir = dir;
+    o.data_dir = dir.path;
     core = std::make_unique<broker::broker_core>(ctx, o, std::move(gs));
     std::string err;
     REQUIRE(core->open(err));
@@ -122,7 +119,6 @@ struct loop_fixture {
     phase = static_cast<int>(broker::phase::stopping);
     thread.join();
     core.reset();
-    std::system(("rm -rf '" + dir + "'").c_str());
   }
   int64_t ok_of(const std::string& function) {
     auto s = core->stats();
@@ -141,8 +137,12 @@ TEST_CASE("a job's start and end that meet in one open batch are committed as on
   loop_fixture f;
   fake_node node(f.ctx, f.cluster, "a", {"geo"}, 10);
   raw_client client(f.ctx, f.ingress);
-  REQUIRE(client.call(publish_frame("a", "pickup.created", created(1))));
-  REQUIRE(client.call(publish_frame("b", "pickup.created", created(1))));  // waits for a: same pickup
+  auto accepted = [&](const std::string& id, int64_t pickup) {
+    auto r = client.call(publish_frame(id, "pickup.created", created(pickup)));
+    return r && r->status == protocol::reply_status::accepted;
+  };
+  REQUIRE(accepted("a", 1));
+  REQUIRE(accepted("b", 1));  // waits for a: same pickup
   auto a = node.next_job();
   REQUIRE(a);
   REQUIRE(a->job_id == "a#1");
