@@ -104,9 +104,10 @@ struct actor_kind_spec {
   int prefetch = 0;
   /// Whether a handler may block (an HTTP call to Django or a provider): then
   /// each worker has a thread of its own. A kind whose handlers return within
-  /// microseconds and never wait on I/O (geo) says false: its workers run on
-  /// the CAF scheduler's threads and a job costs no thread wake-up. Such a
-  /// handler must not block: a stuck one would hold a scheduler thread.
+  /// microseconds and call nothing outside the process (geo) says false: its
+  /// workers run on the CAF scheduler's threads and a job costs no thread
+  /// wake-up. Such a handler must not block: a stuck one would hold a scheduler
+  /// thread, and with it the gateway (docs/reliability.md).
   bool blocking = true;
 };
 
