@@ -12,12 +12,12 @@
 #
 # Prints one klynaa-bench JSON line per node count (with "nodes" added), then a
 # summary line with the throughput ratios against 1 node. Uses the Release build
-# in build-release (built here unless SKIP_BUILD=1). Everything binds 127.0.0.1.
+# in build/ (the Release tree, built here with scripts/build.sh release unless SKIP_BUILD=1). Everything binds 127.0.0.1.
 set -u
 COUNT=${1:-20000}; shift || true
 NODES=("$@"); [ ${#NODES[@]} -gt 0 ] || NODES=(1 3)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=$ROOT/build-release
+BUILD=$ROOT/build
 PY=/usr/bin/python3
 OUT=$(mktemp -d /tmp/klynaa-cluster-bench-XXXXXX)
 DJANGO_PID=""
@@ -32,8 +32,7 @@ say() { echo "cluster.sh: $*" >&2; }
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   say "building $BUILD (Release)"
-  { cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKLYNAA_SANITIZE=OFF -DKLYNAA_TESTS=OFF &&
-    ninja -C "$BUILD" -j2 klynaa klynaa-bench; } >"$OUT/build.log" 2>&1 ||
+  bash "$ROOT/scripts/build.sh" release klynaa klynaa-bench >"$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log" >&2; say "the Release build failed"; exit 1; }
 fi
 

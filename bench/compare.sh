@@ -3,7 +3,7 @@
 #
 #   bash bench/compare.sh N ANCHORS_DIR
 #
-# 1. builds a Release build in build-release (no sanitizers, no tests) of klynaa and klynaa-bench;
+# 1. builds a Release build in build/ (scripts/build.sh release: no sanitizers, no tests) of klynaa and klynaa-bench;
 # 2. installs what the anchors need from Debian when missing (redis-server, python3-celery,
 #    python3-redis, ruby-sidekiq, ruby-hiredis; as root, idempotent);
 # 3. runs, one after the other on this machine: the machine's ceilings (klynaa-bench --ceilings),
@@ -18,7 +18,7 @@
 #                       (default: --type worker.location, i.e. updateWorkerLocation jobs)
 #   KLYNAA_PACED=0      skip the paced latency runs (5,000 req/s acks; 1,000 jobs/s e2e)
 #   ANCHOR_TIMEOUT      seconds per anchor run (default 1200)
-#   SKIP_BUILD=1        use build-release as it is
+#   SKIP_BUILD=1        use build/ as it is
 # Exit status: 0 when Klynaa's throughput run succeeded, 1 otherwise (anchor failures are
 # reported in the summary, not in the exit status); 2 on bad usage.
 set -u
@@ -29,7 +29,7 @@ fi
 [ -d "$ANCHORS" ] || { echo "compare.sh: no anchors dir $ANCHORS" >&2; exit 2; }
 ANCHORS=$(cd "$ANCHORS" && pwd)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=$ROOT/build-release
+BUILD=$ROOT/build
 BENCH=$BUILD/klynaa-bench
 OUT=$(mktemp -d /tmp/klynaa-compare-XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
@@ -40,8 +40,7 @@ say() { echo "compare.sh: $*" >&2; }
 # ---- 1. Release build
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   say "building $BUILD (Release, -j2)"
-  { cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKLYNAA_SANITIZE=OFF -DKLYNAA_TESTS=OFF &&
-    ninja -C "$BUILD" -j2 klynaa klynaa-bench; } >"$OUT/build.log" 2>&1 ||
+  bash "$ROOT/scripts/build.sh" release klynaa klynaa-bench >"$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log" >&2; say "the Release build failed"; exit 1; }
 fi
 [ -x "$BENCH" ] && [ -x "$BUILD/klynaa" ] || { say "no $BENCH or $BUILD/klynaa"; exit 1; }

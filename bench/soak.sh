@@ -16,7 +16,7 @@ COUNT=${1:-1000000}
 MINUTES=${2:-10}
 STEP=${3:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=$ROOT/build-release
+BUILD=$ROOT/build
 PY=/usr/bin/python3
 OUT=$(mktemp -d /tmp/klynaa-soak-XXXXXX)
 BPID=""
@@ -30,8 +30,7 @@ fail() { say "$*"; exit 1; }
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   say "building $BUILD (Release)"
-  { cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKLYNAA_SANITIZE=OFF -DKLYNAA_TESTS=OFF &&
-    ninja -C "$BUILD" -j2 klynaa klynaa-bench; } >"$OUT/build.log" 2>&1 ||
+  bash "$ROOT/scripts/build.sh" release klynaa klynaa-bench >"$OUT/build.log" 2>&1 ||
     { tail -30 "$OUT/build.log" >&2; fail "the Release build failed"; }
 fi
 

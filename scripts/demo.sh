@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The README's main command: installs what is missing, builds, starts the
+# The README's main command: installs what is missing, builds the Release
+# klynaa (build/klynaa, that target only: no tests), starts the
 # reference Django app and `klynaa run` on its embedded defaults, walks a pickup
 # through accepted -> delivered -> confirmed, runs the two `invoke` commands of
 # the old Lambda layer, and shows what happened. Leaves nothing running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-bash scripts/build.sh
+bash scripts/build.sh release klynaa
 
 DEMO=${DEMO_DIR:-demo-run}
 rm -rf "$DEMO"
