@@ -6,7 +6,9 @@ followed by one msgpack map per request, and matching replies by ``id``.
 
 Dependencies: ``pyzmq`` and ``msgpack`` (Debian: ``python3-zmq``,
 ``python3-msgpack``).  Django is optional: only :func:`publish_on_commit` and
-:func:`django_client` import it.  The module is one file: put
+:func:`django_client` import it.  The module is one file: install it into a
+venv with ``pip install --no-build-isolation --no-index clients/python``
+(``clients/python/pyproject.toml``, see ``docs/django.md``), or put
 ``clients/python`` on ``sys.path`` (or copy the file into your project).
 
 Example::
