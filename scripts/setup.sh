@@ -11,8 +11,14 @@ PACKAGES=(
   libtomlplusplus-dev nlohmann-json3-dev libhowardhinnant-date-dev
   libjwt-dev libssl-dev libcpp-httplib-dev libpq-dev postgresql
   clang libclang-rt-dev prometheus
-  python3 python3-zmq python3-msgpack python3-django python3-botocore python3-jwt python3-cryptography python3-yaml systemd curl
+  python3 python3-venv python3-setuptools python3-wheel python3-zmq python3-msgpack python3-django python3-botocore python3-jwt python3-cryptography python3-yaml systemd curl
 )
+
+# python3-venv, python3-setuptools and python3-wheel install the Python client
+# as a package offline: `python3 -m venv --system-site-packages VENV` and
+# `VENV/bin/pip install --no-build-isolation --no-index clients/python` build
+# with them instead of downloading anything (docs/django.md,
+# tests/integration/python_package_test.py). The venv brings its own pip.
 
 # clang and libclang-rt-dev (Debian's default clang, 14 on Debian 12, and its
 # compiler-rt: libFuzzer, ASan, UBSan) build the fuzz target that scripts/test.sh
