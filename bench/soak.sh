@@ -10,7 +10,7 @@
 # Prints the klynaa-bench JSON line of the load, then one summary line:
 #   {count, pending, load_seconds, rss_mb{after_load, min, max, last, samples},
 #    restart{seconds, rss_mb}, store_mb}
-# Uses build-release (built here unless SKIP_BUILD=1). Binds 127.0.0.1 only.
+# Uses the Release tree build/ (built here unless SKIP_BUILD=1). Binds 127.0.0.1 only.
 set -u
 COUNT=${1:-1000000}
 MINUTES=${2:-10}

@@ -7,6 +7,7 @@
 
 #include "broker/dashboard/dashboard.hpp"
 #include "protocol/log.hpp"
+#include "protocol/version.hpp"
 
 namespace klynaa::broker {
 
@@ -47,6 +48,10 @@ bool is_dashboard_page(const httplib::Request& req) {
 
 std::string render_metrics(const nlohmann::json& s) {
   std::ostringstream o;
+  o << "# HELP klynaa_build_info The running binary's version and git commit; always 1.\n"
+    << "# TYPE klynaa_build_info gauge\n"
+    << "klynaa_build_info{version=\"" << label(std::string{protocol::build_version()})
+    << "\",commit=\"" << label(std::string{protocol::build_commit()}) << "\"} 1\n";
   const auto& functions = s.contains("functions") ? s["functions"] : nlohmann::json::object();
   o << "# HELP klynaa_jobs_total Job attempts that ended, by function and outcome (ok, retry, dead).\n"
     << "# TYPE klynaa_jobs_total counter\n";

@@ -9,6 +9,7 @@
 #include "protocol/jobs.hpp"
 #include "protocol/log.hpp"
 #include "protocol/schema.hpp"
+#include "protocol/version.hpp"
 
 namespace klynaa::broker {
 
@@ -533,6 +534,8 @@ void broker_core::impl::publish_stats(int64_t now) {
     retrying.push_back({{"job_id", j->id}, {"function", j->function}, {"attempts", j->attempts},
                         {"next_run_ms", j->due_ms}});
   nlohmann::json s = {{"ts_ms", now},
+                      {"version", protocol::build_version()},
+                      {"commit", protocol::build_commit()},
                       {"pending", static_cast<int64_t>(queue.size()) + uncommitted_children},
                       {"functions", functions},
                       {"nodes", ns},

@@ -1,6 +1,7 @@
 // Client requests on the ingress ROUTER (contract §1): frames, decoding,
 // validation, the open batch, and every reply.
 #include "broker/core_impl.hpp"
+#include "protocol/version.hpp"
 
 #include "protocol/jobs.hpp"
 #include "protocol/log.hpp"
@@ -64,11 +65,8 @@ void broker_core::impl::handle_frames(std::vector<zmq::message_t>& frames, int64
 
 void broker_core::impl::handle_request(const client_ref& c, protocol::request&& req, int64_t now) {
   if (req.operation == protocol::op::ping) {
-    protocol::reply rep;
-    if (!req.id.empty()) rep.id = req.id;  // §1: the request's id, nil when it had none
-    rep.status = protocol::reply_status::pong;
     ++ingress_counts["pong"];
-    send_reply(c, rep);
+    send_reply(c, protocol::pong_reply(req.id));
     return;
   }
   if (draining) {

@@ -11,6 +11,7 @@
 #include "protocol/cluster.hpp"
 #include "protocol/log.hpp"
 #include "protocol/message.hpp"
+#include "protocol/version.hpp"
 
 namespace klynaa::broker {
 
@@ -94,11 +95,8 @@ struct standby_endpoints::impl {
       return;
     }
     if (d.req->operation == protocol::op::ping) {
-      protocol::reply rep;
-      if (!d.req->id.empty()) rep.id = d.req->id;
-      rep.status = protocol::reply_status::pong;
       count("pong");
-      reply(identity, delimited, rep);
+      reply(identity, delimited, protocol::pong_reply(d.req->id));
       return;
     }
     auto rep = protocol::rejection(d.req->id, protocol::error_code::overloaded, standby_message);

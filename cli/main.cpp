@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cli/commands.hpp"
+#include "protocol/version.hpp"
 
 int main(int argc, char** argv) {
   using namespace klynaa::cli;
@@ -12,6 +13,10 @@ int main(int argc, char** argv) {
       !std::strcmp(argv[1], "help")) {
     std::cout << usage();
     return argc < 2 ? 2 : 0;
+  }
+  if (!std::strcmp(argv[1], "--version") || !std::strcmp(argv[1], "version")) {
+    std::cout << "klynaa " << klynaa::protocol::version_text() << "\n";
+    return 0;
   }
   const std::map<std::string, int (*)(int, char**)> commands = {
       {"run", cmd_run},         {"broker", cmd_broker}, {"node", cmd_node},

@@ -77,9 +77,13 @@ security:
           write a CURVE key pair: NAME.key (secret, mode 0600) and NAME.pub; never
           replaces a file; prints the allow-list line (docs/security.md)
 
+  --version                        print the version and git commit (also in pong, /stats
+                                   and the metric klynaa_build_info)
+
 Config is one TOML file; DJANGO_API_URL, DJANGO_API_KEY, NOTIFICATION_SERVICE and
 KLYNAA_<SECTION>_<KEY> override it (e.g. KLYNAA_ADMIN_BIND for the admin
-endpoint). Docs: docs/ in the source tree.
+endpoint). Docs: docs/ in the source tree, /usr/share/doc/klynaa-jobs when installed
+from the package.
 )";
 }
 

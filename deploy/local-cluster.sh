@@ -23,7 +23,7 @@ N=$1
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${KLYNAA_BIN:-$ROOT/build/klynaa}
-[ -x "$BIN" ] || { echo "local-cluster: $BIN not found or not executable (build first: scripts/build.sh)" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "local-cluster: $BIN not found or not executable (build first: bash scripts/build.sh release)" >&2; exit 1; }
 
 TMP_DIR=""
 if [ $# -eq 2 ]; then

@@ -406,6 +406,9 @@ bool read_reply_key(std::string_view key, const object& v, reply& r, bool& saw_s
   } else if (key == "retry_after_ms") {
     r.retry_after_ms = int_of(v);
     if (!r.retry_after_ms) return false;
+  } else if (key == "version") {
+    if (v.type != msgpack::type::STR) return false;
+    r.version = std::string{str_of(v)};
   } else if (key == "v") {
     if (v.type != msgpack::type::POSITIVE_INTEGER || v.via.u64 != 1) return false;
   }
@@ -475,8 +478,9 @@ std::string encode_reply(const reply& r) {
   msgpack::sbuffer buf;
   packer pk(buf);
   const bool jobs = has_jobs(r.status), result = has_result(r.status), error = has_error(r),
-             retry = has_retry_after(r);
-  pk.pack_map(3 + jobs + result + error + retry);
+             retry = has_retry_after(r),
+             version = r.version && r.status == reply_status::pong;
+  pk.pack_map(3 + jobs + result + error + retry + version);
   pack_string(pk, "v");
   pk.pack_int(1);
   pack_string(pk, "id");
@@ -503,6 +507,10 @@ std::string encode_reply(const reply& r) {
   if (retry) {
     pack_string(pk, "retry_after_ms");
     pk.pack_int64(*r.retry_after_ms);
+  }
+  if (version) {
+    pack_string(pk, "version");
+    pack_string(pk, *r.version);
   }
   return std::string(buf.data(), buf.size());
 }

@@ -63,6 +63,9 @@ struct reply {
   nlohmann::json result;               ///< ok (an object)
   std::optional<error_info> error;     ///< rejected, failed
   std::optional<int64_t> retry_after_ms;  ///< rejected with overloaded / shutting_down
+  /// pong: the broker's version, e.g. "0.2.0 (commit 1a2b3c4d5e6f)"
+  /// (docs/ingress-protocol.md); clients that do not know the key ignore it.
+  std::optional<std::string> version;
 };
 
 /// The outcome of decoding and validating one request frame: exactly one of

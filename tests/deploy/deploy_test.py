@@ -74,17 +74,41 @@ class Defaults(unittest.TestCase):
 
 
 class Dockerfile(unittest.TestCase):
+    def stage(self, name):
+        m = re.search(rf"(?ms)^FROM \S+ AS {name}\s*$(.*?)(?=^FROM |\Z)", DOCKERFILE)
+        self.assertIsNotNone(m, f"no stage {name}")
+        return m.group(1)
+
+    def test_build_stage_makes_the_package(self):
+        self.assertRegex(DOCKERFILE, r"(?m)^FROM debian:12 AS build\s*$")
+        build = self.stage("build")
+        self.assertRegex(build, r"(?m)^COPY \. /src")
+        self.assertIn("bash scripts/setup.sh", build)
+        self.assertIn("bash scripts/build.sh release", build)
+        self.assertIn("cpack -G DEB", build)
+
+    def test_runtime_stage_holds_the_package_not_the_toolchain(self):
+        self.assertRegex(DOCKERFILE, r"(?m)^FROM debian:12-slim AS runtime\s*$")
+        runtime = self.stage("runtime")
+        self.assertIn("COPY --from=build /klynaa-jobs.deb", runtime)
+        self.assertNotIn("setup.sh", runtime)
+        for tool in ("build-essential", "cmake", "-dev"):
+            self.assertNotIn(tool, runtime)
+        self.assertRegex(DOCKERFILE, r"(?m)^FROM runtime\s*$", "the default target is the klynaa image")
+
+    def test_django_stage(self):
+        django = self.stage("django")
+        self.assertIn("python3-django", django)
+        self.assertRegex(django, r'(?m)^ENTRYPOINT \["/usr/bin/python3", "examples/django/serve.py"\]')
+
     def test_base_expose_healthcheck_entrypoint(self):
-        self.assertRegex(DOCKERFILE, r"(?m)^FROM debian:12\s*$")
-        self.assertRegex(DOCKERFILE, r"(?m)^COPY \. /src")
-        self.assertIn("bash scripts/setup.sh", DOCKERFILE)
-        self.assertIn("-DCMAKE_BUILD_TYPE=Release", DOCKERFILE)
-        expose = re.search(r"(?m)^EXPOSE (.*)$", DOCKERFILE).group(1).split()
+        DOCKERFILE_RUNTIME = self.stage("runtime")
+        expose = re.search(r"(?m)^EXPOSE (.*)$", DOCKERFILE_RUNTIME).group(1).split()
         self.assertEqual({int(p) for p in expose}, PORTS)
-        health = re.search(r"(?ms)^HEALTHCHECK .*?CMD (.*?)$", DOCKERFILE).group(1)
+        health = re.search(r"(?ms)^HEALTHCHECK .*?CMD (.*?)$", DOCKERFILE_RUNTIME).group(1)
         self.assertIn("curl", health)
         self.assertIn(f"127.0.0.1:{ADMIN_PORT}/healthz", health)
-        self.assertRegex(DOCKERFILE, r'(?m)^ENTRYPOINT \["/usr/local/bin/klynaa"\]')
+        self.assertRegex(DOCKERFILE_RUNTIME, r'(?m)^ENTRYPOINT \["/usr/bin/klynaa"\]')
 
 
 class Compose(unittest.TestCase):
@@ -92,12 +116,14 @@ class Compose(unittest.TestCase):
         return COMPOSE["services"]
 
     def test_one_image_everywhere_and_same_as_k8s(self):
-        images = {s["image"] for s in self.services().values()}
+        klynaa = {k: s for k, s in self.services().items() if k != "django"}
+        images = {s["image"] for s in klynaa.values()}
         self.assertEqual(len(images), 1, images)
         k8s = {K8S_BROKER["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["image"],
                K8S_NODE["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"]}
         self.assertEqual(images, k8s)
         self.assertEqual(self.services()["broker"]["build"]["dockerfile"], "deploy/docker/Dockerfile")
+        self.assertEqual(self.services()["broker"]["build"]["target"], "runtime")
 
     def test_broker(self):
         b = self.services()["broker"]
@@ -133,7 +159,8 @@ class Compose(unittest.TestCase):
 
     def test_django(self):
         d = self.services()["django"]
-        self.assertEqual(d["entrypoint"], ["/usr/bin/python3", "examples/django/serve.py"])
+        self.assertEqual(d["build"]["target"], "django")
+        self.assertNotEqual(d["image"], self.services()["broker"]["image"])
         self.assertTrue(os.path.exists(os.path.join(ROOT, "examples", "django", "serve.py")))
         self.assertEqual(d["command"][0], "0.0.0.0:8000")
         self.assertEqual(d["environment"]["KLYNAA_INGRESS"], f"tcp://broker:{INGRESS_PORT}")
@@ -154,7 +181,7 @@ class Kubernetes(unittest.TestCase):
         sts = K8S_BROKER["StatefulSet"]
         self.assertEqual(sts["spec"]["replicas"], 1)
         c = self.broker_pod()["containers"][0]
-        self.assertEqual(c["command"], ["/usr/local/bin/klynaa"])
+        self.assertEqual(c["command"], ["/usr/bin/klynaa"])
         self.assertEqual(c["args"][0], "broker")
         self.assertEqual({p["containerPort"] for p in c["ports"]}, PORTS)
         env = {e["name"]: e for e in c["env"]}
@@ -177,7 +204,7 @@ class Kubernetes(unittest.TestCase):
         self.assertEqual(dep["spec"]["replicas"], 3)
         pod = dep["spec"]["template"]["spec"]
         c = pod["containers"][0]
-        self.assertEqual(c["command"], ["/usr/local/bin/klynaa"])
+        self.assertEqual(c["command"], ["/usr/bin/klynaa"])
         self.assertEqual(c["args"][0], "node")
         svc = K8S_BROKER["Service"]["metadata"]["name"]
         self.assertEqual(flag(c["args"], "--broker"), f"tcp://{svc}:{CLUSTER_PORT}")
@@ -202,8 +229,10 @@ class Systemd(unittest.TestCase):
     def test_unit_settings(self):
         for name in self.UNITS:
             s = unit_settings(read("systemd", name))
-            self.assertEqual(s["EnvironmentFile"], ["/etc/klynaa/klynaa.env"], name)
-            self.assertTrue(s["ExecStart"][0].startswith("/usr/local/bin/klynaa "), name)
+            self.assertEqual(s["EnvironmentFile"], ["-/etc/klynaa/klynaa.env"], name)
+            self.assertTrue(s["ExecStart"][0].startswith("/usr/bin/klynaa "), name)
+            self.assertIn("--config /etc/klynaa/klynaa.toml ", s["ExecStart"][0], name)
+            self.assertEqual(s["LimitNOFILE"], ["65536"], name)
             self.assertEqual(s["KillSignal"], ["SIGTERM"], name)
             self.assertGreater(int(s["TimeoutStopSec"][0]), GRACE, name)
             self.assertEqual(s["Restart"], ["on-failure"], name)
@@ -218,7 +247,7 @@ class Systemd(unittest.TestCase):
 
     def test_systemd_analyze_verify(self):
         """Verifies copies whose ExecStart points at an existing executable
-        (verify refuses a missing /usr/local/bin/klynaa)."""
+        (verify refuses a missing /usr/bin/klynaa)."""
         tool = shutil.which("systemd-analyze")
         if tool is None:
             self.fail("systemd-analyze missing: apt-get install -y systemd")
@@ -227,7 +256,7 @@ class Systemd(unittest.TestCase):
             os.symlink(KLYNAA if os.access(KLYNAA, os.X_OK) else "/bin/true", exe)
             paths = []
             for name in self.UNITS:
-                text = read("systemd", name).replace("/usr/local/bin/klynaa", exe)
+                text = read("systemd", name).replace("/usr/bin/klynaa", exe)
                 path = os.path.join(tmp, name)
                 with open(path, "w") as f:
                     f.write(text)
@@ -254,7 +283,7 @@ def alive(pid):
 class LocalCluster(unittest.TestCase):
     def test_two_nodes_up_and_clean_stop(self):
         self.assertTrue(os.access(KLYNAA, os.X_OK),
-                        f"{KLYNAA} missing: build first (scripts/build.sh) or pass --klynaa PATH")
+                        f"{KLYNAA} missing: build first (bash scripts/build.sh release) or pass --klynaa PATH")
         env = dict(os.environ, KLYNAA_BIN=KLYNAA, LC_WAIT_SECONDS="60")
         env.pop("KLYNAA_ADMIN_TOKEN", None)
         with tempfile.TemporaryDirectory() as data:

@@ -1,6 +1,7 @@
 // Command-line conventions (contract §5): exit 2 with a message naming the flag,
 // key or file; the clients' exit codes.
 #include <atomic>
+#include <regex>
 
 #include <httplib.h>
 #include <zmq_addon.hpp>
@@ -8,6 +9,7 @@
 #include "support.hpp"
 
 using namespace klynaa::test;
+using klynaa::protocol::reply_status;
 
 TEST_CASE("an unknown flag exits 2 naming the flag", "[cli]") {
   auto [code, out] = run_cli({"broker", "--ingres", "tcp://127.0.0.1:*"});
@@ -174,4 +176,43 @@ TEST_CASE("publish passes over a standby broker to the next --ingress endpoint",
   CHECK(out2.find("standby broker") != std::string::npos);
   stop = true;
   t.join();
+}
+
+TEST_CASE("klynaa --version names the version and commit that pong, /stats and klynaa_build_info carry",
+          "[cli][version]") {
+  // the version is CMakeLists.txt's project version (docs/deployment.md, "Installing")
+  static const std::regex project_re(R"(project\(klynaa VERSION ([0-9]+\.[0-9]+\.[0-9]+))");
+  std::smatch m;
+  const auto cmake = read_file(std::string(KLYNAA_SOURCE_DIR) + "/CMakeLists.txt");
+  REQUIRE(std::regex_search(cmake, m, project_re));
+  const std::string version = m[1];
+  auto [code, out] = run_cli({"--version"});
+  CHECK(code == 0);
+  static const std::regex line_re(R"(klynaa ([0-9.]+)( \(commit ([0-9a-f]{12})\))?\n)");
+  std::smatch v;
+  REQUIRE(std::regex_match(out, v, line_re));
+  CHECK(v[1] == version);
+  const std::string text = out.substr(7, out.size() - 8);  // without "klynaa " and "\n"
+  const std::string commit = v[3];
+
+  klynaa_server srv("broker");
+  zmq::context_t ctx;
+  raw_client c(ctx, srv.ingress());
+  auto pong = c.call(ping_frame());
+  REQUIRE(pong);
+  CHECK(pong->status == reply_status::pong);
+  CHECK(pong->version == std::optional<std::string>(text));
+
+  auto admin = srv.endpoints()["admin"].get<std::string>();
+  auto colon = admin.rfind(':');
+  httplib::Client http(admin.substr(0, colon), std::stoi(admin.substr(colon + 1)));
+  auto stats = http.Get("/stats");
+  REQUIRE(stats);
+  auto s = json::parse(stats->body);
+  CHECK(s["version"] == version);
+  CHECK(s["commit"] == commit);
+  auto metrics = http.Get("/metrics");
+  REQUIRE(metrics);
+  CHECK(metrics->body.find("klynaa_build_info{version=\"" + version + "\",commit=\"" + commit + "\"} 1\n") !=
+        std::string::npos);
 }

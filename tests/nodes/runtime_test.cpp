@@ -36,8 +36,18 @@ class fn_handler : public nodes::job_handler {
   fn f_;
 };
 
+nodes::actor_kind_spec kind_spec(std::string kind, std::vector<std::string> functions, int workers,
+                                 std::function<std::unique_ptr<nodes::job_handler>()> make) {
+  nodes::actor_kind_spec k;
+  k.kind = std::move(kind);
+  k.functions = std::move(functions);
+  k.workers = workers;
+  k.make_handler = std::move(make);
+  return k;
+}
+
 nodes::actor_kind_spec kind_of(std::string kind, std::vector<std::string> functions, int workers, fn_handler::fn f) {
-  return {std::move(kind), std::move(functions), workers, [f] { return std::make_unique<fn_handler>(f); }};
+  return kind_spec(std::move(kind), std::move(functions), workers, [f] { return std::make_unique<fn_handler>(f); });
 }
 
 nodes::job_result ok_handler(const nodes::job&) {
@@ -704,7 +714,7 @@ TEST_CASE("invalid kinds are rejected when the runtime is made") {
   CHECK_THROWS_AS(nodes::node_runtime(ctx, o), std::invalid_argument);
   o.kinds = {kind_of("a", {"f"}, 1, ok_handler), kind_of("b", {"f"}, 1, ok_handler)};
   CHECK_THROWS_AS(nodes::node_runtime(ctx, o), std::invalid_argument);
-  o.kinds = {nodes::actor_kind_spec{"k", {"f"}, 1, nullptr}};
+  o.kinds = {kind_spec("k", {"f"}, 1, nullptr)};
   CHECK_THROWS_AS(nodes::node_runtime(ctx, o), std::invalid_argument);
 }
 
@@ -748,9 +758,9 @@ TEST_CASE("job start and end are logged with the contract's fields") {
 TEST_CASE("a kind whose handler cannot be made answers its jobs as transient failures") {
   zmq::context_t ctx;
   fake_broker broker{ctx, unique_inproc()};
-  nodes::actor_kind_spec k{"k", {"f"}, 1, []() -> std::unique_ptr<nodes::job_handler> {
-                             throw std::runtime_error("no credentials");
-                           }};
+  auto k = kind_spec("k", {"f"}, 1, []() -> std::unique_ptr<nodes::job_handler> {
+    throw std::runtime_error("no credentials");
+  });
   nodes::node_runtime node{ctx, options_for(broker, {k})};
   node.start();
   await_registration(broker);

@@ -9,6 +9,7 @@
 #include "frames.hpp"
 #include "protocol/message.hpp"
 #include "protocol/msgpack_json.hpp"
+#include "protocol/version.hpp"
 
 using namespace klynaa::protocol;
 using namespace klynaa::protocol::test;
@@ -1115,4 +1116,24 @@ TEST_CASE("a 1 MiB array of small integers decodes") {
   const auto d = decode(f, f.size());
   REQUIRE(d.req);
   CHECK(d.req->data["xs"].size() == 1000000);
+}
+
+TEST_CASE("a pong carries the broker's version; other replies never do") {
+  auto pong = klynaa::protocol::pong_reply("ping-7");
+  CHECK(pong.status == klynaa::protocol::reply_status::pong);
+  CHECK(pong.id == std::optional<std::string>("ping-7"));
+  REQUIRE(pong.version);
+  CHECK(*pong.version == klynaa::protocol::version_text());
+  const auto frame = klynaa::protocol::encode_reply(pong);
+  auto back = klynaa::protocol::decode_reply(frame.data(), frame.size());
+  REQUIRE(back);
+  CHECK(back->version == pong.version);
+  CHECK_FALSE(klynaa::protocol::pong_reply("").id);  // no id: nil
+
+  auto accepted = pong;
+  accepted.status = klynaa::protocol::reply_status::accepted;
+  const auto accepted_frame = klynaa::protocol::encode_reply(accepted);
+  auto decoded = klynaa::protocol::decode_reply(accepted_frame.data(), accepted_frame.size());
+  REQUIRE(decoded);
+  CHECK_FALSE(decoded->version);
 }
