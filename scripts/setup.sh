@@ -10,6 +10,7 @@ PACKAGES=(
   catch2 libsqlite3-dev sqlite3 libcurl4-openssl-dev tzdata openssl libjemalloc-dev
   libtomlplusplus-dev nlohmann-json3-dev libhowardhinnant-date-dev
   libjwt-dev libssl-dev libcpp-httplib-dev libpq-dev postgresql
+  libnghttp2-dev
   clang libclang-rt-dev prometheus
   python3 python3-venv python3-setuptools python3-wheel python3-zmq python3-msgpack python3-django python3-botocore python3-jwt python3-cryptography python3-yaml systemd curl
 )
@@ -29,6 +30,9 @@ PACKAGES=(
 # /usr/lib/postgresql/15/bin: the PostgreSQL store's tests start a server of
 # their own (tests/broker/pg_server.hpp) on a free port as user nobody. The
 # cluster Debian creates and starts on port 5432 is neither used nor needed.
+
+# libnghttp2-dev: the HTTP/2 server side of bench/fake_upstream.cpp
+# (klynaa-upstream, the fake Django and push upstream of the benchmarks).
 
 # prometheus brings promtool, which checks /metrics in the tests (its daemon is
 # not started).
