@@ -4,6 +4,8 @@
 // - a key's `active` job is the only one of that key in runnable_ or running.
 #include "broker/queue.hpp"
 
+#include <unordered_set>
+
 #include <climits>
 
 namespace klynaa::broker {
@@ -204,6 +206,22 @@ std::vector<std::string> job_queue::expired_leases(int64_t now) const {
     if (it != jobs_.end() && it->second.lease_deadline <= now) out.push_back(id);
   }
   return out;
+}
+
+size_t job_queue::renew_leases(const std::string& node, const std::vector<int64_t>& leases,
+                               int64_t deadline) {
+  if (leases.empty()) return 0;
+  const std::unordered_set<int64_t> held(leases.begin(), leases.end());
+  size_t renewed = 0;
+  for (auto& id : running_) {
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) continue;
+    auto& j = it->second;
+    if (j.node() != node || !held.count(j.lease)) continue;
+    j.lease_deadline = std::max(j.lease_deadline, deadline);
+    ++renewed;
+  }
+  return renewed;
 }
 
 }  // namespace klynaa::broker

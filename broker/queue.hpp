@@ -126,6 +126,12 @@ class job_queue {
   /// Jobs whose lease expired at `now`.
   std::vector<std::string> expired_leases(int64_t now) const;
 
+  /// A HEARTBEAT's `leases` from node `node` (its identity): every running job
+  /// leased to that node under one of `leases` gets `deadline` as its lease
+  /// deadline. Leases of other nodes, or no longer current, are not touched.
+  /// Returns how many were renewed (docs/cluster-protocol.md, "Leases").
+  size_t renew_leases(const std::string& node, const std::vector<int64_t>& leases, int64_t deadline);
+
   size_t size() const { return jobs_.size(); }
   const state_counts& counts() const { return counts_; }
 

@@ -167,8 +167,11 @@ void broker_core::impl::handle_node_message(const std::string& identity, const v
   } else if (auto* s = std::get_if<cl::node_stats>(&*msg)) {
     auto j = nlohmann::json::parse(s->json, nullptr, false);
     if (j.is_object()) n.stats = std::move(j);
+  } else if (auto* h = std::get_if<cl::heartbeat>(&*msg)) {
+    // The jobs the node holds, queued or running: their leases live on as long
+    // as the node does (docs/cluster-protocol.md, "Leases").
+    queue.renew_leases(identity, h->leases, now + opts.cfg.cluster.lease_ms);
   }
-  // heartbeat: last_seen is enough
 }
 
 int64_t broker_core::impl::retry_delay(const std::string& function, int64_t attempts,

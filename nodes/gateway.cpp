@@ -440,6 +440,18 @@ int64_t tick_ms(const gateway_state& st) {
   return std::clamp<int64_t>(std::min(st.heartbeat_ms, st.cfg.register_retry_ms) / 4, 5, 250);
 }
 
+/// A HEARTBEAT listing the lease of every job this node holds, queued or
+/// running: the broker renews them (docs/cluster-protocol.md, "Leases").
+void send_heartbeat(gateway_ptr self, clock::time_point now) {
+  auto& st = self->state;
+  cl::heartbeat h;
+  h.leases.reserve(st.held.size());
+  for (const auto& entry : st.held)
+    h.leases.push_back(entry.first);
+  st.last_renew = now;
+  send_msg(self, h);
+}
+
 void on_tick(gateway_ptr self) {
   auto& st = self->state;
   using life = gateway_state::life;
@@ -471,8 +483,10 @@ void on_tick(gateway_ptr self) {
     if (st.lf == life::running && st.cfg.stats_interval_ms > 0
         && elapsed_ms(st.last_stats, now) >= st.cfg.stats_interval_ms)
       send_stats(self);
-    if (elapsed_ms(st.last_tx, now) >= st.heartbeat_ms)
-      send_msg(self, cl::heartbeat{});
+    // DONEs keep last_tx fresh on a busy node: leases are renewed on their own clock
+    const bool renew_due = !st.held.empty() && elapsed_ms(st.last_renew, now) >= std::max<int64_t>(st.lease_ms / 3, 1);
+    if (renew_due || elapsed_ms(st.last_tx, now) >= st.heartbeat_ms)
+      send_heartbeat(self, now);
   }
   self->delayed_send(self, milliseconds{tick_ms(st)}, tick_atom::value);
 }

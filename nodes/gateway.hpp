@@ -3,7 +3,8 @@
 //   - registers: READY{node, kinds, credit} until a WELCOME arrives, and again
 //     after the broker says BYE or stays silent for 3 heartbeats (a restart);
 //   - sends a HEARTBEAT whenever it has sent nothing for heartbeat_ms, and
-//     node_stats every stats_interval_ms;
+//     node_stats every stats_interval_ms; a HEARTBEAT lists the leases of the
+//     jobs it holds, at least every lease_ms / 3, so the broker keeps them;
 //   - routes each JOB to the pool of its function's kind, and sends each DONE
 //     followed by CREDIT{1};
 //   - on stop, hands queued jobs back, waits for running ones up to the grace,
@@ -84,6 +85,7 @@ struct gateway_state {
   int64_t lease_ms = 30000;     ///< from WELCOME
   int64_t capacity = 0;         ///< sum of workers over kinds
   clock::time_point last_rx, last_tx, last_ready, last_stats, stop_deadline;
+  clock::time_point last_renew;  ///< the last HEARTBEAT that listed the held leases
   int64_t ready_attempts = 0;  ///< READYs sent without a WELCOME since the last one
   int64_t ready_wait_ms = 0;   ///< when the next READY is due after last_ready
   std::vector<std::string> endpoints;  ///< broker_endpoint split; the I/O thread's order

@@ -121,9 +121,15 @@ struct encoder {
     pack_kv(pk, "t", std::string{"credit"});
     pack_kv(pk, "n", m.n);
   }
-  void operator()(const heartbeat&) const {
-    pk.pack_map(1);
+  void operator()(const heartbeat& m) const {
+    pk.pack_map(m.leases.empty() ? 1 : 2);
     pack_kv(pk, "t", std::string{"heartbeat"});
+    if (m.leases.empty())
+      return;
+    pack_key(pk, "leases");
+    pk.pack_array(static_cast<uint32_t>(m.leases.size()));
+    for (auto l : m.leases)
+      pk.pack_int64(l);
   }
   void operator()(const bye& m) const {
     pk.pack_map(m.reason.empty() ? 2 : 3);
@@ -242,6 +248,27 @@ class map_reader {
     return true;
   }
 
+  bool ints(const char* key, std::vector<int64_t>& out, bool required = true) {
+    const auto* v = find(key);
+    if (v == nullptr)
+      return !required || fail(key, "is missing");
+    if (v->type != msgpack::type::ARRAY)
+      return fail(key, "must be an array of integers");
+    out.clear();
+    out.reserve(v->via.array.size);
+    for (uint32_t i = 0; i < v->via.array.size; ++i) {
+      const auto& e = v->via.array.ptr[i];
+      if (e.type == msgpack::type::POSITIVE_INTEGER &&
+          e.via.u64 <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        out.push_back(static_cast<int64_t>(e.via.u64));
+      else if (e.type == msgpack::type::NEGATIVE_INTEGER)
+        out.push_back(e.via.i64);
+      else
+        return fail(key, "must be an array of integers");
+    }
+    return true;
+  }
+
   bool fail(const char* key, const char* what) {
     if (error_ != nullptr)
       *error_ = where_ + key + " " + what;
@@ -329,6 +356,10 @@ bool read_credit(map_reader& r, credit& m) {
   return true;
 }
 
+bool read_heartbeat(map_reader& r, heartbeat& m) {
+  return r.ints("leases", m.leases, false);
+}
+
 bool read_bye(map_reader& r, bye& m) {
   return r.strings("jobs", m.jobs, false) && r.str("reason", m.reason, false);
 }
@@ -392,7 +423,7 @@ std::optional<message> decode_map(const msgpack::object& o, std::string* error) 
   if (t == "credit")
     return read_as<credit>(r, read_credit);
   if (t == "heartbeat")
-    return message{heartbeat{}};
+    return read_as<heartbeat>(r, read_heartbeat);
   if (t == "bye")
     return read_as<bye>(r, read_bye);
   if (t == "node_stats")

@@ -72,7 +72,13 @@ struct credit {
 };
 
 /// Either way: I am alive. Any message counts as a heartbeat too.
-struct heartbeat {};
+/// N->B may list `leases`: the leases of every job the node holds (queued or
+/// running). The broker renews each one it granted to this node, so that a
+/// job a live node holds is never taken back while it waits or runs
+/// (docs/cluster-protocol.md, "Leases"). Empty: nothing to renew.
+struct heartbeat {
+  std::vector<int64_t> leases;
+};
 
 /// Either way: I am leaving (N: after handing back what it holds; B: shutting down,
 /// reconnect later). `jobs` lists jobs handed back unfinished (N->B).

@@ -90,6 +90,37 @@ TEST_CASE("a node that goes silent loses its jobs, they run elsewhere, and its l
   CHECK(srv.log().find("node dropped") != std::string::npos);  // a timed out; its late done is not counted
 }
 
+TEST_CASE("a job whose lease a live node lists in its heartbeats is never taken back; one it stops listing is",
+          "[cluster][lease]") {
+  klynaa_server srv("broker", {{"KLYNAA_CLUSTER_LEASE_MS", "1000"},
+                               {"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "20000"},
+                               {"KLYNAA_CLUSTER_HEARTBEAT_MS", "200"}});
+  zmq::context_t ctx;
+  fake_node a(ctx, srv.cluster(), "a", {"escrow"}, 1);
+  std::this_thread::sleep_for(200ms);
+  raw_client client(ctx, srv.ingress());
+  auto r = client.call(publish_frame("conf-11", "pickup.confirmed", {{"pickup_id", 11}, {"customer_id", 1}}));
+  REQUIRE(r);
+  auto first = a.next_job(10000ms);
+  REQUIRE(first);
+  fake_node b(ctx, srv.cluster(), "b", {"escrow"}, 1);
+  // a holds the job for three leases, renewing it: b gets nothing
+  a.hold({first->lease}, 3000ms);
+  CHECK_FALSE(b.next_job(300ms));
+  CHECK(srv.log().find("job lease lost") == std::string::npos);
+  // a stays alive but stops listing the job: it is taken back within a lease or so
+  std::optional<cl::job> second;
+  auto end = std::chrono::steady_clock::now() + 10000ms;
+  while (!second && std::chrono::steady_clock::now() < end) {
+    a.hold({}, 100ms);
+    second = b.next_job(100ms);
+  }
+  REQUIRE(second);
+  CHECK(second->job_id == first->job_id);
+  CHECK(second->attempt == 2);
+  CHECK(srv.log().find("lease expired") != std::string::npos);
+}
+
 TEST_CASE("jobs of one pickup run one at a time in acceptance order, and other pickups in parallel",
           "[cluster][ordering]") {
   klynaa_server srv("broker");

@@ -79,6 +79,20 @@ class fake_node {
     sock_.send(zmq::buffer(f), zmq::send_flags::none);
   }
 
+  /// Sends HEARTBEATs listing `leases` every `every` for `how_long`, reading
+  /// (and dropping) whatever the broker sends meanwhile.
+  void hold(const std::vector<int64_t>& leases, std::chrono::milliseconds how_long,
+            std::chrono::milliseconds every = std::chrono::milliseconds(100)) {
+    auto end = std::chrono::steady_clock::now() + how_long;
+    while (std::chrono::steady_clock::now() < end) {
+      send(protocol::cluster::heartbeat{leases});
+      zmq::pollitem_t items[] = {{static_cast<void*>(sock_), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, every);
+      zmq::message_t m;
+      while (sock_.recv(m, zmq::recv_flags::dontwait)) {
+      }
+    }
+  }
   int batches_received = 0;     ///< BATCH frames of JOBs received so far
   bool broker_batches = false;  ///< the WELCOME said the broker takes BATCH frames
   /// DONE with `outcome` ("ok", "transient", "permanent"), then CREDIT{1}.

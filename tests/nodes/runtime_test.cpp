@@ -562,6 +562,45 @@ TEST_CASE("the node sends heartbeats at the interval the broker set in welcome")
   node.stop();
 }
 
+TEST_CASE("a node lists the leases of the jobs it holds, running or queued, in heartbeats every lease_ms / 3") {
+  zmq::context_t ctx;
+  fake_broker broker{ctx, unique_inproc()};
+  broker.lease_ms = 300;        // the node must renew at least every 100 ms
+  broker.heartbeat_ms = 10000;  // so only the renewals send heartbeats
+  auto g = std::make_shared<gate>();
+  auto kind = kind_of("k", {"f"}, 1, [g](const nodes::job& j) {
+    g->wait(10s);
+    return ok_handler(j);
+  });
+  kind.prefetch = 1;  // a second job waits in the node
+  nodes::node_runtime node{ctx, options_for(broker, {kind})};
+  node.start();
+  await_registration(broker);
+  broker.send(job_of("held-1", "f", 41));
+  broker.send(job_of("held-2", "f", 42));
+  REQUIRE(eventually([&] { return g->entered.load(); }, 5s));
+  const auto before = broker.count<cl::heartbeat>();
+  broker.pump_for(600ms);
+  std::vector<cl::heartbeat> renewals;
+  for (const auto& h : broker.all<cl::heartbeat>())
+    if (!h.leases.empty()) renewals.push_back(h);
+  CHECK(broker.count<cl::heartbeat>() - before >= 4);  // ~6 expected, loose for loaded machines
+  REQUIRE_FALSE(renewals.empty());
+  auto leases = renewals.back().leases;
+  std::sort(leases.begin(), leases.end());
+  CHECK(leases == std::vector<int64_t>{41, 42});
+  g->release();
+  REQUIRE(broker.wait_until([&] { return broker.count<cl::done>() == 2; }, 10s));
+  // nothing held: no more leases listed
+  const auto listed = renewals.size();
+  broker.pump_for(400ms);
+  size_t now_listed = 0;
+  for (const auto& h : broker.all<cl::heartbeat>())
+    if (!h.leases.empty()) ++now_listed;
+  CHECK(now_listed <= listed + 1);
+  node.stop();
+}
+
 TEST_CASE("a node re-registers when the broker goes silent for three heartbeats") {
   zmq::context_t ctx;
   fake_broker broker{ctx, unique_inproc()};

@@ -107,7 +107,9 @@ TEST_CASE("done survives a round trip with its children") {
 
 TEST_CASE("credit, heartbeat, bye and node_stats survive a round trip") {
   CHECK(std::get<cl::credit>(round_trip(cl::credit{3})).n == 3);
-  round_trip(cl::heartbeat{});
+  CHECK(std::get<cl::heartbeat>(round_trip(cl::heartbeat{})).leases.empty());
+  CHECK(std::get<cl::heartbeat>(round_trip(cl::heartbeat{{7, 9, 1LL << 40}})).leases ==
+        std::vector<int64_t>{7, 9, 1LL << 40});
   CHECK(std::get<cl::bye>(round_trip(cl::bye{{"a", "b"}, ""})).jobs == std::vector<std::string>{"a", "b"});
   CHECK(std::get<cl::bye>(round_trip(cl::bye{{}, "standby"})).reason == "standby");
   CHECK(std::get<cl::bye>(round_trip(cl::bye{})).reason.empty());
@@ -219,6 +221,11 @@ TEST_CASE("an ill-typed key is rejected naming the key") {
     pk.pack(std::string{"n"}), pk.pack(std::string{"two"});
   });
   CHECK(rejection_of(frame) == "n must be an integer");
+  auto leases = frame_of(2, [](auto& pk) {
+    pk.pack(std::string{"t"}), pk.pack(std::string{"heartbeat"});
+    pk.pack(std::string{"leases"}), pk.pack_array(2), pk.pack(1), pk.pack(std::string{"2"});
+  });
+  CHECK(rejection_of(leases) == "leases must be an array of integers");
 }
 
 TEST_CASE("a ready of another protocol version is rejected") {
