@@ -4,8 +4,9 @@
 // Each request starts with curl_easy_reset: it clears every option of the last
 // request (so a POST body or custom method never leaks into the next one) but
 // keeps the open connections, DNS and TLS session caches, which is what makes
-// the reuse worth it. Both clients set a request up with prepare() and read its
-// answer with finish(), so a request means the same on either.
+// the reuse worth it. Both clients, and http_loop (http_loop.cpp), set a request
+// up with prepare() and read its answer with finish() (http_curl.hpp), so a
+// request means the same on each.
 #include "actors/http.hpp"
 
 #include <algorithm>
@@ -17,8 +18,10 @@
 
 #include <curl/curl.h>
 
+#include "actors/http_curl.hpp"
+
 namespace klynaa::actors {
-namespace {
+namespace detail {
 
 // curl_global_init is not thread-safe on every libcurl build: run it once,
 // before the first handle, whichever worker thread gets there first.
@@ -27,11 +30,15 @@ void global_init_once() {
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
 }
 
-struct transfer {
-  http_response* response;
-  size_t max_body;
-  bool too_large = false;
-};
+}  // namespace detail
+
+namespace {
+
+using detail::global_init_once;
+using detail::no_handle_error;
+using detail::prepare;
+using detail::finish;
+using detail::transfer;
 
 size_t on_body(char* data, size_t size, size_t count, void* user) {
   auto* t = static_cast<transfer*>(user);
@@ -94,12 +101,12 @@ std::optional<int64_t> parse_http_date(const std::string& v) {
   return std::nullopt;
 }
 
+}  // namespace
+
+namespace detail {
+
 const char* const no_handle_error = "libcurl could not create a handle (out of memory?)";
 
-/// Sets every option of one request on `c`, after a reset: `t` receives the
-/// answer, `error_buffer` (CURL_ERROR_SIZE bytes) libcurl's error text. `body`
-/// must outlive the transfer (libcurl does not copy it). Returns the header
-/// list, to free with curl_slist_free_all once the transfer is over.
 curl_slist* prepare(CURL* c, const http_options& opts, std::string_view method,
                     const std::string& url, const std::vector<http_header>& headers,
                     const std::optional<std::string>& body, transfer& t, char* error_buffer) {
@@ -144,8 +151,6 @@ curl_slist* prepare(CURL* c, const http_options& opts, std::string_view method,
   return list;
 }
 
-/// Completes `r` (already holding the body and headers the callbacks wrote)
-/// from the outcome `rc` of its transfer on `c`.
 void finish(CURL* c, CURLcode rc, const http_options& opts, const transfer& t,
             const char* error_buffer, http_response& r) {
   if (rc != CURLE_OK) {
@@ -164,7 +169,7 @@ void finish(CURL* c, CURLcode rc, const http_options& opts, const transfer& t,
   r.status = static_cast<int>(status);
 }
 
-}  // namespace
+}  // namespace detail
 
 std::optional<std::string> http_response::header(const std::string& lower_case_name) const {
   auto it = headers.find(lower_case_name);
