@@ -15,23 +15,14 @@
 
 #include <httplib.h>
 
+#include "certificate.hpp"
 #include "scratch_dir.hpp"
 
 using namespace klynaa::actors;
+using klynaa::test::make_certificate;
 using klynaa::test::scratch_dir;
 
 namespace {
-
-/// A self-signed certificate for `subject_alt_name` (e.g. "IP:127.0.0.1") in
-/// DIR/NAME.crt with its key in DIR/NAME.key.
-void make_certificate(const scratch_dir& dir, const std::string& name, const std::string& subject_alt_name) {
-  const std::string crt = (dir / (name + ".crt")).string(), key = (dir / (name + ".key")).string();
-  const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
-                          " -subj /CN=klynaa-test -addext subjectAltName=" +
-                          subject_alt_name + " -keyout '" + key + "' -out '" + crt + "' 2>/dev/null";
-  INFO(cmd);
-  REQUIRE(std::system(cmd.c_str()) == 0);
-}
 
 /// An HTTPS server on 127.0.0.1 with DIR/NAME.crt, answering every GET with 200.
 class tls_server {
