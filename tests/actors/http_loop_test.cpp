@@ -125,6 +125,13 @@ bool eventually(F done, std::chrono::milliseconds limit = 10s) {
 
 TEST_CASE("http_loop holds 500 requests in flight at once on its one thread", "[http_loop]") {
   const int n = 500;
+  // 1000 sockets, both ends: more than a soft limit of 1024 leaves room for.
+  rlimit files{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &files) == 0);
+  if (files.rlim_cur < 4096 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = std::min<rlim_t>(4096, files.rlim_max);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &files) == 0);
+  }
   event_server server(n);  // answers /gate only once all 500 wait at once
   collector got;
   const int threads_before = thread_count();
