@@ -28,6 +28,7 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -48,6 +49,10 @@ namespace {
 
 using steady = std::chrono::steady_clock;
 
+/// How long after a request's timeout the loop answers it if libcurl has not:
+/// see expire().
+constexpr std::chrono::milliseconds deadline_grace{100};
+
 /// One request, from submit() to its callback.
 struct job {
   uint64_t id = 0;
@@ -55,6 +60,7 @@ struct job {
   http_loop::callback cb;
   int64_t timeout_ms = 0;
   // While libcurl transfers it:
+  std::optional<std::chrono::steady_clock::time_point> deadline;  // see expire()
   CURL* easy = nullptr;
   curl_slist* headers = nullptr;
   http_response response;
@@ -107,7 +113,8 @@ struct http_loop::impl {
   void begin(std::unique_ptr<job> j);
   void configure(CURL* e, const job& j);
   void collect_done();
-  void cancel_active(uint64_t id, const std::string& error);
+  void expire();
+  void drop(uint64_t id, http_response r);
   CURL* take_easy();
   void release(job& j);
 
@@ -133,6 +140,7 @@ struct http_loop::impl {
   std::unordered_map<uint64_t, std::unique_ptr<job>> active;
   std::vector<CURL*> idle;
   std::optional<steady::time_point> timer_due;  // libcurl's timer; none = no timeout
+  std::set<std::pair<steady::time_point, uint64_t>> deadlines;  // of the jobs in `active` that have one
   std::string fatal;                            // set when libcurl itself fails
   std::thread thread;
 };
@@ -219,16 +227,19 @@ void http_loop::impl::run() {
       act(CURL_SOCKET_TIMEOUT, 0);
     }
     collect_done();
+    expire();
     if (woken && !take_inbox()) break;
   }
   shutdown(fatal.empty() ? std::string(cancelled_error) : "the http loop failed: " + fatal);
 }
 
-/// Milliseconds until libcurl's timer is due (rounded up, so the loop does not
-/// spin just before it), or -1 without a timer.
+/// Milliseconds until libcurl's timer or the first deadline is due (rounded up,
+/// so the loop does not spin just before it), or -1 without either.
 int http_loop::impl::epoll_timeout() const {
-  if (!timer_due) return -1;
-  auto left = *timer_due - steady::now();
+  std::optional<steady::time_point> due = timer_due;
+  if (!deadlines.empty() && (!due || deadlines.begin()->first < *due)) due = deadlines.begin()->first;
+  if (!due) return -1;
+  auto left = *due - steady::now();
   if (left <= steady::duration::zero()) return 0;
   auto ms = std::chrono::ceil<std::chrono::milliseconds>(left).count();
   return static_cast<int>(std::min<int64_t>(ms, INT_MAX));
@@ -260,7 +271,7 @@ bool http_loop::impl::take_inbox() {
     if (c.submitted) {
       begin(std::move(c.submitted));
     } else {
-      cancel_active(c.cancel_id, cancelled_error);
+      drop(c.cancel_id, no_answer(cancelled_error));
     }
   }
   return true;
@@ -275,7 +286,7 @@ void http_loop::impl::shutdown(const std::string& error) {
     stopping = true;
     rest.swap(inbox);
   }
-  while (!active.empty()) cancel_active(active.begin()->first, error);
+  while (!active.empty()) drop(active.begin()->first, no_answer(error));
   for (command& c : rest) {
     if (c.submitted) answer(*c.submitted, no_answer(error));
   }
@@ -296,6 +307,11 @@ void http_loop::impl::begin(std::unique_ptr<job> j) {
     release(*j);
     return answer(*j, no_answer(std::string("libcurl could not start the request: ") +
                                 curl_multi_strerror(mc)));
+  }
+  int64_t timeout_ms = j->timeout_ms > 0 ? j->timeout_ms : opts.http.timeout_ms;
+  if (timeout_ms > 0) {
+    j->deadline = steady::now() + std::chrono::milliseconds(timeout_ms) + deadline_grace;
+    deadlines.emplace(*j->deadline, j->id);
   }
   uint64_t id = j->id;
   active.emplace(id, std::move(j));
@@ -345,16 +361,38 @@ void http_loop::impl::collect_done() {
   }
 }
 
-/// Stops request `id`'s transfer, if it has one, and answers it with `error`.
+/// Stops request `id`'s transfer, if it has one, and answers it with `r`.
 /// libcurl closes its connection unless it can still be reused; an answer that
 /// arrives later has nowhere to go.
-void http_loop::impl::cancel_active(uint64_t id, const std::string& error) {
+void http_loop::impl::drop(uint64_t id, http_response r) {
   auto it = active.find(id);
   if (it == active.end()) return;  // answered already (or never started)
   std::unique_ptr<job> j = std::move(it->second);
   active.erase(it);
   release(*j);
-  answer(*j, no_answer(error));
+  answer(*j, std::move(r));
+}
+
+/// Answers the requests past their deadline. libcurl enforces CURLOPT_TIMEOUT_MS
+/// itself, but not on a transfer still waiting for a connection (all
+/// max_host_connections busy): that one times out only once a connection frees
+/// up, however late. The deadline is the timeout plus deadline_grace, so that
+/// libcurl's own timeout, with its error text, comes first when it can.
+void http_loop::impl::expire() {
+  auto now = steady::now();
+  while (!deadlines.empty() && deadlines.begin()->first <= now) {
+    auto it = active.find(deadlines.begin()->second);
+    if (it == active.end()) {  // cannot happen: release() erases the deadline
+      deadlines.erase(deadlines.begin());
+      continue;
+    }
+    const job& j = *it->second;
+    int64_t ms = j.timeout_ms > 0 ? j.timeout_ms : opts.http.timeout_ms;
+    http_response r = no_answer("Operation timed out after " + std::to_string(ms) +
+                                " milliseconds, still waiting for a connection");
+    r.timed_out = true;
+    drop(j.id, std::move(r));  // release() erases the deadline
+  }
 }
 
 CURL* http_loop::impl::take_easy() {
@@ -367,6 +405,7 @@ CURL* http_loop::impl::take_easy() {
 /// Detaches `j`'s easy handle (its connection goes to the cache or is closed)
 /// and keeps it for the next request, up to max_idle_handles.
 void http_loop::impl::release(job& j) {
+  if (j.deadline) deadlines.erase({*j.deadline, j.id});
   curl_multi_remove_handle(multi, j.easy);
   curl_slist_free_all(j.headers);
   j.headers = nullptr;

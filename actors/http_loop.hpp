@@ -97,7 +97,8 @@ class http_loop {
   /// `cb` runs exactly once with the answer: success, HTTP error, no answer,
   /// timeout, cancel or shutdown. `timeout_ms` > 0 replaces the options' total
   /// timeout for this request (the connect timeout stays); it counts from when
-  /// the loop starts the request, waiting for a connection included. The loop
+  /// the loop starts the request, waiting for a free connection included (the
+  /// loop enforces it there, at most 100 ms late, where libcurl does not). The loop
   /// owns `req` and `cb` and destroys them right after the callback returns,
   /// on the thread that ran it. Thread-safe.
   uint64_t submit(http_request req, callback cb, int64_t timeout_ms = 0);

@@ -245,6 +245,27 @@ TEST_CASE("http_loop times a request out by the options' timeout or its own", "[
   CHECK(loop.snapshot().timed_out == 2);
 }
 
+TEST_CASE("http_loop times out a request still waiting for a free connection", "[http_loop]") {
+  // libcurl 7.88 checks no timeout while a transfer waits for a connection;
+  // the loop's own deadline does.
+  event_server server;
+  collector got;
+  auto opts = quick(300);
+  opts.max_host_connections = 1;
+  http_loop loop(opts);
+  loop.submit(get(server.url() + "/never"), got.on(0), 20000);  // holds the one connection
+  auto start = std::chrono::steady_clock::now();
+  loop.submit(get(server.url() + "/queued"), got.on(1));
+  REQUIRE(got.wait(1, 10s));
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK(got.of(0).empty());
+  auto r = got.one(1);
+  CHECK(r.status == 0);
+  CHECK(r.timed_out);
+  CHECK(classify(r, "GET /queued").error_code == "timeout");
+  CHECK(server.requests() == 1);
+}
+
 TEST_CASE("http_loop's cancel answers an in-flight request once and drops the later answer", "[http_loop]") {
   event_server server;
   collector got;
