@@ -21,6 +21,8 @@
 
 #include <algorithm>
 #include <array>
+#include <deque>
+#include <map>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -59,6 +61,9 @@ struct job {
   http_request req;
   http_loop::callback cb;
   int64_t timeout_ms = 0;
+  http_loop::limit_tag tag;  // empty downstream: no limit
+  bool acquired = false;     // holds a slot of tag's limit (see admit())
+  steady::time_point started{};
   // While libcurl transfers it:
   std::optional<std::chrono::steady_clock::time_point> deadline;  // see expire()
   CURL* easy = nullptr;
@@ -89,6 +94,36 @@ std::string errno_text(const char* call) {
   return std::string(call) + " failed: " + std::strerror(errno);
 }
 
+int64_t wall_now_ms() {  // Retry-After may be an HTTP date
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(steady::now().time_since_epoch()).count();
+}
+
+/// The answer of a tagged request refused because its downstream asked to wait
+/// (Retry-After): classify() makes it the deferred outcome "circuit_open".
+http_response deferred(const std::string& downstream, int64_t left_ms) {
+  http_response r = no_answer(downstream + " asked to wait (Retry-After): " + std::to_string(left_ms) +
+                              " ms left; not sent");
+  r.circuit_open_ms = std::max<int64_t>(left_ms, 0);
+  return r;
+}
+
+/// How an answer counts for the limiter (actors/limiter.hpp).
+call_outcome outcome_of(const http_response& r) {
+  if (r.status == 0) {
+    if (r.error == http_loop::cancelled_error) return call_outcome::cancelled;
+    return r.timed_out ? call_outcome::timeout : call_outcome::failed;
+  }
+  if (r.status == 429 || r.status == 503) return call_outcome::overloaded;
+  if (r.status == 504) return call_outcome::timeout;
+  if (r.status >= 500) return call_outcome::failed;
+  return call_outcome::ok;
+}
+
 }  // namespace
 
 struct http_loop::impl {
@@ -110,7 +145,13 @@ struct http_loop::impl {
   int epoll_timeout() const;
   void act(curl_socket_t fd, int flags);
   bool take_inbox();
+  void admit(std::unique_ptr<job> j);
   void begin(std::unique_ptr<job> j);
+  void complete(std::unique_ptr<job> j, http_response r);
+  void settle(job& j, const http_response& r);
+  void pump(const std::string& downstream);
+  void refuse_waiting(const std::string& downstream, int64_t until);
+  std::unique_ptr<job> take_waiting(uint64_t id);
   void configure(CURL* e, const job& j);
   void collect_done();
   void expire();
@@ -142,6 +183,14 @@ struct http_loop::impl {
   std::optional<steady::time_point> timer_due;  // libcurl's timer; none = no timeout
   std::set<std::pair<steady::time_point, uint64_t>> deadlines;  // of the jobs in `active` that have one
   std::string fatal;                            // set when libcurl itself fails
+  bool draining = false;                        // shutdown(): start nothing more
+
+  // The adaptive limits (admit()). The loop thread changes them; limits() reads
+  // them from any thread, hence the lock (never held across libcurl or a callback).
+  mutable std::mutex limits_mutex;
+  downstream_limiter limiter{opts.limits};
+  /// Tagged requests waiting for a slot, in order, per (downstream, function).
+  std::map<std::pair<std::string, std::string>, std::deque<std::unique_ptr<job>>> waiting;
   std::thread thread;
 };
 
@@ -269,7 +318,7 @@ bool http_loop::impl::take_inbox() {
   }
   for (command& c : batch) {
     if (c.submitted) {
-      begin(std::move(c.submitted));
+      admit(std::move(c.submitted));
     } else {
       drop(c.cancel_id, no_answer(cancelled_error));
     }
@@ -286,7 +335,11 @@ void http_loop::impl::shutdown(const std::string& error) {
     stopping = true;
     rest.swap(inbox);
   }
+  draining = true;
   while (!active.empty()) drop(active.begin()->first, no_answer(error));
+  for (auto& [key, queue] : waiting)
+    for (auto& j : queue) answer(*j, no_answer(error));
+  waiting.clear();
   for (command& c : rest) {
     if (c.submitted) answer(*c.submitted, no_answer(error));
   }
@@ -313,8 +366,120 @@ void http_loop::impl::begin(std::unique_ptr<job> j) {
     j->deadline = steady::now() + std::chrono::milliseconds(timeout_ms) + deadline_grace;
     deadlines.emplace(*j->deadline, j->id);
   }
+  j->started = steady::now();
   uint64_t id = j->id;
   active.emplace(id, std::move(j));
+}
+
+/// Starts `j` now, or, when it is tagged, once its limit has a slot for it: it
+/// waits in `waiting` meanwhile; refused at once while its downstream is
+/// paused by a Retry-After.
+void http_loop::impl::admit(std::unique_ptr<job> j) {
+  if (j->tag.downstream.empty()) return begin(std::move(j));
+  const int64_t now = now_ms();
+  int64_t paused = 0;
+  {
+    std::lock_guard<std::mutex> lock(limits_mutex);
+    auto key = std::make_pair(j->tag.downstream, j->tag.function);
+    auto w = waiting.find(key);
+    const bool queued_before = w != waiting.end() && !w->second.empty();  // keep the order
+    if (!queued_before && limiter.try_acquire(j->tag.downstream, j->tag.function, now)) {
+      j->acquired = true;
+    } else {
+      paused = limiter.paused_until(j->tag.downstream);
+      if (paused <= now) {
+        waiting[key].push_back(std::move(j));
+        return;
+      }
+    }
+  }
+  if (!j->acquired) return answer(*j, deferred(j->tag.downstream, paused - now));
+  begin(std::move(j));
+}
+
+/// The limiter learns how `j` went; a Retry-After on 429/503 pauses its downstream.
+void http_loop::impl::settle(job& j, const http_response& r) {
+  if (!j.acquired) return;
+  j.acquired = false;
+  const int64_t now = now_ms();
+  const auto latency_us =
+      std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - j.started).count();
+  const auto outcome = outcome_of(r);
+  int64_t pause_until = 0;
+  if (outcome == call_outcome::overloaded)
+    if (auto ra = r.header("retry-after"))
+      if (auto ms = parse_retry_after(*ra, wall_now_ms()); ms && *ms > 0)
+        pause_until = now + std::min<int64_t>(*ms, 3600000);  // at most 1 h (docs/reliability.md)
+  std::lock_guard<std::mutex> lock(limits_mutex);
+  limiter.on_done(j.tag.downstream, j.tag.function, now, latency_us, outcome);
+  if (pause_until > 0) limiter.pause(j.tag.downstream, pause_until);
+}
+
+/// Answers `j` with `r`, after the limiter has counted it; its slot may start
+/// the next request waiting for that downstream.
+void http_loop::impl::complete(std::unique_ptr<job> j, http_response r) {
+  settle(*j, r);
+  const std::string downstream = j->tag.downstream;
+  answer(*j, std::move(r));
+  j.reset();  // destroyed on this thread, right after its callback
+  if (!downstream.empty()) pump(downstream);
+}
+
+/// Starts the waiting requests of `downstream` that its limits now allow, one
+/// per function in turn so that no function waits behind another's queue;
+/// while it is paused, answers them all as deferred instead.
+void http_loop::impl::pump(const std::string& downstream) {
+  if (draining) return;
+  for (;;) {
+    std::vector<std::unique_ptr<job>> ready;
+    int64_t paused = 0;
+    const int64_t now = now_ms();
+    {
+      std::lock_guard<std::mutex> lock(limits_mutex);
+      paused = limiter.paused_until(downstream);
+      if (paused <= now) {
+        for (auto it = waiting.lower_bound({downstream, std::string{}});
+             it != waiting.end() && it->first.first == downstream; ++it) {
+          if (it->second.empty() || !limiter.try_acquire(downstream, it->first.second, now)) continue;
+          it->second.front()->acquired = true;
+          ready.push_back(std::move(it->second.front()));
+          it->second.pop_front();
+        }
+      }
+    }
+    if (paused > now) return refuse_waiting(downstream, paused);
+    if (ready.empty()) return;
+    for (auto& j : ready) begin(std::move(j));
+  }
+}
+
+/// Every request waiting for `downstream` gets the deferred answer: it is
+/// paused until `until` (ms of the steady clock).
+void http_loop::impl::refuse_waiting(const std::string& downstream, int64_t until) {
+  std::vector<std::unique_ptr<job>> refused;
+  {
+    std::lock_guard<std::mutex> lock(limits_mutex);
+    for (auto it = waiting.lower_bound({downstream, std::string{}});
+         it != waiting.end() && it->first.first == downstream; ++it) {
+      for (auto& j : it->second) refused.push_back(std::move(j));
+      it->second.clear();
+    }
+  }
+  const int64_t now = now_ms();
+  for (auto& j : refused) answer(*j, deferred(downstream, until - now));
+}
+
+/// Takes request `id` out of `waiting`, or returns nullptr.
+std::unique_ptr<job> http_loop::impl::take_waiting(uint64_t id) {
+  std::lock_guard<std::mutex> lock(limits_mutex);
+  for (auto& [key, queue] : waiting)
+    for (auto it = queue.begin(); it != queue.end(); ++it)
+      if ((*it)->id == id) {
+        auto j = std::move(*it);
+        queue.erase(it);
+        return j;
+      }
+  return nullptr;
 }
 
 /// What the loop adds to prepare()'s options.
@@ -357,7 +522,8 @@ void http_loop::impl::collect_done() {
     active.erase(it);
     detail::finish(e, rc, opts.http, j->t, j->error, j->response);
     release(*j);
-    answer(*j, std::move(j->response));
+    http_response r = std::move(j->response);
+    complete(std::move(j), std::move(r));
   }
 }
 
@@ -366,11 +532,14 @@ void http_loop::impl::collect_done() {
 /// arrives later has nowhere to go.
 void http_loop::impl::drop(uint64_t id, http_response r) {
   auto it = active.find(id);
-  if (it == active.end()) return;  // answered already (or never started)
+  if (it == active.end()) {  // waiting for a slot, answered already, or never started
+    if (auto w = take_waiting(id)) answer(*w, std::move(r));
+    return;
+  }
   std::unique_ptr<job> j = std::move(it->second);
   active.erase(it);
   release(*j);
-  answer(*j, std::move(r));
+  complete(std::move(j), std::move(r));
 }
 
 /// Answers the requests past their deadline. libcurl enforces CURLOPT_TIMEOUT_MS
@@ -507,12 +676,13 @@ http_loop::http_loop() : http_loop(options{}) {}
 
 http_loop::~http_loop() { impl_->stop(); }
 
-uint64_t http_loop::submit(http_request req, callback cb, int64_t timeout_ms) {
+uint64_t http_loop::submit(http_request req, callback cb, int64_t timeout_ms, limit_tag tag) {
   auto j = std::make_unique<job>();
   j->id = impl_->next_id++;
   j->req = std::move(req);
   j->cb = std::move(cb);
   j->timeout_ms = timeout_ms;
+  j->tag = std::move(tag);
   uint64_t id = j->id;
   ++impl_->submitted;
   command c{std::move(j), 0};
@@ -537,6 +707,15 @@ http_loop::stats http_loop::snapshot() const {
   s.connections_opened = impl_->sockets_opened.load();
   s.connections_open = impl_->sockets_open.load();
   return s;
+}
+
+http_loop::limit_stats http_loop::limits() const {
+  limit_stats out;
+  std::lock_guard<std::mutex> lock(impl_->limits_mutex);
+  out.limits = impl_->limiter.snapshot();
+  for (const auto& [key, queue] : impl_->waiting)
+    if (!queue.empty()) out.waiting[key.first] += static_cast<int64_t>(queue.size());
+  return out;
 }
 
 const std::string& http_loop::start_error() const { return impl_->start_error; }

@@ -30,9 +30,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "actors/http.hpp"
+#include "actors/limiter.hpp"
 
 namespace klynaa::actors {
 
@@ -60,6 +64,22 @@ class http_loop {
     bool http2_prior_knowledge = false;
     /// Idle easy handles kept for reuse after a burst; the rest are freed.
     int max_idle_handles = 256;
+    /// The adaptive in-flight limits of tagged requests (see limit_tag).
+    downstream_limit_options limits;
+  };
+
+  /// Which adaptive in-flight limit a request counts against
+  /// (docs/reliability.md, "Adaptive in-flight limits"): its downstream
+  /// ("django", "fcm", "sns", "webhook") and the job function that calls it. A
+  /// tagged request waits in the loop, in order, until the limit of its pair and
+  /// its downstream's cap let it start; that wait does not count towards its
+  /// timeout. While a Retry-After (429 or 503 from that downstream) pauses it,
+  /// a tagged request is answered at once with status 0 and circuit_open_ms set
+  /// to the pause left, which classify() turns into the deferred outcome
+  /// "circuit_open" (no attempt spent). An empty downstream: no limit.
+  struct limit_tag {
+    std::string downstream;
+    std::string function;
   };
 
   /// Receives the one answer of a request: an http_response as http_session
@@ -101,7 +121,7 @@ class http_loop {
   /// loop enforces it there, at most 100 ms late, where libcurl does not). The loop
   /// owns `req` and `cb` and destroys them right after the callback returns,
   /// on the thread that ran it. Thread-safe.
-  uint64_t submit(http_request req, callback cb, int64_t timeout_ms = 0);
+  uint64_t submit(http_request req, callback cb, int64_t timeout_ms = 0, limit_tag tag = {});
 
   /// Stops request `id` if it has not been answered yet: its callback then runs
   /// once, on the loop thread, with status 0 and cancelled_error, and whatever
@@ -125,6 +145,15 @@ class http_loop {
     int64_t connections_open = 0;  ///< of those, open now (busy or idle in the cache)
   };
   stats snapshot() const;
+
+  /// Every (downstream, function) limit the loop has used, with its in-flight
+  /// count and latencies (actors/limiter.hpp), plus the requests waiting for it.
+  /// Thread-safe: a copy taken under the limiter's lock.
+  struct limit_stats {
+    std::vector<function_limit_snapshot> limits;
+    std::map<std::string, int64_t> waiting;  ///< downstream -> requests waiting for a slot
+  };
+  limit_stats limits() const;
 
   /// Why the loop could not start, or "" when it runs. Thread-safe.
   const std::string& start_error() const;

@@ -246,6 +246,11 @@ int64_t downstream_limiter::in_flight(std::string_view downstream) const {
   return d == downstreams_.end() ? 0 : d->second.in_flight;
 }
 
+int64_t downstream_limiter::paused_until(std::string_view downstream) const {
+  auto d = downstreams_.find(downstream);
+  return d == downstreams_.end() ? 0 : d->second.paused_until_ms;
+}
+
 const adaptive_limit* downstream_limiter::find(std::string_view downstream, std::string_view function) const {
   auto d = downstreams_.find(downstream);
   if (d == downstreams_.end()) return nullptr;

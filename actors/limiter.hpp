@@ -195,6 +195,8 @@ class downstream_limiter {
 
   /// The calls in flight to `downstream` across its functions.
   int64_t in_flight(std::string_view downstream) const;
+  /// Until when `downstream` is paused by a Retry-After (0 = never paused).
+  int64_t paused_until(std::string_view downstream) const;
   /// The pair's limit, or nullptr before its first try_acquire().
   const adaptive_limit* find(std::string_view downstream, std::string_view function) const;
 

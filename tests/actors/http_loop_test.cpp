@@ -490,3 +490,73 @@ TEST_CASE("a http_loop that cannot start answers each submit at once with stoppe
   loop.reset();
   CHECK(got.calls() == 1);
 }
+
+TEST_CASE("http_loop starts tagged requests only as their limit allows, in order, and the rest as slots free",
+          "[http_loop][limiter]") {
+  event_server server, other;
+  collector got;
+  auto o = quick();
+  o.limits.per_function.initial_limit = 2;
+  o.limits.per_function.max_limit = 2;
+  http_loop loop(o);
+  const http_loop::limit_tag tag{"django", "sendPickupNotification"};
+  for (int i = 0; i < 8; ++i) loop.submit(get(server.url() + "/delay/150"), got.on(i), 0, tag);
+  // an untagged request is not held back by the tagged ones
+  loop.submit(get(other.url() + "/now"), got.on(100));
+  REQUIRE(got.wait(1, 5s));
+  CHECK(got.of(100).size() == 1);
+  REQUIRE(eventually([&] {
+    auto l = loop.limits();
+    return !l.limits.empty() && l.waiting["django"] == 6;
+  }));
+  auto l = loop.limits();
+  REQUIRE(l.limits.size() == 1);
+  CHECK(l.limits[0].downstream == "django");
+  CHECK(l.limits[0].function == "sendPickupNotification");
+  CHECK(l.limits[0].limit.in_flight == 2);
+  REQUIRE(got.wait(9));
+  for (int i = 0; i < 8; ++i) CHECK(got.one(i).status == 200);
+  CHECK(server.max_waiting() <= 2);  // never more than the limit at the server
+  CHECK(loop.limits().waiting["django"] == 0);
+}
+
+TEST_CASE("a 503 with Retry-After pauses its downstream: tagged requests are deferred unsent, others go on",
+          "[http_loop][limiter]") {
+  fake_server server;
+  server.on("GET", "/busy", {503, "", {{"Retry-After", "30"}}});
+  server.on("GET", "/ok", {200, "{}", {}});
+  collector got;
+  http_loop loop(quick());
+  loop.submit(get(server.url() + "/busy"), got.on(0), 0, {"django", "f"});
+  REQUIRE(got.wait(1));
+  CHECK(got.one(0).status == 503);
+  loop.submit(get(server.url() + "/ok"), got.on(1), 0, {"django", "g"});  // every function of django
+  loop.submit(get(server.url() + "/ok"), got.on(2), 0, {"fcm", "f"});     // another downstream
+  REQUIRE(got.wait(3));
+  auto deferred = got.one(1);
+  CHECK(deferred.status == 0);
+  CHECK(deferred.circuit_open_ms > 25000);
+  CHECK(deferred.circuit_open_ms <= 30000);
+  CHECK(classify(deferred, "GET /ok").error_code == "circuit_open");  // no attempt spent
+  CHECK(got.one(2).status == 200);
+  CHECK(server.requests_to("GET", "/ok").size() == 1);  // the deferred one never left
+}
+
+TEST_CASE("http_loop's cancel answers a request waiting for its limit, which then never starts",
+          "[http_loop][limiter]") {
+  event_server server;
+  collector got;
+  auto o = quick();
+  o.limits.per_function.initial_limit = 1;
+  o.limits.per_function.max_limit = 1;
+  http_loop loop(o);
+  loop.submit(get(server.url() + "/delay/300"), got.on(0), 0, {"webhook", "f"});
+  auto waiting = loop.submit(get(server.url() + "/second"), got.on(1), 0, {"webhook", "f"});
+  REQUIRE(eventually([&] { return loop.limits().waiting["webhook"] == 1; }));
+  loop.cancel(waiting);
+  REQUIRE(got.wait(2));
+  CHECK(got.one(1).error == http_loop::cancelled_error);
+  CHECK(got.one(0).status == 200);
+  std::this_thread::sleep_for(100ms);
+  CHECK(server.requests() == 1);
+}
