@@ -290,7 +290,7 @@ void broker_core::impl::complete(live_job& jr, const cl::done& d, int64_t now) {
     // Not run at all: the node's breaker for the downstream is open. The job
     // waits for it without using an attempt (actors/breaker.hpp).
     if (j->attempts > j->attempt_base) --j->attempts;
-    const int64_t due = now + std::max<int64_t>(d.retry_after_ms, 100);
+    const int64_t due = now + circuit_open_delay(d.retry_after_ms);
     log::info(component, "job waits for an open circuit breaker; the attempt is not counted",
               {{"job_id", j->id}, {"function", j->function}, {"error", d.error_message},
                {"next_run", log::iso8601_utc_ms(due)}});

@@ -41,14 +41,38 @@ TEST_CASE("the backoff is jittered: spread over its range, mean about half the c
   CHECK(sum / n < 4500);
 }
 
-TEST_CASE("Retry-After is honoured, capped at max_delay_ms", "[backoff]") {
+TEST_CASE("Retry-After is honoured, even past max_delay_ms, up to an hour", "[backoff]") {
   retry_policy p{8, 100, 5000};
   std::mt19937_64 rng(1);
   for (int i = 0; i < 500; ++i) {
-    CHECK(backoff_delay(p, 1, 2000, rng) >= 2000);   // longer than the backoff's own cap
-    CHECK(backoff_delay(p, 1, 60000, rng) == 5000);  // a huge Retry-After is capped
-    CHECK(backoff_delay(p, 1, 0, rng) <= 100);       // none
+    CHECK(backoff_delay(p, 1, 2000, rng) >= 2000);     // longer than the backoff's own cap
+    CHECK(backoff_delay(p, 1, 60000, rng) == 60000);   // longer than max_delay_ms: still waited
+    CHECK(backoff_delay(p, 1, 3600000, rng) == 3600000);
+    CHECK(backoff_delay(p, 1, 86400000, rng) == 3600000);  // a day: capped at 1 h
+    CHECK(backoff_delay(p, 1, 0, rng) <= 100);         // none
   }
+  CHECK(klynaa::broker::max_retry_after_ms == 3600000);
+}
+
+// The case of the issue: Django's 429 with Retry-After: 2 and max_delay_ms = 1000
+// got its next attempt 1.04 s later.
+TEST_CASE("a Retry-After of 2 s waits 2 s with max_delay_ms = 1000", "[backoff]") {
+  retry_policy p{8, 100, 1000};
+  std::mt19937_64 rng(5);
+  for (int64_t n = 1; n <= 8; ++n)
+    for (int i = 0; i < 200; ++i) {
+      auto d = backoff_delay(p, n, 2000, rng);
+      REQUIRE(d == 2000);  // the backoff's own draw is at most 1000
+    }
+}
+
+TEST_CASE("an open circuit breaker's wait: at least 100 ms, at most an hour", "[backoff]") {
+  using klynaa::broker::circuit_open_delay;
+  CHECK(circuit_open_delay(-1) == 100);
+  CHECK(circuit_open_delay(0) == 100);
+  CHECK(circuit_open_delay(5000) == 5000);
+  CHECK(circuit_open_delay(3600000) == 3600000);
+  CHECK(circuit_open_delay(7200000) == 3600000);
 }
 
 TEST_CASE("a zero base delay retries at once", "[backoff]") {

@@ -5,6 +5,7 @@
 #include "broker/core.hpp"
 
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -96,9 +97,12 @@ struct loop_fixture {
   std::string ingress;
   const std::string cluster = "inproc://core-test-cluster";
 
-  loop_fixture() {
+  /// `at`: the data dir (default: a temp dir of its own), e.g. a stopped
+  /// loop's, for a restart; `tweak` changes the options before the start.
+  explicit loop_fixture(std::string at = {}, const std::function<void(broker::broker_options&)>& tweak = {}) {
+    const std::string data = at.empty() ? dir.path : at;
     broker::sqlite_options so;
-    so.path = dir / "broker.db";
+    so.path = data + "/broker.db";
     broker::store_error serr;
     auto inner = broker::open_sqlite_store(so, serr);
     REQUIRE(inner);
@@ -107,7 +111,8 @@ struct loop_fixture {
     broker::broker_options o;
     o.ingress_bind = "tcp://127.0.0.1:*";
     o.cluster_binds = {cluster};
-    o.data_dir = dir.path;
+    o.data_dir = data;
+    if (tweak) tweak(o);
     core = std::make_unique<broker::broker_core>(ctx, o, std::move(gs));
     std::string err;
     REQUIRE(core->open(err));
@@ -180,4 +185,37 @@ TEST_CASE("a job's start and end that meet in one open batch are committed as on
     if (id == "a#1") commits_of_a.push_back(n);
   REQUIRE(commits_of_a.size() == 2);
   CHECK(commits_of_a[0] < commits_of_a[1]);
+}
+
+// Django's 429 with Retry-After: 2 s and max_delay_ms = 1000 (the issue): the
+// next attempt is 2 s away, not at most 1 s.
+TEST_CASE("a transient failure's Retry-After is waited past retry.max_delay_ms", "[backoff]") {
+  loop_fixture f({}, [](broker::broker_options& o) {
+    o.cfg.retry = {8, 100, 1000};
+    o.cfg.scheduler.misfire_grace_seconds = 0;
+  });
+  fake_node node(f.ctx, f.cluster, "a", {"geo"}, 10);
+  raw_client client(f.ctx, f.ingress);
+  auto r = client.call(publish_frame("ra", "pickup.created", created(1)));
+  REQUIRE(r);
+  REQUIRE(r->status == protocol::reply_status::accepted);
+  auto j = node.next_job();
+  REQUIRE(j);
+  cl::done d;
+  d.job_id = j->job_id;
+  d.lease = j->lease;
+  d.outcome = "transient";
+  d.error_code = "http_429";
+  d.http_status = 429;
+  d.retry_after_ms = 2000;
+  d.credit = 1;
+  const auto sent = std::chrono::steady_clock::now();
+  node.send(d);
+  auto again = node.next_job(10000ms);
+  const auto waited = std::chrono::steady_clock::now() - sent;
+  REQUIRE(again);
+  CHECK(again->attempt == 2);
+  INFO("next attempt after " << std::chrono::duration_cast<std::chrono::milliseconds>(waited).count() << " ms");
+  CHECK(waited >= 1950ms);  // 2 s, less the clock's and the loop's slack
+  CHECK(waited < 5000ms);
 }
