@@ -4,6 +4,7 @@
 
 #include <sys/statvfs.h>
 
+#include <algorithm>
 #include <climits>
 
 #include "protocol/jobs.hpp"
@@ -75,6 +76,7 @@ bool broker_core::impl::open(std::string& err) {
     return false;
   }
   seq_ = st->max_seq();
+  dead_letters = 0;  // then count_dead_letters() keeps it equal to the store's
   for (auto& [fn, state, n] : st->count_by_function())
     if (state == job_state::dead) dead_letters += n;
   if (!schedules.init(opts.cfg, err)) return false;
@@ -87,6 +89,7 @@ bool broker_core::impl::open(std::string& err) {
   writer = std::make_unique<commit_writer>(*st, ctx, writer_endpoint);
   writer->start();
   check_disk(now);
+  publish_stats(now);  // dead_letters from the store, before anyone asks
   log::info(component, "started", {{"ingress", ingress_endpoint}, {"cluster", cluster_endpoints},
                                    {"unfinished_jobs", loaded}, {"ingress_curve", opts.ingress_curve.enabled()},
                                    {"cluster_curve", opts.cluster_curve.enabled()}});
@@ -321,7 +324,6 @@ void broker_core::impl::dlq_committed(open_batch& ob, const commit_outcome& out,
       ids.push_back(id);
     }
   }
-  dead_letters = std::max<int64_t>(0, dead_letters - static_cast<int64_t>(done.size()));
   nlohmann::json missing = nlohmann::json::array();
   for (auto& id : c.ids)
     if (!done.count(id)) missing.push_back(id);
@@ -408,6 +410,23 @@ void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) 
   for (auto& n : ob.finished) notify_waiters(n);
   if (ob.b.prune_before_ms && pruning) prune_committed(out);
   if (ob.dlq) dlq_committed(ob, out, now);
+  count_dead_letters(ob.b, out);
+}
+
+// The one place dead_letters changes after open(): by what a commit moved into
+// the dead-letter queue (updates to `dead`, whatever the path: a permanent
+// failure, attempts exhausted on a DONE or a lost lease, a fan-out's outcome) and
+// out of it (replayed, purged). So the gauge is the store's count, which is what
+// `klynaa dlq list` reads, and never counts a death the store does not hold yet.
+void broker_core::impl::count_dead_letters(const batch& b, const commit_outcome& out) {
+  int64_t delta = 0;
+  for (auto& u : b.updates)
+    if (u.state == job_state::dead) ++delta;  // a live job's update: it was not dead before
+  delta -= static_cast<int64_t>(out.replayed.size() + out.purged.size());
+  if (delta == 0) return;
+  dead_letters += delta;
+  std::lock_guard<std::mutex> lk(snapshot_mu);  // at once, not with the next stats (250 ms)
+  snapshot["dead_letters"] = dead_letters;
 }
 
 void broker_core::impl::fail_commit(open_batch& ob, const store_error& err) {
@@ -577,7 +596,8 @@ nlohmann::json broker_core::dlq_command(const std::string& action, const std::ve
                                         bool all, std::chrono::milliseconds timeout) {
   auto req = std::make_shared<dlq_request>();
   req->action = action;
-  req->ids = ids;
+  for (auto& id : ids)  // each once: `dlq replay X X` replays X once
+    if (std::find(req->ids.begin(), req->ids.end(), id) == req->ids.end()) req->ids.push_back(id);
   req->all = all;
   auto answer = req->answer.get_future();
   {

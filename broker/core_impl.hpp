@@ -175,6 +175,7 @@ struct broker_core::impl {
   void prune_committed(const commit_outcome& out);
   void take_dlq_command();
   void dlq_committed(open_batch& ob, const commit_outcome& out, int64_t now);
+  void count_dead_letters(const batch& b, const commit_outcome& out);
   void note_failure(const live_job& j, const std::string& outcome, const std::string& code,
                     const std::string& message, int64_t now);
 
@@ -224,7 +225,9 @@ struct broker_core::impl {
   std::map<std::string, int64_t> ingress_counts;                 ///< status -> n
   std::map<std::string, std::map<std::string, int64_t>> outcomes; ///< function -> outcome -> n
   int64_t dead_total = 0;    ///< jobs that went dead since start
-  int64_t dead_letters = 0;  ///< jobs in the dead-letter queue now
+  /// Jobs in the dead-letter queue now, as stored: counted at open(), then
+  /// changed only by count_dead_letters() as commits land.
+  int64_t dead_letters = 0;
   std::map<std::string, duration_histogram> durations;
   int64_t last_stats = 0;
   /// Group commits so far: how many, what they carried, the writer's time.

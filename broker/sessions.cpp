@@ -315,8 +315,7 @@ void broker_core::impl::complete(live_job& jr, const cl::done& d, int64_t now) {
       note.error = e;
       record(*j, job_state::dead, "dead", err, "", d.duration_ms);
       note_failure(*j, "dead", d.error_code, d.error_message, now);
-      ++dead_total;
-      ++dead_letters;
+      ++dead_total;  // dead_letters follows the store: count_dead_letters()
       log::warning(component, "job dead", {{"job_id", j->id}, {"function", j->function},
                                            {"attempt", j->attempts}, {"error", d.error_message}});
       queue.finish(j->id, job_state::dead);
@@ -355,8 +354,7 @@ void broker_core::impl::lose_job(const std::string& job_id, const std::string& w
                                                        " attempts; last: " + why, "", std::nullopt};
     record(*j, job_state::dead, "dead", error_json("exhausted", "lost", why, 0));
     note_failure(*j, "dead", "lost", why, now);
-    ++dead_total;
-    ++dead_letters;
+    ++dead_total;  // dead_letters follows the store: count_dead_letters()
     ++outcomes[j->function]["dead"];
     queue.finish(job_id, job_state::dead);
     current.finished.push_back(std::move(note));

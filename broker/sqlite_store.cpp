@@ -421,7 +421,7 @@ class sqlite_store final : public store {
       j.attempt_base = j.attempts;
       j.updated_ms = now;
       get("replay_job").bind(1, j.id).bind(2, j.seq).bind(3, now).bind(4, j.attempt_base).run();
-      out.replayed.push_back(std::move(j));
+      if (sqlite3_changes(db_) == 1) out.replayed.push_back(std::move(j));  // a named job once
     }
   }
 
@@ -438,7 +438,7 @@ class sqlite_store final : public store {
     for (auto& id : ids) {
       get("purge_attempts").bind(1, id).run();
       get("purge_job").bind(1, id).run();
-      out.purged.push_back(id);
+      if (sqlite3_changes(db_) == 1) out.purged.push_back(id);  // a named job once
     }
   }
 

@@ -3,6 +3,7 @@
 // client are the integration tests' (tests/integration/fake_node.hpp,
 // support.hpp); here they talk to the loop over inproc and 127.0.0.1.
 #include "broker/core.hpp"
+#include "broker/dlq.hpp"
 
 #include <condition_variable>
 #include <functional>
@@ -185,6 +186,139 @@ TEST_CASE("a job's start and end that meet in one open batch are committed as on
     if (id == "a#1") commits_of_a.push_back(n);
   REQUIRE(commits_of_a.size() == 2);
   CHECK(commits_of_a[0] < commits_of_a[1]);
+}
+
+// --- The dead-letter gauge (klynaa_dead_letters, /stats dead_letters) --------
+
+namespace {
+
+/// What `klynaa dlq list` counts: a read-only store of its own on the same file.
+struct dlq_view {
+  broker::dlq_reader reader;
+  explicit dlq_view(const std::string& data_dir)
+      : reader([path = data_dir + "/broker.db"]() -> std::unique_ptr<broker::store> {
+          broker::sqlite_options so;
+          so.path = path;
+          so.read_only = true;
+          broker::store_error e;
+          return broker::open_sqlite_store(so, e);
+        }) {}
+  int64_t total() { return reader.list(1000).value("total", int64_t{-1}); }
+};
+
+int64_t gauge(loop_fixture& f) { return f.core->stats().value("dead_letters", int64_t{-1}); }
+
+/// The gauge and the list agree on `n` (each step commits through the writer).
+void check_dlq(loop_fixture& f, dlq_view& v, int64_t n) {
+  bool ok = wait_for([&] { return v.total() == n && gauge(f) == n; }, 10000ms);
+  INFO("dlq list " << v.total() << ", gauge " << gauge(f) << ", expected " << n);
+  CHECK(ok);
+}
+
+void small_retries(broker::broker_options& o) {
+  o.cfg.retry = {2, 0, 0};  // 2 attempts, retried at once
+  o.cfg.scheduler.misfire_grace_seconds = 0;
+}
+
+}  // namespace
+
+TEST_CASE("the dead-letter gauge equals the dead-letter queue after every kind of death, replay, purge and "
+          "restart", "[dlq]") {
+  temp_dir data;
+  auto f = std::make_unique<loop_fixture>(data.path, small_retries);
+  dlq_view view(data.path);
+  auto client = std::make_unique<raw_client>(f->ctx, f->ingress);  // closed before its context
+  auto publish = [&](const std::string& id, const std::string& type, const json& d) {
+    auto r = client->call(publish_frame(id, type, d));
+    REQUIRE(r);
+    REQUIRE(r->status == protocol::reply_status::accepted);
+  };
+  check_dlq(*f, view, 0);
+  auto node = std::make_unique<fake_node>(f->ctx, f->cluster, "a", std::vector<std::string>{"geo"}, 10);
+
+  // 1. A permanent failure (Django's 404), dying while the writer is held in
+  // another commit: the gauge must not count it before the store holds it.
+  publish("p404", "pickup.created", created(1));
+  auto j = node->next_job();
+  REQUIRE(j);
+  f->store->hold();
+  client->send_frames({"", publish_frame("z", "pickup.created", created(99))});
+  REQUIRE(wait_for([&] { return f->store->held(); }, 10000ms));
+  node->finish(*j, "permanent", "http_404", "no such pickup", 404);
+  std::this_thread::sleep_for(400ms);  // the loop has taken the DONE and published its stats
+  CHECK(view.total() == 0);
+  CHECK(gauge(*f) == 0);  // not 1: the death is not stored yet
+  f->store->release();
+  REQUIRE(!client->recv_frames().empty());  // z's `accepted`
+  check_dlq(*f, view, 1);
+  auto z = node->next_job();
+  REQUIRE(z);
+  node->finish(*z);
+
+  // 2. Attempts exhausted: two transient failures.
+  publish("p503", "pickup.created", created(2));
+  for (int attempt = 1; attempt <= 2; ++attempt) {
+    auto t = node->next_job();
+    REQUIRE(t);
+    CHECK(t->attempt == attempt);
+    node->finish(*t, "transient", "http_503", "Django is down", 503);
+  }
+  check_dlq(*f, view, 2);
+
+  // 3. Attempts exhausted by a lost lease: the second attempt's node leaves.
+  publish("plost", "pickup.created", created(3));
+  auto l1 = node->next_job();
+  REQUIRE(l1);
+  node->finish(*l1, "transient", "timeout", "no answer");
+  auto l2 = node->next_job();
+  REQUIRE(l2);
+  CHECK(l2->attempt == 2);
+  node->send(cl::bye{});
+  check_dlq(*f, view, 3);
+  node = std::make_unique<fake_node>(f->ctx, f->cluster, "b", std::vector<std::string>{"geo"}, 10);
+
+  // 4. A fan-out job (updateWorkerLocation, to every geo node) that fails permanently.
+  publish("loc", "worker.location", {{"worker_id", 201}, {"lat", 0.1}, {"lng", 0.2}, {"available", true}});
+  auto fo = node->next_job();
+  REQUIRE(fo);
+  CHECK(fo->function == "updateWorkerLocation");
+  node->finish(*fo, "permanent", "invalid_data", "bad worker");
+  check_dlq(*f, view, 4);
+
+  // 5. Replay one, then all; the replayed jobs succeed.
+  auto one = f->core->dlq_command("replay", {"p404#1", "p404#1"}, false, 10000ms);  // named twice: once
+  CHECK(one["replayed"] == json::array({"p404#1"}));
+  check_dlq(*f, view, 3);
+  auto r1 = node->next_job();
+  REQUIRE(r1);
+  node->finish(*r1);
+  auto all = f->core->dlq_command("replay", {}, true, 10000ms);
+  CHECK(all["replayed"].size() == 3);
+  check_dlq(*f, view, 0);
+  for (int i = 0; i < 3; ++i) {
+    auto r = node->next_job();
+    REQUIRE(r);
+    node->finish(*r, i == 0 ? "ok" : "permanent", "http_404", "gone", 404);  // two die again
+  }
+  check_dlq(*f, view, 2);
+
+  // 6. Purge one; the other stays across a restart.
+  auto dead = view.reader.list(10)["jobs"];
+  REQUIRE(dead.size() == 2);
+  const std::string purged = dead[0]["job_id"], kept = dead[1]["job_id"];
+  auto p1 = f->core->dlq_command("purge", {purged, purged}, false, 10000ms);
+  CHECK(p1["purged"] == json::array({purged}));
+  check_dlq(*f, view, 1);
+
+  node.reset();
+  client.reset();
+  f.reset();  // the broker stops; another starts on its store
+  f = std::make_unique<loop_fixture>(data.path, small_retries);
+  CHECK(gauge(*f) == 1);  // at once, from the store
+  check_dlq(*f, view, 1);
+  auto pall = f->core->dlq_command("purge", {}, true, 10000ms);
+  CHECK(pall["purged"] == json::array({kept}));
+  check_dlq(*f, view, 0);
 }
 
 // Django's 429 with Retry-After: 2 s and max_delay_ms = 1000 (the issue): the

@@ -741,7 +741,7 @@ TEST_CASE("replaying dead jobs makes them ready with new seqs, a fresh budget an
   commit_ok(*s, kill);
 
   batch one;
-  one.replay_ids = {"d2#1", "d4#1", "nope"};  // d4 is not dead, nope does not exist
+  one.replay_ids = {"d2#1", "d4#1", "nope", "d2#1"};  // d4 is not dead, nope does not exist; d2 once
   one.replay_seq_base = 100;
   auto out = commit_ok(*s, one);
   REQUIRE(out.replayed.size() == 1);
@@ -790,7 +790,7 @@ TEST_CASE("purging dead jobs deletes them and their history, and nothing else", 
   }
   commit_ok(*s, kill);
   batch one;
-  one.purge_ids = {"p1#1", "p3#1"};  // p3 is not dead: kept
+  one.purge_ids = {"p1#1", "p3#1", "p1#1"};  // p3 is not dead: kept; p1 named twice, purged once
   auto out = commit_ok(*s, one);
   CHECK(out.purged == std::vector<std::string>{"p1#1"});
   CHECK(!s->find_job("p1#1"));

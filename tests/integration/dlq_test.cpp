@@ -154,3 +154,66 @@ TEST_CASE("dlq purge removes dead jobs with their history, and bad usage exits 2
     CHECK(out.find("usage: klynaa dlq") != std::string::npos);
   }
 }
+
+// The gauge (klynaa_dead_letters in /metrics, dead_letters in /stats) and
+// `klynaa dlq list` agree after deaths of each kind, replays that die again,
+// purges and a restart. The in-process test of the same rule, with a death
+// caught before its commit, is in tests/broker/core_test.cpp.
+TEST_CASE("the dead-letter gauge equals dlq list after deaths, replay, purge and a restart", "[dlq]") {
+  dlq_cluster c;
+  auto metric = [&]() -> int64_t {
+    auto addr = c.klynaa->endpoints()["admin"].get<std::string>();
+    auto colon = addr.rfind(':');
+    httplib::Client h(addr.substr(0, colon), std::stoi(addr.substr(colon + 1)));
+    auto r = h.Get("/metrics");
+    if (!r) return -1;
+    static const std::regex line("\nklynaa_dead_letters ([0-9]+)\n");
+    std::smatch m;
+    return std::regex_search(r->body, m, line) ? std::stoll(m[1]) : -1;
+  };
+  auto agree = [&](int64_t n, const std::string& step) {
+    int64_t listed = -1, gauge = -1, stat = -1;
+    bool ok = wait_for([&] {
+      listed = c.dlq_json({"list"})["total"].get<int64_t>();
+      gauge = metric();
+      stat = c.stats().value("dead_letters", int64_t{-1});
+      return listed == n && gauge == n && stat == n;
+    }, 30000ms);
+    INFO(step << ": dlq list " << listed << ", klynaa_dead_letters " << gauge << ", /stats " << stat);
+    CHECK(ok);
+  };
+  auto pickup = [&](const std::string& status) {
+    auto p = c.django->post("/api/demo/pickups/", {{"customer_id", 101}, {"lat", 6.5}, {"lng", 3.4}, {"price", 900},
+                                                   {"status", status}, {"worker_id", 201}, {"publish", false}});
+    return p["pickup"]["id"].get<int>();
+  };
+
+  // Out of attempts: the escrow route answers 503 (2 attempts).
+  c.django->post("/api/demo/faults/", {{"mode", "down"}, {"path_prefix", "/api/serverless/escrow/"}});
+  c.publish("g-exhausted", "pickup.confirmed", {{"pickup_id", pickup("delivered")}, {"customer_id", 101}});
+  agree(1, "attempts exhausted");
+  c.django->post("/api/demo/faults/", {{"mode", "none"}});
+  // Permanent: 404, no such pickup; 409, the pickup is disputed.
+  c.publish("g-404", "pickup.confirmed", {{"pickup_id", 990100}, {"customer_id", 101}});
+  agree(2, "404");
+  c.publish("g-409", "pickup.confirmed", {{"pickup_id", pickup("disputed")}, {"customer_id", 101}});
+  agree(3, "409 disputed");
+  auto shown = c.dlq_json({"show", "g-409#1"});
+  CHECK(shown["last_error"]["http_status"] == 409);
+
+  // Replay one: Django is back, it is released.
+  CHECK(c.dlq_json({"replay", "g-exhausted#1"})["replayed"] == json::array({"g-exhausted#1"}));
+  agree(2, "replay one");
+  // Replay the rest: both die again (404, 409).
+  CHECK(c.dlq_json({"replay", "--all"})["replayed"].size() == 2);
+  REQUIRE(wait_for([&] { return unfinished(c.stats(), "processEscrowRelease") == 0; }, 30000ms));
+  agree(2, "replay --all, dead again");
+
+  CHECK(c.dlq_json({"purge", "g-404#1"})["purged"] == json::array({"g-404#1"}));
+  agree(1, "purge one");
+  c.klynaa->stop();
+  c.klynaa->start();
+  agree(1, "restart");
+  CHECK(c.dlq_json({"purge", "--all"})["purged"] == json::array({"g-409#1"}));
+  agree(0, "purge --all");
+}
