@@ -1,7 +1,5 @@
 // Config loading and the usage text.
-#include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "cli/commands.hpp"
 #include "cli/keys.hpp"
@@ -13,14 +11,10 @@ namespace klynaa::cli {
 bool load_config(const parsed_args& args, protocol::config& cfg, std::string& error) {
   std::string text, source;
   if (auto f = args.get("config")) {
-    std::ifstream in(*f);
-    if (!in) {
-      error = "cannot read config file " + *f + " (--config)";
+    if (!protocol::read_config_file(*f, text, error)) {
+      error += " (--config)";
       return false;
     }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text = ss.str();
     source = *f;
   }
   std::map<std::string, std::string> env;

@@ -20,8 +20,13 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 #include <sstream>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <toml++/toml.h>
 
@@ -789,6 +794,50 @@ std::string example_config() {
         << d.function << "\"\n# data = {}\n# timezone = \"" << d.timezone << "\"\n";
   }
   return out.str();
+}
+
+bool read_config_file(const std::string& path, std::string& text, std::string& error) {
+  // POSIX rather than std::ifstream: an ifstream opens a directory without
+  // complaint and then reads nothing, which looked like an empty config (the
+  // defaults). Every failure names the path and says why.
+  auto fail = [&](const std::string& why) {
+    error = "cannot read config file " + path + ": " + why;
+    return false;
+  };
+  auto reason = [](int e) -> std::string {
+    if (e == ENOENT) return "no such file";
+    if (e == EACCES) return "permission denied";
+    return std::strerror(e);
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(reason(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    return fail(reason(e));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    return fail("it is a directory, not a file");
+  }
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n > 0) {
+      out.append(buf, static_cast<size_t>(n));
+    } else if (n == 0) {
+      break;
+    } else if (errno != EINTR) {
+      const int e = errno;
+      ::close(fd);
+      return fail(reason(e));
+    }
+  }
+  ::close(fd);
+  text = std::move(out);
+  return true;
 }
 
 std::map<std::string, std::string> process_environment() {

@@ -197,6 +197,11 @@ struct config_error {
 std::variant<config, config_error> parse_config(std::string_view text, std::string_view source,
                                                 const std::map<std::string, std::string>& env);
 
+/// Reads the config file at `path` whole into `text`. False, with `error` naming
+/// the path and the reason, when it cannot be read: missing, no permission, a
+/// directory, a read error. (An empty file is read: it means the defaults.)
+bool read_config_file(const std::string& path, std::string& text, std::string& error);
+
 /// A commented example config with every key and its default (docs and
 /// `klynaa config --example`).
 std::string example_config();

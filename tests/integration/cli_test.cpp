@@ -40,6 +40,22 @@ TEST_CASE("a missing config file exits 2 naming the file", "[cli]") {
   CHECK(out.find("/nonexistent/klynaa.toml") != std::string::npos);
 }
 
+TEST_CASE("run --config DIR, a directory, exits 2 naming it instead of starting on defaults", "[cli][config]") {
+  temp_dir d;
+  std::filesystem::create_directory(d / "conf.d");
+  // Everything else a start needs is given: without the check it would run (and
+  // be killed after the timeout).
+  auto [code, out] = run_cli({"run", "--config", d / "conf.d", "--data-dir", d / "data", "--ingress",
+                              "tcp://127.0.0.1:*"},
+                             {{"DJANGO_API_URL", "http://127.0.0.1:9"}, {"KLYNAA_ADMIN_BIND", "127.0.0.1:0"},
+                              {"KLYNAA_SCHEDULER_MISFIRE_GRACE_SECONDS", "0"}},
+                             15000ms);
+  INFO(out);
+  CHECK(code == 2);
+  CHECK(out.find(d / "conf.d") != std::string::npos);
+  CHECK(out.find("directory") != std::string::npos);
+}
+
 TEST_CASE("the legacy FIREBASE_SERVER_KEY is refused at start", "[cli]") {
   temp_dir d;
   auto [code, out] = run_cli({"broker", "--data-dir", d / "data"}, {{"FIREBASE_SERVER_KEY", "abc"}});

@@ -3,7 +3,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -549,4 +554,87 @@ TEST_CASE("store lease_ms and broker_name have defaults, env overrides and a low
   CHECK_THAT(parse_error("[store]\nlease_ms = 999\n"), Catch::Contains("[store] lease_ms: must be between 1000"));
   CHECK_THAT(parse_error("[store]\nlease_ms = 0\n"), Catch::Contains("lease_ms"));
   CHECK_THAT(parse_error("", {{"KLYNAA_STORE_LEASE_MS", "500"}}), Catch::Contains("KLYNAA_STORE_LEASE_MS"));
+}
+
+// --- Reading the config file (klynaa ... --config PATH) ----------------------
+
+namespace {
+
+/// A fresh directory under /tmp, removed with what is in it.
+struct scratch {
+  std::string path;
+  scratch() {
+    char tmpl[] = "/tmp/klynaa-config-test-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~scratch() { std::filesystem::remove_all(path); }
+  std::string write(const std::string& name, const std::string& text) {
+    std::ofstream(path + "/" + name) << text;
+    return path + "/" + name;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("read_config_file reads a file whole, an empty one too", "[config]") {
+  scratch d;
+  std::string text, err;
+  REQUIRE(klynaa::protocol::read_config_file(d.write("k.toml", "[geo]\nradius_km = 3.0\n"), text, err));
+  CHECK(text == "[geo]\nradius_km = 3.0\n");
+  REQUIRE(klynaa::protocol::read_config_file(d.write("empty.toml", ""), text, err));
+  CHECK(text.empty());
+}
+
+TEST_CASE("a config path that is a directory is an error naming it, not the defaults", "[config]") {
+  // std::ifstream opens a directory and reads nothing: `--config DIR` used to
+  // start on the defaults.
+  scratch d;
+  std::string text = "unchanged", err;
+  CHECK_FALSE(klynaa::protocol::read_config_file(d.path, text, err));
+  CHECK_THAT(err, Catch::Contains(d.path));
+  CHECK_THAT(err, Catch::Contains("directory"));
+  CHECK(text == "unchanged");
+}
+
+TEST_CASE("a missing config file is an error naming it", "[config]") {
+  std::string text, err;
+  CHECK_FALSE(klynaa::protocol::read_config_file("/nonexistent/klynaa.toml", text, err));
+  CHECK_THAT(err, Catch::Contains("/nonexistent/klynaa.toml"));
+  CHECK_THAT(err, Catch::Contains("no such file"));
+}
+
+// Mode 000 is no obstacle to root, and the tests usually run as root: then the
+// read is done with the effective uid of `nobody` (65534), restored afterwards
+// (the saved uid stays 0), which is what a broker running as an unprivileged
+// user meets. When the uid cannot be changed (no CAP_SETUID), the case is
+// reported and not checked.
+TEST_CASE("a config file without read permission is an error naming it", "[config]") {
+  scratch d;
+  const auto file = d.write("secret.toml", "[geo]\nradius_km = 3.0\n");
+  REQUIRE(::chmod(file.c_str(), 0) == 0);
+  REQUIRE(::chmod(d.path.c_str(), 0711) == 0);  // anyone may reach the file, no one but root read it
+  struct as_nobody {
+    bool active = false;
+    as_nobody() {
+      if (::geteuid() == 0) active = ::seteuid(65534) == 0;
+    }
+    ~as_nobody() {
+      if (active) (void)::seteuid(0);
+    }
+  };
+  std::string text = "unchanged", err;
+  bool read = false;
+  {
+    as_nobody guard;
+    if (::geteuid() == 0) {
+      WARN("cannot drop root here: the no-permission case is not checked");
+      return;
+    }
+    read = klynaa::protocol::read_config_file(file, text, err);
+  }
+  CHECK_FALSE(read);
+  CHECK(text == "unchanged");
+  CHECK_THAT(err, Catch::Contains(file));
+  CHECK_THAT(err, Catch::Contains("permission denied"));
 }
