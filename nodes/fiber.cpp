@@ -200,6 +200,7 @@ eh_state swap_eh_state(const eh_state& next) {
 constexpr size_t min_stack_bytes = 16 * 1024;
 constexpr size_t guard_bytes = 64 * 1024;  // catches frames of up to 64 KiB jumping over it
 constexpr size_t max_pooled = 256;
+constexpr size_t max_pooled_stack_bytes = 1024 * 1024;  // bigger ones are unmapped when freed
 #ifdef KLYNAA_FIBER_ASAN
 constexpr size_t default_stack = 512 * 1024;
 #else
@@ -222,10 +223,11 @@ struct stack_region {
   size_t bytes() const { return map_bytes - guard; }
 };
 
-/// Freed stacks, reused by new fibers of the same stack size. A stack keeps the
-/// pages its last fiber touched, which bounds the pool at max_pooled stacks.
+/// Freed stacks, reused by new fibers of the same stack size. A pooled stack
+/// keeps the pages its last fibers touched, hence the bounds on their number and size.
 class stack_pool {
  public:
+  stack_pool() { free_.reserve(max_pooled); }
   stack_region take(size_t bytes);  // throws std::system_error
   void give(stack_region s) noexcept;
   fiber::stack_stats stats() const noexcept;
@@ -275,9 +277,8 @@ void stack_pool::give(stack_region s) noexcept {
   asan_unpoison(s.lo(), s.bytes());
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (free_.size() < max_pooled) {
-      if (free_.capacity() < max_pooled) free_.reserve(max_pooled);  // no throw later
-      free_.push_back(s);
+    if (free_.size() < max_pooled && s.bytes() <= max_pooled_stack_bytes) {
+      free_.push_back(s);  // never reallocates: reserved
       return;
     }
   }

@@ -29,7 +29,8 @@
 // Stacks are mmap'd with a PROT_NONE guard below them, so an overflow crashes
 // (SIGSEGV; AddressSanitizer reports a stack-overflow) instead of overwriting
 // another fiber's stack. Only touched pages cost memory. Freed stacks go to a
-// small process-wide pool (at most 256 stacks) and are reused by new fibers.
+// small process-wide pool (at most 256 stacks of at most 1 MiB; a pooled stack
+// keeps the pages it touched) and are reused by new fibers of the same size.
 // Each live stack is two kernel mappings: Linux's vm.max_map_count (65530 by
 // default) bounds a process to roughly 30,000 fibers at once.
 //
@@ -61,11 +62,13 @@ class fiber {
   /// unwind the fiber's stack (run its locals' destructors). Not an
   /// std::exception: a body's `catch (const std::exception&)` lets it pass. A
   /// `catch (...)` that swallows it must let the body return soon: any later
-  /// yield() throws it again at once instead of suspending.
+  /// yield() throws it again at once instead of suspending. So a destructor
+  /// must not yield (its throw would end in std::terminate).
   struct forced_unwind {};
 
   /// A suspended fiber that will run `body` at its first resume(); the body
-  /// and its captures are destroyed with the fiber. Allocates the stack (from
+  /// and its captures are destroyed with the fiber (std::function: captures
+  /// must be copyable; hold a move-only one in a shared_ptr). Allocates the stack (from
   /// the pool when one of this size is free). Throws std::system_error when no
   /// stack can be mapped (ENOMEM, or vm.max_map_count reached): a transient
   /// condition, the caller may retry later.
@@ -104,13 +107,14 @@ class fiber {
   static fiber* current() noexcept;
 
   /// The stack size used when options::stack_bytes is 0: 128 KiB; 512 KiB when
-  /// built with AddressSanitizer, whose frames are several times bigger.
+  /// built with AddressSanitizer, whose frames are several times bigger. An
+  /// overflow kills the node and untouched pages cost nothing, hence not less.
   static size_t default_stack_bytes() noexcept;
 
   /// Process-wide counters of the stack pool, for tests and metrics.
   struct stack_stats {
     uint64_t mapped = 0;    ///< stacks mmap'd since the process started
-    uint64_t unmapped = 0;  ///< stacks munmap'd (freed while the pool was full)
+    uint64_t unmapped = 0;  ///< stacks munmap'd (freed with the pool full, or over 1 MiB)
     uint64_t reused = 0;    ///< fibers that got a stack from the pool
     size_t pooled = 0;      ///< stacks in the pool right now
   };
