@@ -81,7 +81,7 @@ class fiber_queue {
 
 }  // namespace
 
-TEST_CASE("resume and yield play ping-pong through captured state; done after the body returns",
+TEST_CASE("resume and yield play ping-pong through captured state until the body returns",
           "[fiber]") {
   int ball = 0;
   std::vector<int> seen;
@@ -106,7 +106,7 @@ TEST_CASE("resume and yield play ping-pong through captured state; done after th
   CHECK(f.done());
 }
 
-TEST_CASE("current is nullptr outside a fiber and the fiber inside; yield outside does nothing",
+TEST_CASE("current is nullptr outside a fiber and the fiber inside, and yield outside does nothing",
           "[fiber]") {
   CHECK(fiber::current() == nullptr);
   fiber::yield();  // documented no-op
@@ -268,8 +268,12 @@ TEST_CASE("an exception unwinding frames in a fiber leaves no stale sanitizer po
         caught = true;
       }
 #ifdef KLYNAA_TEST_ASAN
-      const void* around = const_cast<const char*>(skipped) - 64;
-      clean = clean && __asan_region_is_poisoned(const_cast<void*>(around), 192) == nullptr;
+      // (With ASAN_OPTIONS=detect_stack_use_after_return=1 the array is on a
+      // heap-like fake stack instead, freed lazily: nothing to check there.)
+      auto* at = const_cast<char*>(skipped);
+      if (!__asan_addr_is_in_fake_stack(__asan_get_current_fake_stack(), at, nullptr, nullptr)) {
+        clean = clean && __asan_region_is_poisoned(at - 64, 192) == nullptr;
+      }
 #endif
       fiber::yield();
     }
