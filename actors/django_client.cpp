@@ -23,8 +23,10 @@ std::string strip_trailing_slashes(std::string url) {
   return url;
 }
 
-http_options options_from(const protocol::config::django_section& cfg) {
+http_options options_from(const protocol::config::django_section& cfg, std::shared_ptr<http_loop> loop) {
   http_options o;
+  o.loop = std::move(loop);
+  o.downstream = "django";
   o.connect_timeout_ms = cfg.connect_timeout_ms > 0 ? cfg.connect_timeout_ms : 2000;
   o.timeout_ms = cfg.timeout_ms > 0 ? cfg.timeout_ms : 10000;
   o.ca_file = cfg.ca_file;
@@ -54,8 +56,8 @@ std::string what_of(std::string_view method, const std::string& path) {
 
 }  // namespace
 
-django_client::django_client(const protocol::config::django_section& cfg)
-    : base_url_(strip_trailing_slashes(cfg.url)), api_key_(cfg.api_key), http_(options_from(cfg)) {}
+django_client::django_client(const protocol::config::django_section& cfg, std::shared_ptr<http_loop> loop)
+    : base_url_(strip_trailing_slashes(cfg.url)), api_key_(cfg.api_key), http_(options_from(cfg, std::move(loop))) {}
 
 std::string django_client::key_hint() const { return log::redact(api_key_); }
 

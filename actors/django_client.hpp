@@ -98,7 +98,10 @@ class django_client {
   /// Uses cfg.url (trailing "/" ignored), cfg.api_key, the timeouts and ca_file.
   /// With an empty url every call fails transiently with error_code "connect"
   /// (the CLI refuses to start actors without one, contract §5).
-  explicit django_client(const protocol::config::django_section& cfg);
+  /// With `loop`, calls made on a job fiber go through that event loop and
+  /// suspend the fiber (http_options::loop; downstream "django").
+  explicit django_client(const protocol::config::django_section& cfg,
+                         std::shared_ptr<http_loop> loop = nullptr);
 
   /// Sends one request to `path` (starting with "/", query included, already
   /// URL-encoded) with the standard headers plus `extra`; `body` is sent as JSON.

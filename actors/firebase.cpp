@@ -263,6 +263,17 @@ nlohmann::json fcm_request(const push& p) {
 
 // ---- google_token_source ----
 
+namespace {
+
+/// The token fetch runs under the token source's lock: it must block, never
+/// suspend a job's fiber while holding it (nodes/suspend.hpp).
+http_options blocking(http_options o) {
+  o.loop.reset();
+  return o;
+}
+
+}  // namespace
+
 google_token_source::google_token_source(service_account account,
                                          std::shared_ptr<const rs256_key> key,
                                          std::string token_url, http_options opts,
@@ -271,7 +282,7 @@ google_token_source::google_token_source(service_account account,
       key_(std::move(key)),
       token_url_(std::move(token_url)),
       now_ms_(now_ms ? std::move(now_ms) : [] { return log::now_ms(); }),
-      http_(std::move(opts)) {}
+      http_(blocking(std::move(opts))) {}
 
 google_token_source::access google_token_source::get() {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -414,7 +425,8 @@ std::vector<push_result> firebase_provider::send_all(const std::vector<push>& pu
 
 // ---- factory ----
 
-std::variant<provider_factory, provider_error> make_firebase_provider(const protocol::config& cfg) {
+std::variant<provider_factory, provider_error> make_firebase_provider(const protocol::config& cfg,
+                                                                      std::shared_ptr<http_loop> loop) {
   const std::string prefix = "[notifications] service = \"firebase\": ";
   auto it = cfg.env.find(credentials_var);
   if (it == cfg.env.end() || it->second.empty())
@@ -444,7 +456,11 @@ std::variant<provider_factory, provider_error> make_firebase_provider(const prot
   std::string error;
   auto key = rs256_key::from_pem(account.private_key_pem, error);  // checked by load_service_account
   if (!key) return provider_error{prefix + credentials_var + ": " + error};
+  // Created before opts gets the loop: it fetches under its lock, which must
+  // never be held across a fiber's suspension (nodes/suspend.hpp).
   auto tokens = std::make_shared<google_token_source>(std::move(account), std::move(key), token_url, opts);
+  opts.loop = std::move(loop);
+  opts.downstream = "firebase";
   std::string send_url = without_trailing_slash(n.firebase_url) + "/v1/projects/" +
                          http_session::escape(project) + "/messages:send";
   return provider_factory([tokens, send_url, opts] {

@@ -192,6 +192,9 @@ class firebase_provider : public push_provider {
 /// at start), picks the project and the token URL, and makes providers that
 /// share one google_token_source. Timeouts and CA file from [django]. Errors
 /// name GOOGLE_APPLICATION_CREDENTIALS or the config key.
-std::variant<provider_factory, provider_error> make_firebase_provider(const protocol::config& cfg);
+/// With `loop`, the sends made on a job fiber go through it (downstream "firebase");
+/// the OAuth2 token fetch, under the token source's lock, always blocks.
+std::variant<provider_factory, provider_error> make_firebase_provider(const protocol::config& cfg,
+                                                                      std::shared_ptr<http_loop> loop = nullptr);
 
 }  // namespace klynaa::actors

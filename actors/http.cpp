@@ -14,11 +14,15 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <atomic>
+#include <memory>
 #include <mutex>
 
 #include <curl/curl.h>
 
 #include "actors/http_curl.hpp"
+#include "actors/http_loop.hpp"
+#include "nodes/suspend.hpp"
 
 namespace klynaa::actors {
 namespace detail {
@@ -185,19 +189,66 @@ struct http_session::impl {
   }
 };
 
+// With an event loop, the handle is made on the first blocking call (most
+// never make one: a node may hold thousands of clients, one per job in flight).
 http_session::http_session(http_options opts) : opts_(std::move(opts)), impl_(new impl) {
   global_init_once();
-  impl_->curl = curl_easy_init();
+  if (!opts_.loop) impl_->curl = curl_easy_init();
 }
 
 http_session::~http_session() = default;
 http_session::http_session(http_session&&) noexcept = default;
 http_session& http_session::operator=(http_session&&) noexcept = default;
 
+// ---- on a job fiber: through the node's event loop ----
+
+namespace {
+
+/// On a job fiber with an event loop in `opts`: sends `requests` through the
+/// loop and suspends the fiber until each is answered (nodes/suspend.hpp);
+/// otherwise nullopt, and the caller blocks as before. A job abandoned (past its
+/// time limit) or a node stopping cancels what it waits for: the answers are
+/// then status 0, "cancelled".
+std::optional<std::vector<http_response>> on_job_fiber(const http_options& opts,
+                                                       const std::vector<http_request>& requests) {
+  nodes::job_fiber_context* job = nodes::current_job_fiber();
+  if (!opts.loop || job == nullptr) return std::nullopt;
+  auto answers = std::make_shared<std::vector<http_response>>(requests.size());
+  if (requests.empty()) return std::vector<http_response>{};
+  auto left = std::make_shared<std::atomic<size_t>>(requests.size());
+  const http_loop::limit_tag tag{opts.downstream, job->function};
+  std::shared_ptr<http_loop> loop = opts.loop;
+  bool waited = nodes::suspend_job([&](std::function<void()> wake) {
+    auto ids = std::make_shared<std::vector<uint64_t>>();
+    ids->reserve(requests.size());
+    for (size_t i = 0; i < requests.size(); ++i)
+      ids->push_back(loop->submit(
+          requests[i],
+          [answers, left, i, wake](http_response r) {
+            (*answers)[i] = std::move(r);
+            if (left->fetch_sub(1) == 1) wake();  // the last answer resumes the job
+          },
+          opts.timeout_ms, tag, &opts));
+    return std::function<void()>([loop, ids] {
+      for (auto id : *ids) loop->cancel(id);
+    });
+  });
+  if (!waited)  // the job was abandoned before it could send
+    for (auto& r : *answers) r.error = http_loop::cancelled_error;
+  return std::move(*answers);
+}
+
+}  // namespace
+
 http_response http_session::request(std::string_view method, const std::string& url,
                                     const std::vector<http_header>& headers,
                                     const std::optional<std::string>& body) {
+  if (opts_.loop && nodes::current_job_fiber() != nullptr) {
+    std::vector<http_request> one{{std::string(method), url, headers, body}};
+    return std::move(on_job_fiber(opts_, one)->front());
+  }
   http_response r;
+  if (impl_ && impl_->curl == nullptr && opts_.loop) impl_->curl = curl_easy_init();
   if (!impl_ || impl_->curl == nullptr) {
     r.error = no_handle_error;
     return r;
@@ -249,6 +300,10 @@ struct http_multi::impl {
 http_multi::http_multi(http_options opts, int max_connections)
     : opts_(std::move(opts)), max_connections_(std::max(1, max_connections)), impl_(new impl) {
   global_init_once();
+  if (!opts_.loop) init_multi();  // with a loop: on the first blocking perform()
+}
+
+void http_multi::init_multi() {
   impl_->multi = curl_multi_init();
   if (impl_->multi != nullptr) {
     // perform() never has more than max_connections_ requests in flight, so
@@ -271,7 +326,9 @@ http_response http_multi::request(std::string_view method, const std::string& ur
 }
 
 std::vector<http_response> http_multi::perform(const std::vector<http_request>& requests) {
+  if (auto answers = on_job_fiber(opts_, requests)) return std::move(*answers);
   std::vector<http_response> out(requests.size());  // never resized: transfers point into it
+  if (impl_ && impl_->multi == nullptr && opts_.loop) init_multi();
   if (!impl_ || impl_->multi == nullptr) {
     for (auto& r : out) r.error = no_handle_error;
     return out;

@@ -32,6 +32,8 @@
 
 namespace klynaa::actors {
 
+class http_loop;
+
 /// One HTTP answer, or the reason there was none.
 struct http_response {
   int status = 0;     ///< HTTP status; 0 = no answer (connection error, timeout, ...)
@@ -63,6 +65,14 @@ struct http_options {
   /// Bodies larger than this are cut off and the request fails (status 0): a
   /// misbehaving server cannot make a worker allocate without bound.
   size_t max_body_bytes = 64u << 20;
+  /// Set by the node for kinds whose jobs run on fibers (nodes/suspend.hpp): a
+  /// request made on a job fiber goes through this event loop (http_loop.hpp)
+  /// and suspends the fiber, not its thread, until the answer is in; it counts
+  /// against the adaptive limit of (`downstream`, the job's function). Null, or
+  /// called off a job fiber: the request blocks its thread as before.
+  std::shared_ptr<http_loop> loop;
+  /// The downstream's name for its limit and stats: "django", "firebase", "sns", "webhook".
+  std::string downstream;
 };
 
 /// A blocking HTTP/1.1 client on one reused libcurl easy handle. Redirects are
@@ -140,6 +150,8 @@ class http_multi {
 
  private:
   struct impl;
+  void init_multi();
+
   http_options opts_;
   int max_connections_;
   std::unique_ptr<impl> impl_;

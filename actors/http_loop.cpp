@@ -62,6 +62,7 @@ struct job {
   http_loop::callback cb;
   int64_t timeout_ms = 0;
   http_loop::limit_tag tag;  // empty downstream: no limit
+  std::optional<http_options> http;  // this request's own options, else the loop's
   bool acquired = false;     // holds a slot of tag's limit (see admit())
   steady::time_point started{};
   // While libcurl transfers it:
@@ -142,6 +143,7 @@ struct http_loop::impl {
   void answer(job& j, http_response r);
 
   // The loop thread.
+  const http_options& options_of(const job& j) const { return j.http ? *j.http : opts.http; }
   int epoll_timeout() const;
   void act(curl_socket_t fd, int flags);
   bool take_inbox();
@@ -351,8 +353,9 @@ void http_loop::impl::begin(std::unique_ptr<job> j) {
   CURL* e = take_easy();
   if (e == nullptr) return answer(*j, no_answer(detail::no_handle_error));
   j->easy = e;
-  j->t = detail::transfer{&j->response, opts.http.max_body_bytes};
-  j->headers = detail::prepare(e, opts.http, j->req.method, j->req.url, j->req.headers, j->req.body,
+  const http_options& ho = options_of(*j);
+  j->t = detail::transfer{&j->response, ho.max_body_bytes};
+  j->headers = detail::prepare(e, ho, j->req.method, j->req.url, j->req.headers, j->req.body,
                                j->t, j->error);
   configure(e, *j);
   CURLMcode mc = curl_multi_add_handle(multi, e);  // sets libcurl's timer to start it
@@ -361,7 +364,7 @@ void http_loop::impl::begin(std::unique_ptr<job> j) {
     return answer(*j, no_answer(std::string("libcurl could not start the request: ") +
                                 curl_multi_strerror(mc)));
   }
-  int64_t timeout_ms = j->timeout_ms > 0 ? j->timeout_ms : opts.http.timeout_ms;
+  int64_t timeout_ms = j->timeout_ms > 0 ? j->timeout_ms : ho.timeout_ms;
   if (timeout_ms > 0) {
     j->deadline = steady::now() + std::chrono::milliseconds(timeout_ms) + deadline_grace;
     deadlines.emplace(*j->deadline, j->id);
@@ -520,7 +523,7 @@ void http_loop::impl::collect_done() {
     if (it == active.end() || it->second->easy != e) continue;
     std::unique_ptr<job> j = std::move(it->second);
     active.erase(it);
-    detail::finish(e, rc, opts.http, j->t, j->error, j->response);
+    detail::finish(e, rc, options_of(*j), j->t, j->error, j->response);
     release(*j);
     http_response r = std::move(j->response);
     complete(std::move(j), std::move(r));
@@ -556,7 +559,7 @@ void http_loop::impl::expire() {
       continue;
     }
     const job& j = *it->second;
-    int64_t ms = j.timeout_ms > 0 ? j.timeout_ms : opts.http.timeout_ms;
+    int64_t ms = j.timeout_ms > 0 ? j.timeout_ms : options_of(j).timeout_ms;
     http_response r = no_answer("Operation timed out after " + std::to_string(ms) +
                                 " milliseconds, still waiting for a connection");
     r.timed_out = true;
@@ -676,13 +679,18 @@ http_loop::http_loop() : http_loop(options{}) {}
 
 http_loop::~http_loop() { impl_->stop(); }
 
-uint64_t http_loop::submit(http_request req, callback cb, int64_t timeout_ms, limit_tag tag) {
+uint64_t http_loop::submit(http_request req, callback cb, int64_t timeout_ms, limit_tag tag,
+                           const http_options* http) {
   auto j = std::make_unique<job>();
   j->id = impl_->next_id++;
   j->req = std::move(req);
   j->cb = std::move(cb);
   j->timeout_ms = timeout_ms;
   j->tag = std::move(tag);
+  if (http != nullptr) {
+    j->http = *http;
+    j->http->loop.reset();  // the loop does not hold itself
+  }
   uint64_t id = j->id;
   ++impl_->submitted;
   command c{std::move(j), 0};
@@ -721,6 +729,32 @@ http_loop::limit_stats http_loop::limits() const {
 const std::string& http_loop::start_error() const { return impl_->start_error; }
 
 const http_loop::options& http_loop::config() const { return impl_->opts; }
+
+nlohmann::json limits_json(const http_loop& loop) {
+  const auto counters = loop.snapshot();
+  const auto limits = loop.limits();
+  const int64_t now = now_ms();
+  nlohmann::json downstreams = nlohmann::json::object();
+  for (const auto& f : limits.limits) {
+    auto& d = downstreams[f.downstream];
+    if (!d.contains("functions")) {
+      auto w = limits.waiting.find(f.downstream);
+      d = {{"in_flight", f.downstream_in_flight},
+           {"max_in_flight", f.downstream_max_in_flight},
+           {"waiting", w == limits.waiting.end() ? 0 : w->second},
+           {"paused_ms", std::max<int64_t>(0, f.limit.paused_until_ms - now)},
+           {"functions", nlohmann::json::object()}};
+    }
+    d["functions"][f.function] = {{"limit", f.limit.limit},
+                                  {"in_flight", f.limit.in_flight},
+                                  {"min_rtt_ms", static_cast<double>(f.limit.min_rtt_us) / 1000.0},
+                                  {"latency_ms", static_cast<double>(f.limit.recent_latency_us) / 1000.0}};
+  }
+  return {{"in_flight", counters.in_flight},
+          {"connections_open", counters.connections_open},
+          {"connections_opened", counters.connections_opened},
+          {"downstreams", downstreams}};
+}
 
 bool http_loop::h2c_supported() {
   static const bool supported = [] {

@@ -70,7 +70,7 @@ class http_loop {
 
   /// Which adaptive in-flight limit a request counts against
   /// (docs/reliability.md, "Adaptive in-flight limits"): its downstream
-  /// ("django", "fcm", "sns", "webhook") and the job function that calls it. A
+  /// ("django", "firebase", "sns", "webhook") and the job function that calls it. A
   /// tagged request waits in the loop, in order, until the limit of its pair and
   /// its downstream's cap let it start; that wait does not count towards its
   /// timeout. While a Retry-After (429 or 503 from that downstream) pauses it,
@@ -121,7 +121,11 @@ class http_loop {
   /// loop enforces it there, at most 100 ms late, where libcurl does not). The loop
   /// owns `req` and `cb` and destroys them right after the callback returns,
   /// on the thread that ran it. Thread-safe.
-  uint64_t submit(http_request req, callback cb, int64_t timeout_ms = 0, limit_tag tag = {});
+  /// `tag`: the adaptive limit it counts against (limit_tag). `http`: this
+  /// request's own timeouts, CA file and body limit instead of the options'
+  /// (copied), for a loop shared by clients with different settings.
+  uint64_t submit(http_request req, callback cb, int64_t timeout_ms = 0, limit_tag tag = {},
+                  const http_options* http = nullptr);
 
   /// Stops request `id` if it has not been answered yet: its callback then runs
   /// once, on the loop thread, with status 0 and cancelled_error, and whatever
@@ -172,5 +176,12 @@ class http_loop {
   struct impl;
   std::unique_ptr<impl> impl_;
 };
+
+/// The loop's counters and its adaptive limits as the node reports them to the
+/// broker (node_stats "limits"; `klynaa stats`, /metrics and the dashboard show
+/// them): {"in_flight", "connections_open", "connections_opened", "downstreams":
+/// {NAME: {"in_flight", "max_in_flight", "waiting", "paused_ms", "functions":
+/// {FUNCTION: {"limit", "in_flight", "min_rtt_ms", "latency_ms"}}}}}.
+nlohmann::json limits_json(const http_loop& loop);
 
 }  // namespace klynaa::actors

@@ -176,7 +176,7 @@ class downstream_limiter {
   /// `defaults` for every downstream without options of its own.
   explicit downstream_limiter(downstream_limit_options defaults = {});
 
-  /// Options for one downstream ("django", "fcm", ...): its cap at once, the
+  /// Options for one downstream ("django", "firebase", ...): its cap at once, the
   /// per-function options for pairs made afterwards (call it before the first call).
   void set_options(std::string_view downstream, downstream_limit_options opts);
 

@@ -149,7 +149,8 @@ std::vector<push_result> webhook_provider::send_all(const std::vector<push>& pus
 // ---- factory ----
 
 std::variant<provider_factory, provider_error> make_provider(const protocol::config& cfg,
-                                                             const std::string& data_dir) {
+                                                             const std::string& data_dir,
+                                                             std::shared_ptr<http_loop> loop) {
   const std::string& service = cfg.notifications.service;
   if (service == "log") {
     std::error_code ec;
@@ -170,10 +171,12 @@ std::variant<provider_factory, provider_error> make_provider(const protocol::con
     opts.connect_timeout_ms = cfg.django.connect_timeout_ms > 0 ? cfg.django.connect_timeout_ms : 2000;
     opts.timeout_ms = cfg.django.timeout_ms > 0 ? cfg.django.timeout_ms : 10000;
     opts.ca_file = cfg.notifications.ca_file.empty() ? cfg.django.ca_file : cfg.notifications.ca_file;
+    opts.loop = loop;
+    opts.downstream = "webhook";
     return provider_factory([url, opts] { return std::make_unique<webhook_provider>(url, opts); });
   }
-  if (service == "firebase") return make_firebase_provider(cfg);
-  if (service == "sns") return make_sns_provider(cfg);
+  if (service == "firebase") return make_firebase_provider(cfg, loop);
+  if (service == "sns") return make_sns_provider(cfg, loop);
   return provider_error{"[notifications] service: unknown provider \"" + service +
                         "\"; expected log, webhook, firebase or sns"};
 }

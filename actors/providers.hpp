@@ -164,7 +164,10 @@ struct provider_error {
 ///  - "sns": make_sns_provider (sns.hpp): needs AWS_ACCESS_KEY_ID,
 ///    AWS_SECRET_ACCESS_KEY and AWS_REGION;
 ///  - anything else → provider_error.
+/// With `loop`, the providers' calls made on a job fiber go through that event
+/// loop (http_options::loop; downstreams "webhook", "firebase", "sns").
 std::variant<provider_factory, provider_error> make_provider(const protocol::config& cfg,
-                                                             const std::string& data_dir);
+                                                             const std::string& data_dir,
+                                                             std::shared_ptr<http_loop> loop = nullptr);
 
 }  // namespace klynaa::actors

@@ -12,6 +12,7 @@
 #include "actors/django_client.hpp"
 #include "actors/escrow.hpp"
 #include "actors/geo.hpp"
+#include "actors/http_loop.hpp"
 #include "actors/notifier.hpp"
 #include "actors/providers.hpp"
 #include "actors/scheduler.hpp"
@@ -36,33 +37,44 @@ std::optional<std::string> check_ca_file(const std::string& path, const char* ke
   return std::string(key) + ": cannot read the CA bundle " + path + ": " + std::strerror(errno);
 }
 
-/// The config check keeps node.*_workers within 1..1024; a config built in code is clamped the same way.
+/// The config check keeps node.*_workers within 1..100000; a config built in code is clamped the same way.
 int workers_of(int64_t configured) {
-  return configured > 0 ? static_cast<int>(std::min<int64_t>(configured, 1024)) : 1;
+  return configured > 0 ? static_cast<int>(std::min<int64_t>(configured, 100000)) : 1;
 }
 
-nodes::actor_kind_spec notifier_spec(const protocol::config& cfg, provider_factory providers) {
+/// Jobs of kinds that call Django run on fibers when the node has an event
+/// loop (nodes/suspend.hpp); without one (tests that make the specs alone)
+/// each worker blocks a thread of its own, as before.
+void run_on_fibers(nodes::actor_kind_spec& s, const std::shared_ptr<http_loop>& loop) {
+  s.fibers = loop != nullptr;
+  s.blocking = loop == nullptr;
+}
+
+nodes::actor_kind_spec notifier_spec(const protocol::config& cfg, provider_factory providers,
+                                     std::shared_ptr<http_loop> loop) {
   auto texts = std::make_shared<const templates>(cfg.notifications.templates);
   auto django_cfg = cfg.django;
   nodes::actor_kind_spec s;
   s.kind = "notifier";
   s.functions = {"sendPickupNotification"};
   s.workers = workers_of(cfg.node.notifier_workers);
-  s.make_handler = [django_cfg, providers, texts]() -> std::unique_ptr<nodes::job_handler> {
-    return std::make_unique<notifier_handler>(std::make_unique<django_client>(django_cfg),
+  run_on_fibers(s, loop);
+  s.make_handler = [django_cfg, providers, texts, loop]() -> std::unique_ptr<nodes::job_handler> {
+    return std::make_unique<notifier_handler>(std::make_unique<django_client>(django_cfg, loop),
                                               providers(), texts);
   };
   return s;
 }
 
-nodes::actor_kind_spec escrow_spec(const protocol::config& cfg) {
+nodes::actor_kind_spec escrow_spec(const protocol::config& cfg, std::shared_ptr<http_loop> loop) {
   auto django_cfg = cfg.django;
   nodes::actor_kind_spec s;
   s.kind = "escrow";
   s.functions = {"processEscrowRelease"};
   s.workers = workers_of(cfg.node.escrow_workers);
-  s.make_handler = [django_cfg]() -> std::unique_ptr<nodes::job_handler> {
-    return std::make_unique<escrow_handler>(std::make_unique<django_client>(django_cfg));
+  run_on_fibers(s, loop);
+  s.make_handler = [django_cfg, loop]() -> std::unique_ptr<nodes::job_handler> {
+    return std::make_unique<escrow_handler>(std::make_unique<django_client>(django_cfg, loop));
   };
   return s;
 }
@@ -79,15 +91,16 @@ nodes::actor_kind_spec geo_spec(const protocol::config& cfg) {
   return s;
 }
 
-nodes::actor_kind_spec scheduler_spec(const protocol::config& cfg) {
+nodes::actor_kind_spec scheduler_spec(const protocol::config& cfg, std::shared_ptr<http_loop> loop) {
   auto django_cfg = cfg.django;
   double default_radius_km = cfg.geo.radius_km;
   nodes::actor_kind_spec s;
   s.kind = "scheduler";
   s.functions = {"generateDailyReport", "generateWeeklyAnalytics", "cleanupData"};
   s.workers = workers_of(cfg.node.scheduler_workers);
-  s.make_handler = [django_cfg, default_radius_km]() -> std::unique_ptr<nodes::job_handler> {
-    return std::make_unique<scheduler_handler>(std::make_unique<django_client>(django_cfg),
+  run_on_fibers(s, loop);
+  s.make_handler = [django_cfg, default_radius_km, loop]() -> std::unique_ptr<nodes::job_handler> {
+    return std::make_unique<scheduler_handler>(std::make_unique<django_client>(django_cfg, loop),
                                                default_radius_km);
   };
   return s;
@@ -97,7 +110,7 @@ nodes::actor_kind_spec scheduler_spec(const protocol::config& cfg) {
 /// (making it twice would open the outbox twice).
 std::optional<std::string> check(const protocol::config& cfg, const std::string& data_dir,
                                  const std::vector<std::string>& kinds,
-                                 provider_factory* providers) {
+                                 provider_factory* providers, std::shared_ptr<http_loop> loop = nullptr) {
   for (const auto& k : kinds)
     if (!contains(known_actor_kinds(), k))
       return "--actors: unknown actor kind \"" + k + "\"; expected notifier, escrow, geo or scheduler";
@@ -110,7 +123,7 @@ std::optional<std::string> check(const protocol::config& cfg, const std::string&
     if (auto e = check_ca_file(cfg.notifications.ca_file, "[notifications] ca_file")) return e;
   auto problems = templates::check_overrides(cfg.notifications.templates);
   if (!problems.empty()) return problems.front();
-  auto made = make_provider(cfg, data_dir);
+  auto made = make_provider(cfg, data_dir, std::move(loop));
   if (auto* err = std::get_if<provider_error>(&made)) return err->message;
   if (providers) *providers = std::get<provider_factory>(std::move(made));
   return std::nullopt;
@@ -129,20 +142,37 @@ std::optional<std::string> check_actor_config(const protocol::config& cfg,
   return check(cfg, data_dir, kinds, nullptr);
 }
 
+std::shared_ptr<http_loop> make_http_loop(const protocol::config& cfg) {
+  http_loop::options o;
+  o.http.connect_timeout_ms = cfg.django.connect_timeout_ms > 0 ? cfg.django.connect_timeout_ms : 2000;
+  o.http.timeout_ms = cfg.django.timeout_ms > 0 ? cfg.django.timeout_ms : 10000;
+  o.http.ca_file = cfg.django.ca_file;
+  // The adaptive limits bound the calls; connections follow them (on HTTP/2 a
+  // connection carries many). A connection is a file descriptor: the units set
+  // LimitNOFILE=65536 (deploy/systemd).
+  o.max_host_connections = static_cast<int>(std::min<int64_t>(cfg.node.downstream_max_in_flight, 60000));
+  o.limits.max_in_flight = cfg.node.downstream_max_in_flight;
+  o.limits.per_function.min_limit = cfg.node.limit_min;
+  o.limits.per_function.max_limit = cfg.node.limit_max;
+  o.limits.per_function.initial_limit = cfg.node.limit_initial;
+  return std::make_shared<http_loop>(o);
+}
+
 std::vector<nodes::actor_kind_spec> make_actor_kinds(const protocol::config& cfg,
                                                      const std::string& data_dir,
-                                                     const std::vector<std::string>& kinds) {
+                                                     const std::vector<std::string>& kinds,
+                                                     std::shared_ptr<http_loop> loop) {
   provider_factory providers;
-  if (auto err = check(cfg, data_dir, kinds, &providers)) throw actor_config_error(*err);
+  if (auto err = check(cfg, data_dir, kinds, &providers, loop)) throw actor_config_error(*err);
   std::vector<nodes::actor_kind_spec> specs;
   std::vector<std::string> done;
   for (const auto& k : kinds) {
     if (contains(done, k)) continue;
     done.push_back(k);
-    if (k == "notifier") specs.push_back(notifier_spec(cfg, providers));
-    if (k == "escrow") specs.push_back(escrow_spec(cfg));
+    if (k == "notifier") specs.push_back(notifier_spec(cfg, providers, loop));
+    if (k == "escrow") specs.push_back(escrow_spec(cfg, loop));
     if (k == "geo") specs.push_back(geo_spec(cfg));
-    if (k == "scheduler") specs.push_back(scheduler_spec(cfg));
+    if (k == "scheduler") specs.push_back(scheduler_spec(cfg, loop));
   }
   return specs;
 }

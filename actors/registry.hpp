@@ -7,6 +7,7 @@
 // (generateDailyReport, generateWeeklyAnalytics, cleanupData).
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -16,6 +17,8 @@
 #include "protocol/config.hpp"
 
 namespace klynaa::actors {
+
+class http_loop;
 
 /// The actor kind names of contract §5 (`--actors`), built or not.
 const std::vector<std::string>& known_actor_kinds();
@@ -50,8 +53,19 @@ class actor_config_error : public std::runtime_error {
 /// Call check_actor_config first
 /// to get errors as values; this throws actor_config_error when it would fail.
 /// The specs copy what they need from `cfg`; `cfg` need not outlive them.
+///
+/// With `loop` (make_http_loop), notifier, escrow and scheduler run their jobs
+/// on fibers (actor_kind_spec::fibers): every call to Django and the providers
+/// goes through that one event loop, paced by its adaptive limits, and `workers`
+/// counts jobs in flight. Without it each of their workers blocks a thread.
 std::vector<nodes::actor_kind_spec> make_actor_kinds(const protocol::config& cfg,
                                                      const std::string& data_dir,
-                                                     const std::vector<std::string>& kinds);
+                                                     const std::vector<std::string>& kinds,
+                                                     std::shared_ptr<http_loop> loop = nullptr);
+
+/// The node's event loop for HTTP (http_loop.hpp): its default timeouts and CA
+/// file from [django], its adaptive limits from [node] limit_* and
+/// downstream_max_in_flight. Starts its thread.
+std::shared_ptr<http_loop> make_http_loop(const protocol::config& cfg);
 
 }  // namespace klynaa::actors

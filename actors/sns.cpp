@@ -352,7 +352,8 @@ std::vector<push_result> sns_provider::send_all(const std::vector<push>& pushes)
 
 // ---- factory ----
 
-std::variant<provider_factory, provider_error> make_sns_provider(const protocol::config& cfg) {
+std::variant<provider_factory, provider_error> make_sns_provider(const protocol::config& cfg,
+                                                                 std::shared_ptr<http_loop> loop) {
   auto env = [&](const char* name) -> std::string {
     auto it = cfg.env.find(name);
     return it == cfg.env.end() ? "" : it->second;
@@ -381,6 +382,8 @@ std::variant<provider_factory, provider_error> make_sns_provider(const protocol:
   s.http.connect_timeout_ms = cfg.django.connect_timeout_ms > 0 ? cfg.django.connect_timeout_ms : 2000;
   s.http.timeout_ms = cfg.django.timeout_ms > 0 ? cfg.django.timeout_ms : 10000;
   s.http.ca_file = cfg.notifications.ca_file.empty() ? cfg.django.ca_file : cfg.notifications.ca_file;
+  s.http.loop = std::move(loop);
+  s.http.downstream = "sns";
   return provider_factory([s] { return std::make_unique<sns_provider>(s); });
 }
 

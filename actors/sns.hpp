@@ -131,6 +131,8 @@ class sns_provider : public push_provider {
 /// and notifications.sns_endpoint, when set, an http(s) URL (default
 /// https://sns.{AWS_REGION}.amazonaws.com). Timeouts and CA file from [django].
 /// Errors name the variable or key.
-std::variant<provider_factory, provider_error> make_sns_provider(const protocol::config& cfg);
+/// With `loop`, the publishes made on a job fiber go through it (downstream "sns").
+std::variant<provider_factory, provider_error> make_sns_provider(const protocol::config& cfg,
+                                                                 std::shared_ptr<http_loop> loop = nullptr);
 
 }  // namespace klynaa::actors

@@ -46,6 +46,53 @@ bool is_dashboard_page(const httplib::Request& req) {
 
 }  // namespace
 
+/// The adaptive in-flight limits each node reports (node_stats extra.limits,
+/// actors::limits_json; docs/reliability.md, "Adaptive in-flight limits").
+void render_limits(std::ostringstream& o, const nlohmann::json& nodes) {
+  struct family {
+    const char* name;
+    const char* help;
+    const char* key;
+    double scale;
+  };
+  static const family per_function[] = {
+      {"klynaa_downstream_limit", "The adaptive in-flight limit of a downstream and function in a node.", "limit", 1},
+      {"klynaa_downstream_in_flight", "Calls in flight to a downstream from a function in a node.", "in_flight", 1},
+      {"klynaa_downstream_latency_seconds", "Median latency of a downstream's last window of calls from a function.",
+       "latency_ms", 0.001},
+      {"klynaa_downstream_latency_floor_seconds", "The latency floor the adaptive limit compares with.",
+       "min_rtt_ms", 0.001},
+  };
+  auto limits_of = [](const nlohmann::json& n) {
+    const auto* p = &n;
+    for (const char* k : {"stats", "extra", "limits", "downstreams"}) {
+      if (!p->is_object() || !p->contains(k)) return nlohmann::json::object();
+      p = &(*p)[k];
+    }
+    return p->is_object() ? *p : nlohmann::json::object();
+  };
+  for (const auto& f : per_function) {
+    o << "# HELP " << f.name << " " << f.help << "\n# TYPE " << f.name << " gauge\n";
+    for (auto& n : nodes) {
+      const auto downstreams = limits_of(n);
+      for (auto& [d, ds] : downstreams.items()) {
+        const auto functions = ds.value("functions", nlohmann::json::object());  // items() refers to it
+        for (auto& [fn, v] : functions.items())
+          o << f.name << "{node=\"" << label(n.value("name", "")) << "\",downstream=\"" << label(d)
+            << "\",function=\"" << label(fn) << "\"} " << v.value(f.key, 0.0) * f.scale << "\n";
+      }
+    }
+  }
+  o << "# HELP klynaa_downstream_waiting Calls waiting in a node for their downstream's limit.\n"
+    << "# TYPE klynaa_downstream_waiting gauge\n";
+  for (auto& n : nodes) {
+    const auto downstreams = limits_of(n);
+    for (auto& [d, ds] : downstreams.items())
+      o << "klynaa_downstream_waiting{node=\"" << label(n.value("name", "")) << "\",downstream=\"" << label(d)
+        << "\"} " << ds.value("waiting", int64_t{0}) << "\n";
+  }
+}
+
 std::string render_metrics(const nlohmann::json& s) {
   std::ostringstream o;
   o << "# HELP klynaa_build_info The running binary's version and git commit; always 1.\n"
@@ -153,6 +200,7 @@ std::string render_metrics(const nlohmann::json& s) {
       o << "klynaa_circuit_breaker_opens_total{node=\"" << label(n.value("name", "")) << "\",service=\""
         << label(service) << "\"} " << b.value("opens", int64_t{0}) << "\n";
   }
+  render_limits(o, nodes);
   o << "# HELP klynaa_node_running_jobs Jobs a node is running now.\n"
     << "# TYPE klynaa_node_running_jobs gauge\n";
   for (auto& n : nodes)

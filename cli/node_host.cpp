@@ -1,5 +1,7 @@
 #include "cli/node_host.hpp"
 
+#include "actors/http_loop.hpp"
+
 #include "actors/breaker.hpp"
 
 #include <unistd.h>
@@ -62,17 +64,21 @@ void node_host::start(zmq::context_t& ctx, const std::string& broker_endpoint) {
   }
   actors::configure_breakers({cfg_.circuit_breaker.failure_threshold, cfg_.circuit_breaker.open_seconds * 1000,
                               cfg_.circuit_breaker.max_open_seconds * 1000});
-  o.kinds = actors::make_actor_kinds(cfg_, data_dir_, kinds_);
+  // One event loop for every call to Django and the providers (issue 19): the
+  // notifier, escrow and scheduler jobs wait on it without a thread each.
+  http_loop_ = actors::make_http_loop(cfg_);
+  o.kinds = actors::make_actor_kinds(cfg_, data_dir_, kinds_, http_loop_);
   for (auto& k : o.kinds) {  // supervision limits (nodes/pool.hpp), the same for every kind
     k.limits.job_timeout_ms = cfg_.node.job_timeout_seconds * 1000;
     k.limits.max_restarts = cfg_.node.max_restarts;
     k.limits.restart_window_ms = cfg_.node.restart_window_seconds * 1000;
   }
   o.shutdown_grace_ms = cfg_.shutdown.grace_seconds * 1000;
-  o.extra_stats = [] {
+  o.extra_stats = [loop = http_loop_] {
     nlohmann::json d = nlohmann::json::object();
     for (auto& [key, n] : actors::downstream_counts()) d[key.first + "/" + key.second] = n;
-    return nlohmann::json{{"downstream", d}, {"breakers", actors::breaker_states()}};
+    return nlohmann::json{{"downstream", d}, {"breakers", actors::breaker_states()},
+                          {"limits", actors::limits_json(*loop)}};
   };
   runtime_ = std::make_unique<nodes::node_runtime>(ctx, std::move(o));
   runtime_->start();

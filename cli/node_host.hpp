@@ -15,6 +15,10 @@ namespace klynaa::nodes {
 class node_runtime;
 }
 
+namespace klynaa::actors {
+class http_loop;
+}
+
 namespace klynaa::cli {
 
 class node_host {
@@ -40,6 +44,7 @@ class node_host {
   std::vector<std::string> kinds_;
   std::string name_;
   std::optional<curve_client_keys> curve_;
+  std::shared_ptr<actors::http_loop> http_loop_;  ///< outlives runtime_ (declared first)
   std::unique_ptr<nodes::node_runtime> runtime_;
 };
 

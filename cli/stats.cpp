@@ -58,6 +58,19 @@ void print_table(const nlohmann::json& s) {
                     n.value("name", "").c_str(), service.c_str(), b.value("state", "").c_str(),
                     static_cast<double>(num(b, "retry_in_ms")) / 1000.0,
                     static_cast<long long>(num(b, "consecutive_failures")));
+    // Adaptive in-flight limits: one line per downstream and function in use.
+    const auto limits = extra.value("limits", nlohmann::json::object());
+    const auto downstreams = limits.value("downstreams", nlohmann::json::object());  // items() refers to it
+    for (auto& [downstream, d] : downstreams.items()) {
+      const auto functions = d.value("functions", nlohmann::json::object());
+      for (auto& [fn, f] : functions.items())
+        std::printf("%s: %s/%s limit %lld, in flight %lld, waiting %lld, latency %.1f ms (floor %.1f ms)%s\n",
+                    n.value("name", "").c_str(), downstream.c_str(), fn.c_str(),
+                    static_cast<long long>(num(f, "limit")), static_cast<long long>(num(f, "in_flight")),
+                    static_cast<long long>(num(d, "waiting")), f.value("latency_ms", 0.0),
+                    f.value("min_rtt_ms", 0.0),
+                    num(d, "paused_ms") > 0 ? (" paused " + std::to_string(num(d, "paused_ms")) + " ms").c_str() : "");
+    }
     const auto withdrawn = n.value("withdrawn", nlohmann::json::object());
     for (auto& [kind, why] : withdrawn.items())
       std::printf("%s: withdrew %s (%s)\n", n.value("name", "").c_str(), kind.c_str(),

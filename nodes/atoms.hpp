@@ -5,6 +5,7 @@
 //   I/O thread -> gateway : (frame_atom, frame)                 a frame from the broker
 //   gateway    -> pool    : (run_atom, lease, job_id, frame)    run this JOB
 //   pool       -> worker  : (run_atom, lease, frame)
+//   anyone     -> worker  : (resume_atom)                        fibers: the job's wait is over
 //   worker     -> pool    : (done_atom, lease, frame, dying, code)  the DONE of that job
 //   pool       -> gateway : (done_atom, lease, frame, code)     code: its outcome (wire.hpp)
 //   gateway    -> pool    : (drain_atom)                        stop: hand queued jobs back
@@ -30,5 +31,6 @@ using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using flush_atom = caf::atom_constant<caf::atom("flush")>;
 using withdraw_atom = caf::atom_constant<caf::atom("withdraw")>;
+using resume_atom = caf::atom_constant<caf::atom("resume")>;
 
 }  // namespace klynaa::nodes

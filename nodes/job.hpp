@@ -66,9 +66,11 @@ struct job_result {
   }
 };
 
-/// Runs jobs of one actor kind. One instance is used by one thread at a time (the
-/// runtime makes one per worker), so it may own curl handles; state shared across
-/// workers (the geo index) is the implementation's to synchronise.
+/// Runs jobs of one actor kind. One instance is used by one worker, one job at a
+/// time (the runtime makes one per worker), so it may own curl handles; state
+/// shared across workers (the geo index) is the implementation's to
+/// synchronise. On a kind with fibers the worker may resume it on another
+/// thread after each HTTP call (nodes/suspend.hpp).
 /// `run` may block (HTTP calls) and must not throw; the runtime still catches and
 /// counts an escaped exception as a transient failure.
 class job_handler {
@@ -109,6 +111,13 @@ struct actor_kind_spec {
   /// wake-up. Such a handler must not block: a stuck one would hold a scheduler
   /// thread, and with it the gateway (docs/reliability.md).
   bool blocking = true;
+  /// Whether each job runs on a fiber of its own (nodes/suspend.hpp): the
+  /// handler's HTTP calls then suspend the fiber instead of blocking a thread,
+  /// so `workers` is the number of jobs in flight, not of threads, and the
+  /// workers share CAF's scheduler threads. Implies blocking = false. For
+  /// handlers whose waits are all HTTP calls through actors/http.hpp with an
+  /// event loop; any other blocking call would hold a scheduler thread.
+  bool fibers = false;
 };
 
 }  // namespace klynaa::nodes

@@ -41,8 +41,9 @@ constexpr auto tick_interval = std::chrono::milliseconds{100};
 caf::actor spawn_worker(pool_actor_ptr self, pool_state::slot& s) {
   const auto& c = self->state.cfg;
   worker_config wc{c.node, c.spec.kind, c.spec.make_handler, c.busy};
+  wc.fibers = c.spec.fibers;
   s.abandoned = wc.abandoned;
-  if (!c.spec.blocking)  // see actor_kind_spec::blocking
+  if (!c.spec.blocking || c.spec.fibers)  // see actor_kind_spec::blocking and ::fibers
     return self->spawn<caf::monitored>(worker_actor, std::move(wc));
   return self->spawn<caf::detached + caf::monitored>(worker_actor, std::move(wc));
 }

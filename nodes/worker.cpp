@@ -4,13 +4,18 @@
 
 #include <chrono>
 #include <exception>
+#include <thread>
 
 #include <caf/actor_cast.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/sec.hpp>
 #include <caf/stateful_actor.hpp>
 
+#include <caf/actor_addr.hpp>
+#include <caf/send.hpp>
+
 #include "nodes/atoms.hpp"
+#include "nodes/fiber.hpp"
 #include "nodes/wire.hpp"
 #include "protocol/cluster.hpp"
 #include "protocol/log.hpp"
@@ -35,6 +40,8 @@ job_result call_handler(job_handler* handler, const job& j, std::atomic<int>& bu
   busy_scope scope{busy};
   if (handler == nullptr)
     return job_result::failure(outcome::transient, "no_handler", "the node could not create a handler for this kind");
+  if (auto* on_fiber = current_job_fiber())
+    on_fiber->function = j.function;  // the adaptive limits are per function
   try {
     return handler->run(j);
   } catch (const std::exception& e) {
@@ -109,7 +116,82 @@ std::unique_ptr<job_handler> make_handler(const worker_config& cfg) {
   return nullptr;
 }
 
+using worker_ptr = caf::stateful_actor<worker_state>*;
+
+/// Runs the job's fiber until it waits or ends; once it ends, reports the DONE.
+void step(worker_ptr self) {
+  auto& st = self->state;
+  if (!st.fib || st.fib->done())
+    return;  // a resume for a job already reported
+  {
+    job_fiber_scope scope{&st.job};
+    st.fib->resume();
+  }
+  if (!st.fib->done())
+    return;  // it waits: post_resume brings it back
+  st.fib.reset();
+  self->send(st.pool, done_atom::value, st.lease, std::move(st.done), st.threw, st.code);
+  if (st.threw)  // the job is reported; now die, to be restarted afresh
+    self->quit(caf::make_error(caf::sec::runtime_error, "the job handler threw"));
+}
+
+/// Starts one job on a fresh fiber.
+void start_on_fiber(worker_ptr self, int64_t lease, const std::string& frame) {
+  auto& st = self->state;
+  st.pool = caf::actor_cast<caf::actor>(self->current_sender());
+  st.lease = lease;
+  st.done.clear();
+  st.threw = false;
+  st.code = unknown_outcome;
+  st.job = job_fiber_context{};
+  caf::actor_addr me = self->address();  // weak: a waiting request must not keep the worker alive
+  st.job.post_resume = [me] {
+    if (auto h = caf::actor_cast<caf::actor>(me))
+      caf::anon_send(h, resume_atom::value);
+  };
+  try {
+    st.fib = std::make_unique<fiber>([self, frame] {
+      auto& s = self->state;
+      s.done = run_one(s.handler.get(), s.cfg, frame, s.threw, s.code);
+    });
+  } catch (const std::exception& e) {  // no stack could be mapped: a transient condition
+    auto msg = cl::decode(frame.data(), frame.size());
+    std::string done;
+    if (msg && std::holds_alternative<cl::job>(*msg))
+      done = cl::encode(failure_done(std::get<cl::job>(*msg), outcome::transient, "no_fiber",
+                                     std::string("the node could not start the job: ") + e.what()));
+    self->send(st.pool, done_atom::value, lease, std::move(done), false,
+               done.empty() ? unknown_outcome : outcome_code(outcome::transient));
+    return;
+  }
+  step(self);
+}
+
 }  // namespace
+
+worker_state::worker_state() = default;
+
+worker_state::~worker_state() {
+  if (!fib || fib->done())
+    return;
+  // The job waits (abandoned, or the node stops): cancel what it waits for, wait
+  // for the cancellation to come back, and let the handler run to its end, so
+  // that everything on the fiber's stack is destroyed. Its result is dropped.
+  job.abandoned = true;
+  if (job.cancel)
+    job.cancel();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (int rounds = 0; !fib->done() && rounds < 1000; ++rounds) {
+    while (job.woken && !job.woken->load() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (job.woken && !job.woken->load())
+      break;  // nothing came back: leave the fiber (its stack is not unwound)
+    job_fiber_scope scope{&job};
+    fib->resume();
+  }
+  if (!fib->done())
+    log::error(cfg.kind, "a job's fiber could not be finished at exit", {{"node", cfg.node}, {"lease", lease}});
+}
 
 caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_config cfg) {
   // One handler per worker, destroyed with the worker's state when it exits.
@@ -120,6 +202,10 @@ caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_confi
         auto& st = self->state;
         if (st.cfg.abandoned->load())
           return;  // the pool gave this job to another worker
+        if (st.cfg.fibers) {
+          start_on_fiber(self, lease, frame);
+          return;
+        }
         bool threw = false;
         int64_t code = unknown_outcome;
         auto done = run_one(st.handler.get(), st.cfg, frame, threw, code);
@@ -129,6 +215,7 @@ caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_confi
         if (threw)  // the job is reported; now die, to be restarted afresh
           self->quit(caf::make_error(caf::sec::runtime_error, "the job handler threw"));
       },
+      [self](resume_atom) { step(self); },
   };
 }
 

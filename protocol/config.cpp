@@ -96,9 +96,15 @@ std::string max_bytes_range(const value& v) {
 }
 
 std::string workers_range(const value& v) {
-  // Each worker of a kind that may block is a thread of its own.
+  // Jobs in flight of one kind: each is an actor, a handler and, while it
+  // runs, a fiber stack (docs/reliability.md, "Jobs on fibers").
   auto n = std::get<int64_t>(v);
-  return n >= 1 && n <= 1024 ? "" : "must be between 1 and 1024";
+  return n >= 1 && n <= 100000 ? "" : "must be between 1 and 100000";
+}
+
+std::string limit_range(const value& v) {
+  auto n = std::get<int64_t>(v);
+  return n >= 1 && n <= 1000000 ? "" : "must be between 1 and 1000000";
 }
 
 std::string prefetch_range(const value& v) {
@@ -227,12 +233,19 @@ const key_spec keys[] = {
                "postgres: how long the active broker's lease lasts unrenewed (renewed every lease_ms/3); "
                "a standby takes over after it"),
     KLYNAA_KEY(store, broker_name, any_value, "postgres: this broker's name as lease holder; empty means hostname:pid"),
-    KLYNAA_KEY(node, notifier_workers, workers_range, "jobs a node's notifier runs at once"),
-    KLYNAA_KEY(node, escrow_workers, workers_range, "jobs a node's escrow actor runs at once"),
+    KLYNAA_KEY(node, notifier_workers, workers_range,
+               "notification jobs a node holds in flight (on fibers: no thread each; the adaptive limits pace the calls)"),
+    KLYNAA_KEY(node, escrow_workers, workers_range, "escrow jobs a node holds in flight (on fibers)"),
     KLYNAA_KEY(node, geo_workers, workers_range, "geo workers a node runs (they share the node's two CAF scheduler threads)"),
     KLYNAA_KEY(node, geo_prefetch, prefetch_range,
                "geo jobs a node queues beyond those running, so that the round trip to the broker is hidden"),
-    KLYNAA_KEY(node, scheduler_workers, workers_range, "jobs a node's scheduler runs at once"),
+    KLYNAA_KEY(node, scheduler_workers, workers_range, "scheduler jobs a node holds in flight (on fibers)"),
+    KLYNAA_KEY(node, limit_min, limit_range,
+               "the least calls in flight the adaptive limit of one downstream and function allows"),
+    KLYNAA_KEY(node, limit_max, limit_range, "the most calls in flight that adaptive limit allows"),
+    KLYNAA_KEY(node, limit_initial, limit_range, "where that adaptive limit starts, before it has measured anything"),
+    KLYNAA_KEY(node, downstream_max_in_flight, limit_range,
+               "calls in flight to one downstream (Django, a push provider) across its functions"),
     KLYNAA_KEY(node, job_timeout_seconds, not_negative,
                "a job running longer fails (retried) and its worker is replaced; 0 means no limit"),
     KLYNAA_KEY(node, max_restarts, at_least_one,
@@ -683,6 +696,10 @@ error check_consistency(const config& c, const context& ctx) {
   if (c.store.backend == "postgres" && c.store.url.empty())
     return ctx.source + ": [store] url: must be set when backend = \"postgres\" "
            "(a libpq URL, e.g. postgresql://klynaa@db-host/klynaa)";
+  if (c.node.limit_min > c.node.limit_initial || c.node.limit_initial > c.node.limit_max)
+    return ctx.source + ": [node] limit_min (" + std::to_string(c.node.limit_min) + ") <= limit_initial (" +
+           std::to_string(c.node.limit_initial) + ") <= limit_max (" + std::to_string(c.node.limit_max) +
+           ") must hold";
   if (c.cluster.node_timeout_ms <= c.cluster.heartbeat_ms)
     return ctx.source + ": [cluster] node_timeout_ms (" + std::to_string(c.cluster.node_timeout_ms) +
            ") must exceed heartbeat_ms (" + std::to_string(c.cluster.heartbeat_ms) +

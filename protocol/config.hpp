@@ -130,8 +130,12 @@ struct config {
   } store;
 
   struct node_section {
-    int64_t notifier_workers = 8;
-    int64_t escrow_workers = 4;
+    /// Jobs in flight per kind. Notifier, escrow and scheduler jobs run on
+    /// fibers and wait for Django without a thread (docs/reliability.md, "Jobs
+    /// on fibers"): the adaptive limits below, not these, decide how many calls
+    /// Django and the providers get at once.
+    int64_t notifier_workers = 1000;
+    int64_t escrow_workers = 1000;
     /// Geo jobs are microseconds of CPU, but one worker spends most of its time
     /// waiting for the pool's next message; four keep the queue drained
     /// (docs/performance.md: 1 -> 4 workers, ~12k -> ~20k jobs/s).
@@ -140,7 +144,16 @@ struct config {
     /// take microseconds, so without a queue at the node the round trip to the
     /// broker, not the work, would set their rate.
     int64_t geo_prefetch = 256;
-    int64_t scheduler_workers = 1;
+    int64_t scheduler_workers = 16;
+    /// The adaptive in-flight limit of each (downstream, function) pair
+    /// (docs/reliability.md, "Adaptive in-flight limits"): it starts at
+    /// limit_initial and moves within [limit_min, limit_max].
+    int64_t limit_min = 1;
+    int64_t limit_max = 1000;
+    int64_t limit_initial = 10;
+    /// Calls in flight to one downstream (Django, a push provider) across its
+    /// functions, whatever their limits.
+    int64_t downstream_max_in_flight = 2000;
     int64_t job_timeout_seconds = 300;    ///< a job running longer is failed and its worker replaced
     int64_t max_restarts = 10;            ///< worker restarts per kind within the window ...
     int64_t restart_window_seconds = 60;  ///< ... before the node withdraws the kind

@@ -1,5 +1,6 @@
 // make_actor_kinds: which kinds are built, their workers, and config errors.
 #include "actors/registry.hpp"
+#include "actors/http_loop.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -49,12 +50,30 @@ TEST_CASE("every actor kind is built with its functions and worker counts") {
   CHECK(by_kind["geo"]->prefetch == 256);
   for (auto& s : specs)
     if (s.kind != "geo") CHECK(s.prefetch == 0);
-  // Only geo's workers share the scheduler's threads; the others block on HTTP.
+  // Without an event loop, the kinds that call Django block a thread per
+  // worker; geo's workers share the scheduler's threads.
   CHECK(!by_kind["geo"]->blocking);
-  for (auto& s : specs)
+  for (auto& s : specs) {
+    CHECK_FALSE(s.fibers);
     if (s.kind != "geo") CHECK(s.blocking);
+  }
   for (auto& s : specs)
     if (s.kind != "geo") CHECK(s.make_handler() != nullptr);
+}
+
+TEST_CASE("with the node's event loop, notifier, escrow and scheduler run their jobs on fibers, geo does not") {
+  klynaa::test::scratch_dir dir;
+  auto cfg = config_for("http://127.0.0.1:1");
+  auto loop = klynaa::actors::make_http_loop(cfg);
+  REQUIRE(loop->start_error().empty());
+  auto specs = make_actor_kinds(cfg, dir.str(), {"notifier", "escrow", "geo", "scheduler"}, loop);
+  REQUIRE(specs.size() == 4);
+  for (auto& s : specs) {
+    INFO(s.kind);
+    CHECK(s.fibers == (s.kind != "geo"));
+    CHECK_FALSE(s.blocking);
+    if (s.kind != "geo") CHECK(s.make_handler() != nullptr);
+  }
 }
 
 TEST_CASE("only the requested kinds are built, each once") {

@@ -261,6 +261,10 @@ async function main() {
     }, 30000, 250).catch((e) => assert.fail(`the done counts do not move under load: ` +
       `updateWorkerLocation ${a} -> ${b}, sendPickupNotification ${aNotify} -> ${bNotify} (${e.message})`));
     log(`done updateWorkerLocation ${a} -> ${b}, sendPickupNotification ${aNotify} -> ${bNotify}`);
+    // The node shows the adaptive limit of its Django calls for notifications.
+    const limitLine = page.locator('#nodes [data-limit="django/sendPickupNotification"]').first();
+    await limitLine.waitFor({ timeout: 30000 });
+    assert.match(await limitLine.innerText(), /limit django\/sendPickupNotification \d+ of \d+ in flight/, 'the node shows its limit');
     // The page agrees with /stats (the page lags by at most a poll or two).
     const s = (await http('GET', admin + '/stats', { token })).json;
     const fromStats = s.functions.updateWorkerLocation.outcomes.ok;

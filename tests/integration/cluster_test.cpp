@@ -90,7 +90,7 @@ TEST_CASE("a node that goes silent loses its jobs, they run elsewhere, and its l
   CHECK(srv.log().find("node dropped") != std::string::npos);  // a timed out; its late done is not counted
 }
 
-TEST_CASE("a job whose lease a live node lists in its heartbeats is never taken back; one it stops listing is",
+TEST_CASE("a job whose lease a live node lists in its heartbeats is never taken back, but one it stops listing is",
           "[cluster][lease]") {
   klynaa_server srv("broker", {{"KLYNAA_CLUSTER_LEASE_MS", "1000"},
                                {"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "20000"},

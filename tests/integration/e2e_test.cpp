@@ -396,6 +396,9 @@ TEST_CASE("metrics are valid Prometheus text and carry the nodes' counters label
                       "klynaa_downstream_requests_total"})
     CHECK(typed.count(family) == 1);
   CHECK(text.find("# TYPE klynaa_job_duration_seconds histogram") != std::string::npos);
+  // the node's adaptive limits (docs/reliability.md), from the node's stats
+  CHECK(text.find("klynaa_downstream_limit{node=") != std::string::npos);
+  CHECK(text.find("klynaa_downstream_latency_seconds{node=") != std::string::npos);
   CHECK(text.find("klynaa_job_duration_seconds_bucket{function=\"sendPickupNotification\",le=\"+Inf\"}") !=
         std::string::npos);
 }

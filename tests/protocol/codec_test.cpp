@@ -1118,7 +1118,7 @@ TEST_CASE("a 1 MiB array of small integers decodes") {
   CHECK(d.req->data["xs"].size() == 1000000);
 }
 
-TEST_CASE("a pong carries the broker's version; other replies never do") {
+TEST_CASE("a pong carries the broker's version, and other replies never do") {
   auto pong = klynaa::protocol::pong_reply("ping-7");
   CHECK(pong.status == klynaa::protocol::reply_status::pong);
   CHECK(pong.id == std::optional<std::string>("ping-7"));

@@ -68,7 +68,9 @@ void check_defaults(const config& c) {
   CHECK(c.store.backend == "sqlite");
   CHECK(c.store.synchronous == "full");
   CHECK(c.store.dedup_retention_days == 7);
-  CHECK(c.node.notifier_workers == 8);
+  CHECK(c.node.notifier_workers == 1000);
+  CHECK(c.node.limit_initial == 10);
+  CHECK(c.node.downstream_max_in_flight == 2000);
   CHECK(c.schedules.empty());
   CHECK(c.env.empty());
 }
@@ -285,9 +287,12 @@ TEST_CASE("invalid values are errors naming the key and the rule", "[config]") {
   CHECK_THAT(parse_error("[node]\ngeo_prefetch = -1\n"),
              Catch::Contains("[node] geo_prefetch: must be between 0 and 100000"));
   CHECK_THAT(parse_error("[node]\ngeo_prefetch = 100001\n"), Catch::Contains("[node] geo_prefetch"));
-  CHECK_THAT(parse_error("[node]\nnotifier_workers = 1025\n"),
-             Catch::Contains("[node] notifier_workers: must be between 1 and 1024"));
-  CHECK_THAT(parse_error("[node]\ngeo_workers = 0\n"), Catch::Contains("[node] geo_workers: must be between 1 and 1024"));
+  CHECK_THAT(parse_error("[node]\nnotifier_workers = 100001\n"),
+             Catch::Contains("[node] notifier_workers: must be between 1 and 100000"));
+  CHECK_THAT(parse_error("[node]\ngeo_workers = 0\n"), Catch::Contains("[node] geo_workers: must be between 1 and 100000"));
+  CHECK_THAT(parse_error("[node]\nlimit_max = 0\n"), Catch::Contains("[node] limit_max: must be between 1 and 1000000"));
+  CHECK_THAT(parse_error("[node]\nlimit_min = 20\n"),
+             Catch::Contains("[node] limit_min (20) <= limit_initial (10) <= limit_max (1000) must hold"));
   CHECK_THAT(parse_error("[retry]\nbase_delay_ms = 5000\nmax_delay_ms = 100\n"),
              Catch::Contains("base_delay_ms (5000) must not exceed max_delay_ms (100)"));
   CHECK_THAT(parse_error("[cluster]\nheartbeat_ms = 5000\nnode_timeout_ms = 5000\n"),
