@@ -90,7 +90,9 @@ http_response django_client::request(std::string_view method, const std::string&
   }
   auto start = std::chrono::steady_clock::now();
   http_response r = http_.request(method, base_url_ + path, headers, payload);
-  breaker.record(breaker_failure(r.status));
+  // A request the node cancelled (job timeout, stop) or never sent (a
+  // Retry-After pause, docs/reliability.md) says nothing about Django's health.
+  if (!not_an_answer(r)) breaker.record(breaker_failure(r.status));
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                 std::chrono::steady_clock::now() - start)
                 .count();

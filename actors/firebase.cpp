@@ -54,6 +54,7 @@ push_result from_job_result(const nodes::job_result& c, std::string extra = "") 
                                         : push_result::status::permanent,
                                     c.message + extra, c.http_status);
   r.retry_after_ms = c.retry_after_ms;
+  r.circuit_open = c.error_code == "circuit_open";  // not sent (Retry-After pause): no attempt spent
   return r;
 }
 

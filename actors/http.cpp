@@ -513,4 +513,8 @@ std::string_view outcome_label(const http_response& r) {
   return "5xx";
 }
 
+bool not_an_answer(const http_response& r) {
+  return r.status == 0 && (r.circuit_open_ms >= 0 || r.error == http_loop::cancelled_error);
+}
+
 }  // namespace klynaa::actors

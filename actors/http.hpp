@@ -195,6 +195,12 @@ std::map<std::pair<std::string, std::string>, uint64_t> downstream_counts();
 /// Adds one to the count of {service, outcome}. Thread-safe.
 void count_downstream(std::string_view service, std::string_view outcome);
 
+/// True when `r` is no answer from the server at all, but the node's own doing:
+/// cancelled (a job past its time limit, a node stopping) or never sent (a
+/// downstream paused by Retry-After, circuit_open_ms set). Circuit breakers
+/// must not count those (docs/reliability.md).
+bool not_an_answer(const http_response& r);
+
 /// The outcome label of an answer: "2xx" ... "5xx" or "no_answer".
 std::string_view outcome_label(const http_response& r);
 

@@ -339,9 +339,13 @@ void http_loop::impl::shutdown(const std::string& error) {
   }
   draining = true;
   while (!active.empty()) drop(active.begin()->first, no_answer(error));
-  for (auto& [key, queue] : waiting)
+  decltype(waiting) left;
+  {
+    std::lock_guard<std::mutex> lock(limits_mutex);  // limits() reads it from other threads
+    left.swap(waiting);
+  }
+  for (auto& [key, queue] : left)
     for (auto& j : queue) answer(*j, no_answer(error));
-  waiting.clear();
   for (command& c : rest) {
     if (c.submitted) answer(*c.submitted, no_answer(error));
   }
@@ -351,7 +355,7 @@ void http_loop::impl::shutdown(const std::string& error) {
 
 void http_loop::impl::begin(std::unique_ptr<job> j) {
   CURL* e = take_easy();
-  if (e == nullptr) return answer(*j, no_answer(detail::no_handle_error));
+  if (e == nullptr) return complete(std::move(j), no_answer(detail::no_handle_error));  // frees its slot
   j->easy = e;
   const http_options& ho = options_of(*j);
   j->t = detail::transfer{&j->response, ho.max_body_bytes};
@@ -361,8 +365,8 @@ void http_loop::impl::begin(std::unique_ptr<job> j) {
   CURLMcode mc = curl_multi_add_handle(multi, e);  // sets libcurl's timer to start it
   if (mc != CURLM_OK) {
     release(*j);
-    return answer(*j, no_answer(std::string("libcurl could not start the request: ") +
-                                curl_multi_strerror(mc)));
+    return complete(std::move(j), no_answer(std::string("libcurl could not start the request: ") +
+                                            curl_multi_strerror(mc)));
   }
   int64_t timeout_ms = j->timeout_ms > 0 ? j->timeout_ms : ho.timeout_ms;
   if (timeout_ms > 0) {
@@ -508,6 +512,9 @@ void http_loop::impl::configure(CURL* e, const job& j) {
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, this);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &impl::on_close);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, this);
+  // Cancelling a transfer still resolving must not wait for its resolver thread
+  // (libcurl >= 7.87): that wait would hold the whole loop.
+  curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L);
   if (j.timeout_ms > 0) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(j.timeout_ms));
 }
 

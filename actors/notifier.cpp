@@ -170,11 +170,12 @@ job_result notifier_handler::run_checked(const nodes::job& j) {
     if (guarded) {
       bool any_ok = false, any_failure = false;
       for (auto& r : results) {
+        if (r.circuit_open) continue;  // not sent (a Retry-After pause): no news of the provider
         if (r.kind == push_result::status::transient) any_failure = true;
         else any_ok = true;
       }
       // One batch is one call for the breaker: down when nothing got through.
-      breaker_for(provider_->name()).record(any_failure && !any_ok);
+      if (any_ok || any_failure) breaker_for(provider_->name()).record(any_failure && !any_ok);
     }
   }
   tally t;

@@ -193,6 +193,7 @@ push_result classify_sns(const http_response& r) {
   if (r.status == 403)
     out.error += " Check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.";
   out.retry_after_ms = c.retry_after_ms;
+  out.circuit_open = c.error_code == "circuit_open";  // not sent (Retry-After pause): no attempt spent
   return out;
 }
 

@@ -204,6 +204,10 @@ struct broker_core::impl {
   std::optional<open_batch> committing;
   std::unordered_multimap<std::string, waiter> waiters;  ///< job id -> waiters
   std::map<std::string, node_session> nodes;            ///< identity -> session
+  /// Where the next dispatch pass starts among `nodes` (an identity): after the
+  /// node that got the last job, so that jobs arriving one at a time go to
+  /// every node in turn, not always to the first (nodes hold many credits).
+  std::string dispatch_from;
   std::set<std::string> fanouts;                        ///< running fan-out job ids
   std::optional<prune_run> pruning;
   std::mutex dlq_mu;

@@ -426,12 +426,18 @@ bool broker_core::impl::send_job(const std::string& identity, node_session& n, l
 }
 
 // Round-robin over nodes with credit: first the fan-out jobs a node still has to
-// apply, then the next runnable job of a kind it hosts.
+// apply, then the next runnable job of a kind it hosts. Each pass starts after
+// the node that got the last job (dispatch_from), across calls too.
 void broker_core::impl::dispatch(int64_t now) {
   bool progress = true;
   while (progress) {
     progress = false;
-    for (auto& [identity, n] : nodes) {
+    auto next = nodes.lower_bound(dispatch_from);  // every node once, from there, wrapping
+    for (size_t k = 0, total = nodes.size(); k < total; ++k) {
+      if (next == nodes.end()) next = nodes.begin();
+      auto current = next++;
+      const std::string& identity = current->first;
+      auto& n = current->second;
       if (n.credit <= 0) continue;
       live_job* j = nullptr;
       while (!j && !n.fanout_sends.empty()) {
@@ -451,6 +457,7 @@ void broker_core::impl::dispatch(int64_t now) {
         break;  // nodes changed under the loop; what the others got is sent below
       }
       progress = true;
+      dispatch_from = next == nodes.end() ? std::string() : next->first;  // the one after starts the next pass
     }
   }
   std::vector<std::string> unreachable;

@@ -1,7 +1,5 @@
 #include "cli/node_host.hpp"
 
-#include "actors/http_loop.hpp"
-
 #include "actors/breaker.hpp"
 
 #include <unistd.h>
@@ -9,7 +7,9 @@
 #include <sstream>
 
 #include "actors/http.hpp"
+#include "actors/http_loop.hpp"
 #include "actors/registry.hpp"
+#include "protocol/log.hpp"
 #include "nodes/runtime.hpp"
 
 namespace klynaa::cli {
@@ -67,6 +67,9 @@ void node_host::start(zmq::context_t& ctx, const std::string& broker_endpoint) {
   // One event loop for every call to Django and the providers (issue 19): the
   // notifier, escrow and scheduler jobs wait on it without a thread each.
   http_loop_ = actors::make_http_loop(cfg_);
+  if (!http_loop_->start_error().empty())  // every call to Django would fail: say why once, here
+    log::error("node", "the HTTP event loop could not start; jobs that call Django will fail",
+               {{"error", http_loop_->start_error()}});
   o.kinds = actors::make_actor_kinds(cfg_, data_dir_, kinds_, http_loop_);
   for (auto& k : o.kinds) {  // supervision limits (nodes/pool.hpp), the same for every kind
     k.limits.job_timeout_ms = cfg_.node.job_timeout_seconds * 1000;

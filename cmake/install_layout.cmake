@@ -20,7 +20,17 @@ if(NOT EXISTS "${KLYNAA_EXAMPLE_CONFIG}")
   message(FATAL_ERROR "${KLYNAA_EXAMPLE_CONFIG} is missing: build the tree first "
                       "(scripts/build.sh release)")
 endif()
-file(INSTALL DESTINATION "${_etc}" TYPE FILE PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ
+# The config is installed once: an existing one holds the admin's settings (the
+# Django API key among them) and is never overwritten; the new defaults are in
+# share/doc/klynaa-jobs/klynaa.toml.example. (The .deb stages into an empty
+# tree, so it always ships the file; dpkg keeps an edited one as a conffile.)
+if(EXISTS "$ENV{DESTDIR}${_etc}/klynaa.toml")
+  message(STATUS "Kept: $ENV{DESTDIR}${_etc}/klynaa.toml (exists; the example is in share/doc/klynaa-jobs)")
+else()
+  file(INSTALL DESTINATION "${_etc}" TYPE FILE PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ
+       FILES "${KLYNAA_EXAMPLE_CONFIG}")
+endif()
+file(INSTALL DESTINATION "${KLYNAA_DOC_DIR}" TYPE FILE RENAME klynaa.toml.example
      FILES "${KLYNAA_EXAMPLE_CONFIG}")
 foreach(_unit klynaa-broker.service klynaa-node@.service)
   file(READ "${KLYNAA_SOURCE_DIR}/deploy/systemd/${_unit}" _text)

@@ -266,7 +266,10 @@ void on_tick(pool_actor_ptr self) {
       caf::anon_send_exit(s.worker, caf::exit_reason::user_shutdown);
       s.worker = nullptr;
       s.restart_at = now;  // replaced at once: the kind keeps its capacity
-      if (!note_restart(self, now))
+      // A blocked thread may be a broken handler; a fiber job that waited too
+      // long for a slow downstream is not: it counts as no restart, or a backlog
+      // would withdraw the kind (docs/reliability.md, "Jobs on fibers").
+      if (!st.cfg.spec.fibers && !note_restart(self, now))
         break;
       s.worker = spawn_worker(self, s);
     }

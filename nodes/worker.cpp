@@ -185,12 +185,18 @@ worker_state::~worker_state() {
     while (job.woken && !job.woken->load() && std::chrono::steady_clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     if (job.woken && !job.woken->load())
-      break;  // nothing came back: leave the fiber (its stack is not unwound)
+      break;  // nothing came back: unwound below
     job_fiber_scope scope{&job};
     fib->resume();
   }
-  if (!fib->done())
-    log::error(cfg.kind, "a job's fiber could not be finished at exit", {{"node", cfg.node}, {"lease", lease}});
+  if (fib->done())
+    return;
+  // The cancel did not come back: unwind the fiber (nodes/fiber.hpp); with the
+  // job abandoned, any further HTTP call of its handler returns at once.
+  log::error(cfg.kind, "a job's wait was not answered after its cancel: unwinding its fiber",
+             {{"node", cfg.node}, {"lease", lease}});
+  job_fiber_scope scope{&job};
+  fib.reset();
 }
 
 caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_config cfg) {

@@ -53,13 +53,15 @@ struct worker_state {
   std::unique_ptr<job_handler> handler;  ///< nullptr when make_handler failed
 
   // fibers: the job in progress, from run to done
-  std::unique_ptr<fiber> fib;
   job_fiber_context job;
   caf::actor pool;       ///< who gets the DONE
   int64_t lease = 0;
   std::string done;      ///< the DONE frame, once the handler returned
   bool threw = false;
   int64_t code = 0;
+  /// Last, so destroyed first: unwinding a waiting fiber runs the handler's
+  /// code, which writes the members above.
+  std::unique_ptr<fiber> fib;
 
   worker_state();
   ~worker_state();  ///< finishes a waiting job's fiber first (see the file comment)

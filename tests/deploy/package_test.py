@@ -101,8 +101,17 @@ class CmakeInstall(unittest.TestCase):
             self.assertIn("--config %s/etc/klynaa/klynaa.toml" % prefix, text)
             self.assertNotIn("/usr/bin/klynaa", text)
         docs = os.path.join(prefix, "share", "doc", PACKAGE)
-        for name in ("README.md", "deployment.md", "configuration.md", "klynaa.env.example", "copyright"):
+        for name in ("README.md", "deployment.md", "configuration.md", "klynaa.env.example", "copyright",
+                     "klynaa.toml.example"):
             self.assertTrue(os.path.isfile(os.path.join(docs, name)), name)
+        # installing again keeps an admin's config
+        config = os.path.join(prefix, "etc", "klynaa", "klynaa.toml")
+        with open(config, "a") as f:
+            f.write("\n# edited by the admin\n")
+        r = run(["cmake", "--install", ARGS.release_dir, "--prefix", prefix])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(config) as f:
+            self.assertIn("# edited by the admin", f.read())
 
     def test_a_relative_prefix_is_refused_with_a_message(self):
         r = run(["cmake", "--install", ARGS.release_dir, "--prefix", "relative/dir"], cwd=TMP)
