@@ -413,7 +413,11 @@ void http_loop::impl::settle(job& j, const http_response& r) {
       std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - j.started).count();
   const auto outcome = outcome_of(r);
   int64_t pause_until = 0;
-  if (outcome == call_outcome::overloaded)
+  // A 429 (rate limited) asks the client to wait: the whole downstream pauses.
+  // A 503 comes from one overloaded moment: the limit is cut, and only the job
+  // that got it waits its Retry-After (its retry, docs/reliability.md); pausing
+  // every call on each 503 would leave the downstream idle most of the time.
+  if (outcome == call_outcome::overloaded && r.status == 429)
     if (auto ra = r.header("retry-after"))
       if (auto ms = parse_retry_after(*ra, wall_now_ms()); ms && *ms > 0)
         pause_until = now + std::min<int64_t>(*ms, 3600000);  // at most 1 h (docs/reliability.md)

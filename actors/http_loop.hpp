@@ -73,7 +73,7 @@ class http_loop {
   /// ("django", "firebase", "sns", "webhook") and the job function that calls it. A
   /// tagged request waits in the loop, in order, until the limit of its pair and
   /// its downstream's cap let it start; that wait does not count towards its
-  /// timeout. While a Retry-After (429 or 503 from that downstream) pauses it,
+  /// timeout. While a Retry-After on a 429 from that downstream pauses it,
   /// a tagged request is answered at once with status 0 and circuit_open_ms set
   /// to the pause left, which classify() turns into the deferred outcome
   /// "circuit_open" (no attempt spent). An empty downstream: no limit.

@@ -520,18 +520,18 @@ TEST_CASE("http_loop starts tagged requests only as their limit allows, in order
   CHECK(loop.limits().waiting["django"] == 0);
 }
 
-TEST_CASE("a 503 with Retry-After pauses its downstream: tagged requests are deferred unsent, others go on",
+TEST_CASE("a 429 with Retry-After pauses its downstream: tagged requests are deferred unsent, others go on",
           "[http_loop][limiter]") {
   fake_server server;
-  server.on("GET", "/busy", {503, "", {{"Retry-After", "30"}}});
+  server.on("GET", "/busy", {429, "", {{"Retry-After", "30"}}});
   server.on("GET", "/ok", {200, "{}", {}});
   collector got;
   http_loop loop(quick());
   loop.submit(get(server.url() + "/busy"), got.on(0), 0, {"django", "f"});
   REQUIRE(got.wait(1));
-  CHECK(got.one(0).status == 503);
+  CHECK(got.one(0).status == 429);
   loop.submit(get(server.url() + "/ok"), got.on(1), 0, {"django", "g"});  // every function of django
-  loop.submit(get(server.url() + "/ok"), got.on(2), 0, {"fcm", "f"});     // another downstream
+  loop.submit(get(server.url() + "/ok"), got.on(2), 0, {"firebase", "f"});  // another downstream
   REQUIRE(got.wait(3));
   auto deferred = got.one(1);
   CHECK(deferred.status == 0);
@@ -540,6 +540,22 @@ TEST_CASE("a 503 with Retry-After pauses its downstream: tagged requests are def
   CHECK(classify(deferred, "GET /ok").error_code == "circuit_open");  // no attempt spent
   CHECK(got.one(2).status == 200);
   CHECK(server.requests_to("GET", "/ok").size() == 1);  // the deferred one never left
+}
+
+TEST_CASE("a 503 with Retry-After cuts the limit but pauses nothing: the next call goes out", "[http_loop][limiter]") {
+  fake_server server;
+  server.on("GET", "/busy", {503, "", {{"Retry-After", "30"}}});
+  server.on("GET", "/ok", {200, "{}", {}});
+  collector got;
+  http_loop loop(quick());
+  loop.submit(get(server.url() + "/busy"), got.on(0), 0, {"django", "f"});
+  REQUIRE(got.wait(1));
+  CHECK(got.one(0).status == 503);
+  CHECK(classify(got.one(0), "GET /busy").retry_after_ms == 30000);  // that job waits its Retry-After
+  loop.submit(get(server.url() + "/ok"), got.on(1), 0, {"django", "f"});
+  REQUIRE(got.wait(2));
+  CHECK(got.one(1).status == 200);
+  CHECK(server.requests_to("GET", "/ok").size() == 1);
 }
 
 TEST_CASE("http_loop's cancel answers a request waiting for its limit, which then never starts",
