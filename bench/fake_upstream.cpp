@@ -1,6 +1,7 @@
-// klynaa-upstream: a fast fake of the HTTP upstreams a node calls (the Django API
-// of contract §4 and the push providers), for benchmarks of the node's HTTP
-// clients. See docs/performance.md, "The fake upstream (klynaa-upstream)".
+// klynaa-upstream: a fast fake of the HTTP upstreams a node calls (the Django
+// API of docs/events-and-functions.md, and the push providers), for benchmarks
+// of the node's HTTP clients. See docs/performance.md, "The fake upstream
+// (klynaa-upstream)".
 //
 //   klynaa-upstream [--bind 127.0.0.1] [--port 0] [--latency-ms 0]
 //                   [--latency-step-ms N --step-after-s T] [--capacity 0]

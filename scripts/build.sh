@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds one of Klynaa Jobs' two build trees (README, "Build trees"):
 #
-#   scripts/build.sh release [TARGET ...]   build/       Release, no tests: what users run,
+#   scripts/build.sh [release] [TARGET ...] build/       Release, no tests: what users run,
 #                                                        install and package (default target:
 #                                                        all, i.e. klynaa and the benchmarks)
 #   scripts/build.sh asan [TARGET ...]      build-asan/  Debug with ASan+UBSan and the whole
@@ -13,8 +13,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-kind=${1:-}
-shift || true
+# No argument (or a target name first) means the Release tree: the one users run.
+kind=${1:-release}
+case "$kind" in
+  release|asan) shift || true ;;
+  -*|help) kind=usage ;;
+  *) kind=release ;;  # a target name: scripts/build.sh klynaa
+esac
 case "$kind" in
   release)
     BUILD_DIR=${BUILD_DIR:-build}
@@ -23,7 +28,7 @@ case "$kind" in
     BUILD_DIR=${BUILD_DIR:-build-asan}
     flags=(-DCMAKE_BUILD_TYPE=Debug -DKLYNAA_SANITIZE=ON -DKLYNAA_TESTS=ON) ;;
   *)
-    echo "usage: scripts/build.sh release|asan [TARGET ...]" >&2
+    echo "usage: scripts/build.sh [release|asan] [TARGET ...]" >&2
     echo "  release: build/, Release, what you run and package; asan: build-asan/, the tests" >&2
     exit 2 ;;
 esac
