@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 namespace klynaa::actors {
 
@@ -26,6 +27,7 @@ adaptive_limit_options checked(adaptive_limit_options o) {
   o.window_min_samples = std::max<int64_t>(1, o.window_min_samples);
   o.min_window_ms = std::max<int64_t>(1, o.min_window_ms);
   o.floor_reset_windows = std::max<int64_t>(1, o.floor_reset_windows);
+  if (!(o.unmoved_share >= 0.0 && o.unmoved_share <= 1.0)) o.unmoved_share = 0.75;
   o.probe_interval_ms = std::max<int64_t>(0, o.probe_interval_ms);
   return o;
 }
@@ -35,7 +37,8 @@ adaptive_limit_options checked(adaptive_limit_options o) {
 adaptive_limit::adaptive_limit(adaptive_limit_options opts)
     : opts_(checked(opts)),
       limit_(static_cast<double>(opts_.initial_limit)),
-      cut_at_ms_(std::numeric_limits<int64_t>::min()) {
+      cut_at_ms_(std::numeric_limits<int64_t>::min()),
+      slow_start_(opts_.slow_start) {
   window_samples_.reserve(max_window_samples);
 }
 
@@ -82,7 +85,8 @@ void adaptive_limit::on_done(int64_t now_ms, int64_t latency_us, call_outcome ou
       // were sent at the old limit, and their failures say nothing new.
       if (start_ms > cut_at_ms_) {
         ++counters_.overload_cuts;
-        cut_to(limit_ * opts_.backoff_ratio, now_ms);
+        // Out of slow start, back to the last limit a window showed it takes.
+        cut_to(slow_start_ ? limit_ / 2 : limit_ * opts_.backoff_ratio, now_ms);
       }
       return;
     case call_outcome::failed:
@@ -143,6 +147,19 @@ void adaptive_limit::close_window(int64_t now_ms) {
 }
 
 void adaptive_limit::judge_window(int64_t median, int64_t now_ms) {
+  const int64_t cut_median = std::exchange(cut_median_us_, 0);
+  if (cut_median > 0 && static_cast<double>(median) >= opts_.unmoved_share * static_cast<double>(cut_median)) {
+    // The last window cut the limit for latency, and at the lower limit the
+    // latency stayed: the downstream got slower by itself. Cutting on would
+    // take the limit to its minimum for nothing; this is its floor now, and
+    // the cut is undone.
+    floor_us_ = median;
+    limit_ = std::max(limit_, cut_from_);
+    windows_at_min_ = 0;
+    probed_at_ms_ = now_ms;
+    ++counters_.floor_probes;
+    return;
+  }
   if (floor_us_ == 0 || median < floor_us_) floor_us_ = median;
   const double near_floor = opts_.tolerance * static_cast<double>(floor_us_);
   if (static_cast<double>(median) <= near_floor) {
@@ -153,7 +170,15 @@ void adaptive_limit::judge_window(int64_t median, int64_t now_ms) {
     // at most by half per window so one odd window cannot collapse it.
     windows_at_min_ = 0;
     ++counters_.latency_cuts;
-    cut_to(limit_ * std::max(0.5, near_floor / static_cast<double>(median)), now_ms);
+    const double factor = near_floor / static_cast<double>(median);
+    cut_to(limit_ * std::max(0.5, factor), now_ms);
+    if (factor <= 0.5 && opts_.unmoved_share > 0) {
+      // Halved: if the latency is ours, it halves too. The next window judges
+      // that (judge_window's start), sampling only calls sent once the queue
+      // the old limit built has drained, about one of its medians from now.
+      cut_median_us_ = median;
+      window_start_ms_ = now_ms + median / 1000;
+    }
   } else if (++windows_at_min_ >= opts_.floor_reset_windows) {
     // Slow even at min_limit, window after window: the downstream got slower
     // for good, not because of us. Its latency at min_limit is the new floor.
@@ -168,6 +193,10 @@ void adaptive_limit::grow() {
   // Just below where the last cut happened, probe by one (the downstream broke
   // there); elsewhere by sqrt(limit), Envoy's burst headroom: from 10 to 1000
   // in about 60 windows.
+  if (slow_start_) {
+    limit_ = std::min(static_cast<double>(opts_.max_limit), 2 * limit_);
+    return;
+  }
   if (cut_from_ > 0 && limit_ >= cut_from_) cut_from_ = 0;
   const bool near_last_cut = cut_from_ > 0 && limit_ >= cut_from_ * opts_.backoff_ratio;
   const double step = near_last_cut ? 1.0 : std::max(1.0, std::sqrt(limit_));
@@ -175,6 +204,7 @@ void adaptive_limit::grow() {
 }
 
 void adaptive_limit::cut_to(double new_limit, int64_t now_ms) {
+  slow_start_ = false;
   cut_from_ = limit_;
   limit_ = std::clamp(new_limit, static_cast<double>(opts_.min_limit), static_cast<double>(opts_.max_limit));
   cut_at_ms_ = now_ms;
@@ -189,6 +219,7 @@ limit_snapshot adaptive_limit::snapshot() const {
   s.recent_latency_us = recent_us_;
   s.paused_until_ms = paused_until_ms_;
   s.probing = window_probes_;
+  s.slow_start = slow_start_;
   return s;
 }
 

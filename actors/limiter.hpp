@@ -12,12 +12,23 @@
 //    lowest window median seen since the floor was last re-measured.
 //  - Median within `tolerance` × floor: the limit grows by sqrt(limit) (by 1
 //    just below where it last had to be cut) if the window used at least
-//    `grow_utilization` of it; a limit nobody uses does not grow.
+//    `grow_utilization` of it; a limit nobody uses does not grow. Until its
+//    first cut a limit is in slow start (TCP's, as in Netflix's VegasLimit):
+//    it doubles per such window instead, so it finds a downstream's capacity
+//    in a few windows rather than dozens.
 //  - Median above: the limit is cut in proportion, to limit × tolerance × floor
 //    / median, by at most half per window.
 //  - 429/503 or a timeout: the limit is cut to limit × `backoff_ratio` at once,
 //    but once per episode: an outcome counts only if its call started after the
 //    last cut, so a burst of failures from calls already in flight cuts once.
+//    The cut that ends slow start goes back to half the limit instead: the
+//    last limit a window showed the downstream could take.
+//  - A latency cut by half (the median was at least 2 × tolerance × floor)
+//    that does not help shows the downstream got slower by itself: queueing we
+//    cause halves with our concurrency. If the window after it (calls sent at the lower limit once the
+//    old limit's queue has drained, one old median after the cut) still has a
+//    median of at least `unmoved_share` of the one that caused the cut, that median is the
+//    new floor at once and the cut is undone.
 //  - The floor is re-measured at low concurrency: every `probe_interval_ms`
 //    one window runs at half the limit and its median becomes the floor (a
 //    floor learnt under load holds queueing, and would let the limit drift up).
@@ -74,6 +85,12 @@ struct adaptive_limit_options {
   /// Every this often one window runs at half the limit to re-measure the floor
   /// (Envoy: its periodic minRTT window, at a fixed low concurrency). 0 = never.
   int64_t probe_interval_ms = 30000;
+  /// After a latency cut, a next window whose median is still at least this
+  /// share of the cut's makes that median the floor. In [0, 1]; 0 = never
+  /// (the floor then moves only by probes and at min_limit).
+  double unmoved_share = 0.75;
+  /// Double per good window until the first cut (false: grow by sqrt from the start).
+  bool slow_start = true;
 };
 
 /// One limit's state, for stats and metrics.
@@ -86,6 +103,7 @@ struct limit_snapshot {
   int64_t overload_cuts = 0;      ///< cuts for 429/503/timeout episodes
   int64_t latency_cuts = 0;       ///< cuts for rising latency
   int64_t floor_probes = 0;       ///< times the floor was re-measured (probe or at min_limit)
+  bool slow_start = false;        ///< still doubling: no cut yet
   bool probing = false;           ///< a probe window runs: calls held to half the limit
 };
 
@@ -138,6 +156,8 @@ class adaptive_limit {
   double cut_from_ = 0;          ///< the limit before the last cut; 0 once grown past it
   int64_t windows_at_min_ = 0;   ///< windows in a row that wanted a cut below min_limit
   int64_t probed_at_ms_ = 0;     ///< when the floor was last re-measured
+  bool slow_start_;              ///< doubling per good window: no cut yet
+  int64_t cut_median_us_ = 0;    ///< the median that caused the last latency cut, until the next window
 
   bool window_open_ = false;
   bool window_probes_ = false;   ///< this window runs at half the limit to measure the floor

@@ -66,6 +66,9 @@ sample() {
   done
 }
 
+# CPU seconds (user + system) process $1 has used so far.
+cpu_seconds() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
 SUMMARY="{\"workload\": \"pickup.accepted -> sendPickupNotification, webhook provider\", \"count\": $COUNT"
 for lat in "${LATENCIES[@]}"; do
   say "latency $lat ms: starting klynaa-upstream (load average $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -91,15 +94,16 @@ for lat in "${LATENCIES[@]}"; do
   sample "$NPID" "$UP" "$OUT/samples$lat" &
   SAMPLER_PID=$!
 
-  LINE=$("$BUILD/klynaa-bench" --ingress "$INGRESS" --admin "$ADMIN" --pid "$BPID" --type pickup.accepted \
+  LINE=$(/usr/bin/time -f '%U %S' -o "$OUT/benchcpu$lat" "$BUILD/klynaa-bench" --ingress "$INGRESS" --admin "$ADMIN" --pid "$BPID" --type pickup.accepted \
            --wait-function sendPickupNotification --count "$COUNT" --keys "$COUNT" --timeout 900 \
            2>"$OUT/bench$lat.err" | grep '^{' | tail -1)
   kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null; SAMPLER_PID=""
   UPSTATS=$(curl -s "http://$UP/_stats")
+  CPU="$(cpu_seconds "$BPID") $(cpu_seconds "$NPID") $(cpu_seconds "$UP_PID") $(awk '{print $1 + $2}' "$OUT/benchcpu$lat" 2>/dev/null)"
   kill -TERM "$LC_PID" 2>/dev/null; wait "$LC_PID" 2>/dev/null; LC_PID=""
   kill -TERM "$UP_PID" 2>/dev/null; wait "$UP_PID" 2>/dev/null; UP_PID=""
   [ -n "$LINE" ] || { tail "$OUT/bench$lat.err" >&2; say "klynaa-bench failed at latency $lat ms"; exit 1; }
-  LINE=$(LINE="$LINE" UPSTATS="$UPSTATS" $PY - "$lat" "$OUT/samples$lat" <<'EOF'
+  LINE=$(LINE="$LINE" UPSTATS="$UPSTATS" CPU="$CPU" $PY - "$lat" "$OUT/samples$lat" <<'EOF'
 import json, os, sys
 lat, samples = int(sys.argv[1]), sys.argv[2]
 d = json.loads(os.environ["LINE"])
@@ -112,6 +116,12 @@ d.update({"upstream_latency_ms": lat,
           "upstream_refused": up.get("refused"),
           "upstream_max_in_flight": up.get("max_in_flight"),
           "upstream_connections": up.get("connections", {}).get("accepted")})
+# CPU seconds (user + system) each process spent, per 1,000 jobs: where the two
+# cores went, whatever else the machine was doing.
+cpu = [float(x) for x in os.environ.get("CPU", "").split()]
+if len(cpu) == 4 and d.get("jobs_done"):
+    d["cpu_ms_per_job"] = {name: round(1000 * c / d["jobs_done"], 3)
+                           for name, c in zip(("broker", "node", "upstream", "bench"), cpu)}
 print(json.dumps(d))
 EOF
 )
