@@ -759,7 +759,11 @@ nlohmann::json limits_json(const http_loop& loop) {
     d["functions"][f.function] = {{"limit", f.limit.limit},
                                   {"in_flight", f.limit.in_flight},
                                   {"min_rtt_ms", static_cast<double>(f.limit.min_rtt_us) / 1000.0},
-                                  {"latency_ms", static_cast<double>(f.limit.recent_latency_us) / 1000.0}};
+                                  {"latency_ms", static_cast<double>(f.limit.recent_latency_us) / 1000.0},
+                                  {"overload_cuts", f.limit.overload_cuts},
+                                  {"latency_cuts", f.limit.latency_cuts},
+                                  {"floor_probes", f.limit.floor_probes},
+                                  {"slow_start", f.limit.slow_start}};
   }
   return {{"in_flight", counters.in_flight},
           {"connections_open", counters.connections_open},

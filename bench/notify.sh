@@ -21,7 +21,12 @@
 #
 # Environment: CAPACITY (upstream --capacity, default 0 = none), TOKENS (pushes
 # per job, default 1), NODE_ENV (extra KEY=VALUE settings for the node, e.g.
-# "KLYNAA_NODE_NOTIFIER_WORKERS=5000"), SKIP_BUILD=1 (use build/ as it is).
+# "KLYNAA_NODE_NOTIFIER_WORKERS=5000"), SKIP_BUILD=1 (use build/ as it is),
+# STEP_MS and STEP_AFTER_S (the upstream's latency becomes STEP_MS that many
+# seconds after it starts: the line then adds the upstream's goodput, answers
+# other than 503 per second, from 10 s after the step to the run's tail (the
+# last moment at least CAPACITY / 2 requests were held), beside what it
+# allows, CAPACITY / STEP_MS).
 # Uses the Release tree build/. Everything binds 127.0.0.1.
 set -u
 COUNT=${1:-3000}; shift || true
@@ -53,15 +58,17 @@ for b in klynaa klynaa-bench klynaa-upstream; do
 done
 
 # Samples the node's threads and RSS (from /proc) and the upstream's requests
-# held, every 200 ms, into $1 as "threads rss_kib upstream_in_flight" lines.
+# held, uptime, requests and 503s, every 200 ms, into $3 as
+# "threads rss_kib upstream_in_flight uptime_s requests refused" lines.
 sample() {
   local node_pid=$1 up=$2 file=$3
   while kill -0 "$node_pid" 2>/dev/null; do
     local t r h
     t=$(awk '/^Threads:/ {print $2}' "/proc/$node_pid/status" 2>/dev/null)
     r=$(awk '/^VmRSS:/ {print $2}' "/proc/$node_pid/status" 2>/dev/null)
-    h=$(curl -s "http://$up/_stats" | $PY -c 'import json,sys; print(json.load(sys.stdin)["in_flight"])' 2>/dev/null)
-    echo "${t:-0} ${r:-0} ${h:-0}" >>"$file"
+    h=$(curl -s "http://$up/_stats" | $PY -c 'import json,sys; d=json.load(sys.stdin)
+print(d["in_flight"], d["uptime_s"], d["requests"]["total"], d["refused"])' 2>/dev/null)
+    echo "${t:-0} ${r:-0} ${h:-0 0 0 0}" >>"$file"
     sleep 0.2
   done
 }
@@ -72,7 +79,9 @@ cpu_seconds() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat" 2>/dev/
 SUMMARY="{\"workload\": \"pickup.accepted -> sendPickupNotification, webhook provider\", \"count\": $COUNT"
 for lat in "${LATENCIES[@]}"; do
   say "latency $lat ms: starting klynaa-upstream (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-  "$BUILD/klynaa-upstream" --port 0 --latency-ms "$lat" --capacity "${CAPACITY:-0}" \
+  step=()
+  [ -z "${STEP_MS:-}" ] || step=(--latency-step-ms "$STEP_MS" --step-after-s "${STEP_AFTER_S:-30}")
+  "$BUILD/klynaa-upstream" --port 0 --latency-ms "$lat" --capacity "${CAPACITY:-0}" "${step[@]}" \
     --tokens-per-user "${TOKENS:-1}" >"$OUT/up$lat.out" 2>"$OUT/up$lat.err" &
   UP_PID=$!
   for _ in $(seq 100); do grep -q listening "$OUT/up$lat.out" && break; sleep 0.05; done
@@ -103,19 +112,40 @@ for lat in "${LATENCIES[@]}"; do
   kill -TERM "$LC_PID" 2>/dev/null; wait "$LC_PID" 2>/dev/null; LC_PID=""
   kill -TERM "$UP_PID" 2>/dev/null; wait "$UP_PID" 2>/dev/null; UP_PID=""
   [ -n "$LINE" ] || { tail "$OUT/bench$lat.err" >&2; say "klynaa-bench failed at latency $lat ms"; exit 1; }
-  LINE=$(LINE="$LINE" UPSTATS="$UPSTATS" CPU="$CPU" $PY - "$lat" "$OUT/samples$lat" <<'EOF'
+  LINE=$(LINE="$LINE" UPSTATS="$UPSTATS" CPU="$CPU" STEP_MS="${STEP_MS:-}" STEP_AFTER_S="${STEP_AFTER_S:-30}" \
+    CAPACITY="${CAPACITY:-0}" $PY - "$lat" "$OUT/samples$lat" <<'EOF'
 import json, os, sys
 lat, samples = int(sys.argv[1]), sys.argv[2]
 d = json.loads(os.environ["LINE"])
 up = json.loads(os.environ["UPSTATS"] or "{}")
-rows = [tuple(int(x) for x in l.split()) for l in open(samples) if len(l.split()) == 3] if os.path.exists(samples) else []
+rows = [tuple(float(x) for x in l.split()) for l in open(samples) if len(l.split()) == 6] if os.path.exists(samples) else []
 d.update({"upstream_latency_ms": lat,
-          "node_threads_max": max((r[0] for r in rows), default=0),
+          "node_threads_max": int(max((r[0] for r in rows), default=0)),
           "node_rss_mb_max": round(max((r[1] for r in rows), default=0) / 1024, 1),
           "upstream_requests": up.get("requests", {}).get("total"),
           "upstream_refused": up.get("refused"),
           "upstream_max_in_flight": up.get("max_in_flight"),
           "upstream_connections": up.get("connections", {}).get("accepted")})
+if os.environ["STEP_MS"]:
+    # Goodput after the step: answers other than 503 per second, from 10 s
+    # after it to the last sample, beside capacity / latency.
+    step_ms, from_s = int(os.environ["STEP_MS"]), float(os.environ["STEP_AFTER_S"]) + 10
+    # The run's tail, when fewer jobs are left than the upstream could hold,
+    # says nothing about the limits: the measure ends at the last sample
+    # with at least half the capacity in flight.
+    cap = int(os.environ["CAPACITY"])
+    after = [r for r in rows if r[3] >= from_s]
+    busy = [i for i, r in enumerate(after) if r[2] >= cap / 2]
+    after = after[:busy[-1] + 1] if busy else []
+    d["latency_step"] = {"to_ms": step_ms, "at_s": float(os.environ["STEP_AFTER_S"])}
+    if len(after) >= 2 and after[-1][3] > after[0][3]:
+        span = after[-1][3] - after[0][3]
+        good = (after[-1][4] - after[-1][5]) - (after[0][4] - after[0][5])
+        d["latency_step"]["seconds_measured"] = round(span, 1)
+        d["latency_step"]["goodput_per_s"] = round(good / span, 1)
+        if cap > 0:
+            d["latency_step"]["upstream_allows_per_s"] = round(cap * 1000 / step_ms, 1)
+            d["latency_step"]["goodput_share"] = round(good / span / (cap * 1000 / step_ms), 3)
 # CPU seconds (user + system) each process spent, per 1,000 jobs: where the two
 # cores went, whatever else the machine was doing.
 cpu = [float(x) for x in os.environ.get("CPU", "").split()]
