@@ -154,6 +154,7 @@ struct http_loop::impl {
   void pump(const std::string& downstream);
   void refuse_waiting(const std::string& downstream, int64_t until);
   std::unique_ptr<job> take_waiting(uint64_t id);
+  void count_waiting();
   void configure(CURL* e, const job& j);
   void collect_done();
   void expire();
@@ -176,6 +177,7 @@ struct http_loop::impl {
   std::atomic<uint64_t> next_id{1};
   std::atomic<int64_t> submitted{0}, completed{0}, failed{0}, timed_out{0}, cancelled{0};
   std::atomic<int64_t> sockets_opened{0}, sockets_open{0};
+  std::atomic<int64_t> waiting_count{0};  ///< requests in `waiting`, after each pass of the loop
 
   int epoll_fd = -1;
   int wake_fd = -1;
@@ -280,6 +282,7 @@ void http_loop::impl::run() {
     collect_done();
     expire();
     if (woken && !take_inbox()) break;
+    count_waiting();
   }
   shutdown(fatal.empty() ? std::string(cancelled_error) : "the http loop failed: " + fatal);
 }
@@ -715,11 +718,23 @@ void http_loop::cancel(uint64_t id) {
   impl_->enqueue(c);  // refused: nothing is left to cancel
 }
 
+/// Publishes how many requests wait for their limit, for snapshot() (the
+/// node's credit follows it: nodes/gateway.hpp, backed_up).
+void http_loop::impl::count_waiting() {
+  int64_t n = 0;
+  {
+    std::lock_guard<std::mutex> lock(limits_mutex);
+    for (const auto& entry : waiting) n += static_cast<int64_t>(entry.second.size());
+  }
+  waiting_count.store(n, std::memory_order_relaxed);
+}
+
 http_loop::stats http_loop::snapshot() const {
   stats s;
   s.submitted = impl_->submitted.load();
   s.completed = impl_->completed.load();
   s.in_flight = s.submitted - s.completed;
+  s.waiting = impl_->waiting_count.load(std::memory_order_relaxed);
   s.failed = impl_->failed.load();
   s.timed_out = impl_->timed_out.load();
   s.cancelled = impl_->cancelled.load();
@@ -766,6 +781,7 @@ nlohmann::json limits_json(const http_loop& loop) {
                                   {"slow_start", f.limit.slow_start}};
   }
   return {{"in_flight", counters.in_flight},
+          {"waiting", counters.waiting},
           {"connections_open", counters.connections_open},
           {"connections_opened", counters.connections_opened},
           {"downstreams", downstreams}};

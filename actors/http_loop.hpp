@@ -140,6 +140,8 @@ class http_loop {
     int64_t submitted = 0;   ///< submit() calls
     int64_t completed = 0;   ///< callbacks started (every kind of answer)
     int64_t in_flight = 0;   ///< submitted - completed: requests waiting for their callback
+    /// Of those, waiting for their limit (not sent yet), as of the loop's last pass.
+    int64_t waiting = 0;
     int64_t failed = 0;      ///< answered with status 0 (all below included)
     int64_t timed_out = 0;   ///< answered with timed_out set
     int64_t cancelled = 0;   ///< answered with cancelled_error

@@ -83,6 +83,14 @@ void node_host::start(zmq::context_t& ctx, const std::string& broker_endpoint) {
     return nlohmann::json{{"downstream", d}, {"breakers", actors::breaker_states()},
                           {"limits", actors::limits_json(*loop)}};
   };
+  // Backed up: more calls wait for their limits than are being made, so a job
+  // taken now would wait more than a round of calls inside this node.
+  o.backed_up = [loop = http_loop_] {
+    const auto s = loop->snapshot();
+    return s.waiting > 0 && s.waiting >= s.in_flight - s.waiting;
+  };
+  // A fresh node takes a few rounds of jobs, as its limits start low too.
+  o.initial_credit = 4 * cfg_.node.limit_initial;
   runtime_ = std::make_unique<nodes::node_runtime>(ctx, std::move(o));
   runtime_->start();
 }

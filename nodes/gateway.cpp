@@ -59,6 +59,10 @@ void push_frame(gateway_ptr self, const std::string& frame) {
 /// else (the session ended, or the broker does not) one frame each.
 void flush_outbox(gateway_ptr self) {
   auto& st = self->state;
+  if (st.extra_credit > 0) {  // after the DONEs it came with
+    st.outbox.push_back(cl::encode(cl::credit{st.extra_credit}));
+    st.extra_credit = 0;
+  }
   if (st.outbox.empty())
     return;
   if (st.batch_out && st.outbox.size() > 1) {
@@ -111,6 +115,27 @@ void send_msg(gateway_ptr self, const cl::message& m) {
   send_frame(self, cl::encode(m));
 }
 
+/// Grants `n` withheld slots, in one CREDIT with the next flush.
+void grant_withheld(gateway_ptr self, int64_t n) {
+  auto& st = self->state;
+  n = std::min(n, st.withheld);
+  if (n <= 0)
+    return;
+  st.withheld -= n;
+  st.extra_credit += n;
+  st.unused_credit += n;
+  if (!st.batch_out) {
+    flush_outbox(self);
+  } else if (!st.flush_pending) {
+    st.flush_pending = true;
+    self->send(self, flush_atom::value);
+  }
+}
+
+bool backed_up(const gateway_state& st) {
+  return st.cfg.backed_up && st.cfg.backed_up();
+}
+
 const std::string& current_endpoint(const gateway_state& st) {
   return st.endpoints.empty() ? st.cfg.broker_endpoint : st.endpoints[st.endpoint_index];
 }
@@ -141,7 +166,12 @@ void send_ready(gateway_ptr self) {
       r.kinds.push_back(k.kind);
   // Jobs this node still holds (from a previous session) count against the
   // credit, so it never holds more than it granted.
-  r.credit = std::max<int64_t>(0, st.capacity - static_cast<int64_t>(st.held.size()));
+  // With initial_credit, the rest follows while the node is not backed up.
+  const int64_t free_slots = std::max<int64_t>(0, st.capacity - static_cast<int64_t>(st.held.size()));
+  r.credit = st.cfg.initial_credit > 0 ? std::min(free_slots, st.cfg.initial_credit) : free_slots;
+  st.withheld = free_slots - r.credit;
+  st.extra_credit = 0;
+  st.unused_credit = r.credit;
   st.last_ready = clock::now();
   // Backoff: register_retry_ms, doubling up to register_retry_max_ms, so that an
   // unreachable or wrong endpoint costs one line and one frame per interval.
@@ -220,6 +250,7 @@ void on_job(gateway_ptr self, const cl::job& j, std::string frame) {
     st.handed_back.push_back(j.job_id);
     return;
   }
+  st.unused_credit = std::max<int64_t>(0, st.unused_credit - 1);
   auto pool = st.pool_of.find(j.function);
   if (pool == st.pool_of.end()) {
     log::error("node", "the broker sent a job of a function this node does not host",
@@ -334,7 +365,14 @@ void on_done(gateway_ptr self, int64_t lease, std::string frame, int64_t code) {
   // The slot is granted again with the DONE itself (its `credit`), not by a
   // CREDIT message of its own; a withdrawn kind's slots are not granted again,
   // nor any while stopping.
-  const bool grant = st.lf == life::running && !st.withdrawn_functions.count(function);
+  bool grant = st.lf == life::running && !st.withdrawn_functions.count(function);
+  if (grant && backed_up(st)) {
+    grant = false;  // granted again by a later DONE or, once idle, a tick
+    ++st.withheld;
+  } else if (grant) {
+    ++st.unused_credit;
+    grant_withheld(self, 1);  // one more: the grant doubles per round of jobs
+  }
   // A DONE built by a worker or pool carries credit 1 and comes with its outcome:
   // granted again, it goes out as it is, without decoding it here.
   if (auto known = outcome_of_code(code); known && grant) {
@@ -392,8 +430,11 @@ void on_withdraw(gateway_ptr self, const std::string& kind, const std::string& r
   w.reason = reason;
   for (const auto& k : st.cfg.kinds)
     if (k.kind == kind) {
-      w.credit = k.workers + k.prefetch;
-      st.capacity -= k.workers + k.prefetch;
+      // The broker takes back the kind's slots, less those it does not have.
+      const int64_t slots = k.workers + k.prefetch, unheld = std::min(st.withheld, slots);
+      w.credit = slots - unheld;
+      st.withheld -= unheld;
+      st.capacity -= slots;
       st.withdrawn_functions.insert(k.functions.begin(), k.functions.end());
     }
   st.withdrawn[kind] = reason;
@@ -487,6 +528,9 @@ void on_tick(gateway_ptr self) {
     const bool renew_due = !st.held.empty() && elapsed_ms(st.last_renew, now) >= std::max<int64_t>(st.lease_ms / 3, 1);
     if (renew_due || elapsed_ms(st.last_tx, now) >= st.heartbeat_ms)
       send_heartbeat(self, now);
+    // An idle node whose granted slots are all used gets no DONE to grant more with.
+    if (st.lf == life::running && st.withheld > 0 && st.held.empty() && st.unused_credit == 0 && !backed_up(st))
+      grant_withheld(self, std::max<int64_t>(st.cfg.initial_credit, 1));
   }
   self->delayed_send(self, milliseconds{tick_ms(st)}, tick_atom::value);
 }

@@ -6,7 +6,10 @@
 //     node_stats every stats_interval_ms; a HEARTBEAT lists the leases of the
 //     jobs it holds, at least every lease_ms / 3, so the broker keeps them;
 //   - routes each JOB to the pool of its function's kind, and sends each DONE
-//     followed by CREDIT{1};
+//     with credit 1, the slot it frees. With backed_up set, credit follows what
+//     the node can start: READY grants initial_credit, and each DONE one more
+//     slot while it is not backed up (a tick grants initial_credit more when
+//     it holds no job); while it is, the slots jobs free are withheld;
 //   - on stop, hands queued jobs back, waits for running ones up to the grace,
 //     and says BYE listing every job it hands back.
 // Outgoing frames go through a PUSH socket it owns (an event-based actor runs
@@ -58,6 +61,8 @@ struct gateway_config {
   int64_t stats_interval_ms = 5000;
   std::shared_ptr<std::atomic<int>> busy;  ///< see worker_config::busy
   std::function<nlohmann::json()> extra_stats;  ///< see node_options::extra_stats
+  std::function<bool()> backed_up;               ///< see node_options::backed_up
+  int64_t initial_credit = 0;                    ///< see node_options::initial_credit
 };
 
 struct gateway_state {
@@ -101,6 +106,9 @@ struct gateway_state {
   bool batch_out = false;            ///< the broker takes BATCH frames (from WELCOME)
   std::vector<std::string> outbox;   ///< DONEs waiting for the flush message
   bool flush_pending = false;        ///< a flush message is in the mailbox
+  int64_t withheld = 0;              ///< slots not granted (yet): see node_options::backed_up
+  int64_t extra_credit = 0;          ///< withheld slots granted, for the next flush
+  int64_t unused_credit = 0;         ///< slots granted and not used by a JOB yet (about)
 
   ~gateway_state();
 };

@@ -124,6 +124,8 @@ void node_runtime::impl::start() {
   gc.stats_interval_ms = opts.stats_interval_ms;
   gc.busy = busy;
   gc.extra_stats = opts.extra_stats;
+  gc.backed_up = opts.backed_up;
+  gc.initial_credit = opts.backed_up ? opts.initial_credit : 0;
   gateway = spawn_gateway(*box->sys, std::move(gc));
   started = true;
   try {

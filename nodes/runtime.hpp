@@ -50,6 +50,18 @@ struct node_options {
   /// Called on the gateway's thread for each node_stats: a JSON object merged
   /// under "extra" (the actors' downstream counters). Must not throw or block.
   std::function<nlohmann::json()> extra_stats;
+  /// Called on the gateway's thread when a job ends and on its ticks: true
+  /// while jobs the node took now would only wait inside it (its calls to
+  /// downstreams wait for their limits). The slots jobs free are then not
+  /// granted to the broker again until it is false, so the jobs wait in the
+  /// broker, where any node can take them (docs/reliability.md, "Credits follow
+  /// the limits"). Must be cheap, not throw and not block. Empty: never.
+  std::function<bool()> backed_up;
+  /// With backed_up: READY grants this many slots (0 = all), and the rest
+  /// follow while the node is not backed up: one more with each DONE (the
+  /// grant doubles per round of jobs), and initial_credit more on each of the
+  /// gateway's ticks while it holds no job.
+  int64_t initial_credit = 0;
 };
 
 class node_runtime {

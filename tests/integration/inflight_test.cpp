@@ -87,6 +87,35 @@ TEST_CASE("80 notification jobs wait on a slow Django at once on a fixed set of 
   CHECK(limits["downstreams"]["django"]["functions"].contains("sendPickupNotification"));
 }
 
+TEST_CASE("a node backed up behind its limits takes no more jobs than it can start: the rest wait in the broker",
+          "[inflight]") {
+  // Django's limit held at 4 calls; every call takes 1 s; the node has 1,000
+  // notifier workers. It grants 4 x limit_initial = 16 slots at first, and the
+  // slots jobs free are not granted again while more calls wait than run.
+  cluster_under_test c(std::map<std::string, std::string>{
+      {"KLYNAA_NODE_LIMIT_INITIAL", "4"}, {"KLYNAA_NODE_LIMIT_MAX", "4"}});
+  auto ids = make_pickups(*c.django, 60, "accepted");
+  c.django->post("/api/demo/faults/", {{"mode", "slow"}, {"delay_ms", 1000}, {"path_prefix", "/api/"}});
+  publish_all(*c.klynaa, ids, "pickup.accepted", "acc-");
+  json s;
+  int64_t most_running = 0, most_waiting_in_broker = 0;
+  REQUIRE(wait_for([&] {
+    s = c.stats();
+    const int64_t held = running(s, "sendPickupNotification");
+    most_running = std::max(most_running, held);
+    most_waiting_in_broker = std::max(most_waiting_in_broker, unfinished(s, "sendPickupNotification") - held);
+    return outcome_count(s, "sendPickupNotification", "ok") >= 20;
+  }, 60000ms));
+  INFO(s.dump());
+  CHECK(most_running <= 24);            // 16 granted, a few more as DONEs come; not 60
+  CHECK(most_waiting_in_broker >= 30);  // the others waited where any node could take them
+  c.django->post("/api/demo/faults/", {{"mode", "none"}});
+  REQUIRE(c.all_done({"sendPickupNotification"}, 60000ms));
+  s = c.stats();
+  CHECK(outcome_count(s, "sendPickupNotification", "ok") == 60);
+  CHECK(s.value("dead_letters", -1) == 0);
+}
+
 TEST_CASE("a Django endpoint that hangs costs only the jobs that call it an attempt: other kinds and heartbeats go on",
           "[inflight][faults]") {
   cluster_under_test c(std::map<std::string, std::string>{{"KLYNAA_DJANGO_TIMEOUT_MS", "2000"}});
