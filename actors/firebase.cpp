@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "nodes/suspend.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::actors {
@@ -264,17 +265,6 @@ nlohmann::json fcm_request(const push& p) {
 
 // ---- google_token_source ----
 
-namespace {
-
-/// The token fetch runs under the token source's lock: it must block, never
-/// suspend a job's fiber while holding it (nodes/suspend.hpp).
-http_options blocking(http_options o) {
-  o.loop.reset();
-  return o;
-}
-
-}  // namespace
-
 google_token_source::google_token_source(service_account account,
                                          std::shared_ptr<const rs256_key> key,
                                          std::string token_url, http_options opts,
@@ -283,13 +273,70 @@ google_token_source::google_token_source(service_account account,
       key_(std::move(key)),
       token_url_(std::move(token_url)),
       now_ms_(now_ms ? std::move(now_ms) : [] { return log::now_ms(); }),
-      http_(blocking(std::move(opts))) {}
+      http_(std::move(opts)) {}
 
 google_token_source::access google_token_source::get() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  int64_t now = now_ms_();
-  if (!token_.empty() && now < refresh_at_ms_) return {token_, std::nullopt};
-  return fetch_locked(now);
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    const int64_t now = now_ms_();
+    if (!token_.empty() && now < refresh_at_ms_) return {token_, std::nullopt};
+    if (!fetching_) break;
+    // Another caller fetches: the old token serves until it expires.
+    if (!token_.empty() && now < expires_at_ms_) return {token_, std::nullopt};
+    if (!wait_for_fetch(lock))
+      return {"", push_result::fail(push_result::status::transient,
+                                    "The job was stopped while it waited for a Firebase access token.")};
+  }
+  fetching_ = true;
+  ++fetches_;
+  lock.unlock();
+  // No lock held here: on a job fiber the request suspends (nodes/suspend.hpp).
+  fetched f;
+  try {
+    f = fetch(now_ms_());
+  } catch (...) {
+    f.a = {"", push_result::fail(push_result::status::transient, "Fetching a Firebase access token failed.")};
+  }
+  lock.lock();
+  fetching_ = false;
+  ++generation_;
+  if (!f.a.failure) {
+    token_ = f.a.token;
+    refresh_at_ms_ = f.refresh_at_ms;
+    expires_at_ms_ = f.expires_at_ms;
+  }
+  std::vector<std::function<void()>> waiters;
+  waiters.swap(waiters_);
+  lock.unlock();
+  fetched_.notify_all();
+  for (auto& wake : waiters) wake();
+  return f.a;
+}
+
+bool google_token_source::wait_for_fetch(std::unique_lock<std::mutex>& lock) {
+  const uint64_t generation = generation_;
+  if (nodes::current_job_fiber() == nullptr) {
+    fetched_.wait(lock, [&] { return generation_ != generation; });
+    return true;
+  }
+  // A job fiber: suspend (never with the lock held) until the fetch wakes it.
+  lock.unlock();
+  auto slot = std::make_shared<std::function<void()>>();
+  const bool waited = nodes::suspend_job([&](std::function<void()> wake) -> std::function<void()> {
+    std::lock_guard<std::mutex> guard(mutex_);
+    if (generation_ != generation) {
+      wake();  // it ended meanwhile
+      return [] {};
+    }
+    *slot = wake;
+    waiters_.push_back([slot] { if (*slot) (*slot)(); });
+    return [slot] {  // the job was abandoned: wake it now; the fetch's call is then a no-op
+      auto w = *slot;
+      if (w) w();
+    };
+  });
+  lock.lock();
+  return waited && !(nodes::current_job_fiber() != nullptr && nodes::current_job_fiber()->abandoned);
 }
 
 void google_token_source::invalidate(const std::string& token) {
@@ -302,17 +349,15 @@ uint64_t google_token_source::fetches() const {
   return fetches_;
 }
 
-google_token_source::access google_token_source::fetch_locked(int64_t now) {
+google_token_source::fetched google_token_source::fetch(int64_t now) {
   auto failed = [](push_result::status k, std::string msg, std::optional<int> status = {}) {
-    return access{"", push_result::fail(k, std::move(msg), status)};
+    return fetched{access{"", push_result::fail(k, std::move(msg), status)}};
   };
-  token_.clear();
   std::string assertion = google_jwt_assertion(*key_, account_.client_email, token_url_, now / 1000);
   if (assertion.empty())
     return failed(push_result::status::permanent,
                   std::string("Signing the OAuth2 assertion with the key of ") + credentials_var +
                       " failed.");
-  ++fetches_;
   http_response r = http_.request(
       "POST", token_url_,
       {{"Content-Type", "application/x-www-form-urlencoded"}, {"Accept", "application/json"}},
@@ -323,20 +368,20 @@ google_token_source::access google_token_source::fetch_locked(int64_t now) {
   if (r.status >= 200 && r.status < 300) {
     if (body.is_discarded() || !body.is_object() || !body.contains("access_token") ||
         !body["access_token"].is_string() || body["access_token"].get<std::string>().empty())
-      return {"", from_job_result(bad_response(r.status, "google_oauth", "The OAuth2 token endpoint",
-                                               "no access_token"))};
+      return {{"", from_job_result(bad_response(r.status, "google_oauth", "The OAuth2 token endpoint",
+                                                "no access_token"))}};
     int64_t expires_in = 3600;
     if (body.contains("expires_in") && body["expires_in"].is_number_integer())
       expires_in = std::max<int64_t>(1, body["expires_in"].get<int64_t>());
     // Refresh a little early, so a token never expires in flight.
     int64_t margin = std::min<int64_t>(300, expires_in / 2);
-    token_ = body["access_token"].get<std::string>();
-    refresh_at_ms_ = now + (expires_in - margin) * 1000;
     log::debug("notifier", "fetched a firebase access token", {{"expires_in", expires_in}});
-    return {token_, std::nullopt};
+    return {{body["access_token"].get<std::string>(), std::nullopt},
+            now + (expires_in - margin) * 1000,
+            now + expires_in * 1000};
   }
   nodes::job_result c = classify(r, "POST to the OAuth2 token endpoint");
-  if (c.kind == nodes::outcome::transient) return {"", from_job_result(c)};
+  if (c.kind == nodes::outcome::transient) return {{"", from_job_result(c)}};
   // A refusal: name OAuth's error code and description, never echo the body whole.
   std::string why;
   if (!body.is_discarded() && body.is_object()) {

@@ -46,6 +46,7 @@
 // The private key and access tokens never appear in messages or logs.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -141,6 +142,10 @@ class google_token_source {
   };
 
   /// The cached token while it is fresh, else a new one from the token endpoint.
+  /// One fetch at a time (it goes through the node's event loop when `opts`
+  /// has one and the caller is a job fiber, else it blocks): meanwhile other
+  /// callers get the old token while it has not expired, or wait for the fetch
+  /// (a job fiber suspended, a thread blocked), never fetching themselves.
   access get();
 
   /// Forgets `token` if it is still the cached one (FCM answered 401 to it); a
@@ -151,16 +156,30 @@ class google_token_source {
   uint64_t fetches() const;
 
  private:
-  access fetch_locked(int64_t now);
+  /// A fetch's outcome; under the lock, store() keeps it for everyone.
+  struct fetched {
+    access a;
+    int64_t refresh_at_ms = 0;
+    int64_t expires_at_ms = 0;
+  };
+  fetched fetch(int64_t now);  // without the lock: it may suspend
+  /// Waits, the lock held by `lock` (released meanwhile), until the fetch in
+  /// flight ends. False when the caller's job was abandoned meanwhile.
+  bool wait_for_fetch(std::unique_lock<std::mutex>& lock);
 
   const service_account account_;
   const std::shared_ptr<const rs256_key> key_;
   const std::string token_url_;
   std::function<int64_t()> now_ms_;
   mutable std::mutex mutex_;
-  http_session http_;           // guarded by mutex_
+  std::condition_variable fetched_;  // a fetch ended (threads wait on it)
+  http_session http_;           // used by the one fetch in flight (fetching_)
   std::string token_;           // guarded by mutex_
   int64_t refresh_at_ms_ = 0;   // guarded by mutex_: fetch again from then on
+  int64_t expires_at_ms_ = 0;   // guarded by mutex_: token_ is not used from then on
+  bool fetching_ = false;       // guarded by mutex_: a fetch is in flight
+  uint64_t generation_ = 0;     // guarded by mutex_: fetches ended
+  std::vector<std::function<void()>> waiters_;  // guarded by mutex_: job fibers to wake
   uint64_t fetches_ = 0;        // guarded by mutex_
 };
 
@@ -192,8 +211,8 @@ class firebase_provider : public push_provider {
 /// at start), picks the project and the token URL, and makes providers that
 /// share one google_token_source. Timeouts and CA file from [django]. Errors
 /// name GOOGLE_APPLICATION_CREDENTIALS or the config key.
-/// With `loop`, the sends made on a job fiber go through it (downstream "firebase");
-/// the OAuth2 token fetch, under the token source's lock, always blocks.
+/// With `loop`, the sends and the OAuth2 token fetch made on a job fiber go
+/// through it (downstream "firebase"); elsewhere they block.
 std::variant<provider_factory, provider_error> make_firebase_provider(const protocol::config& cfg,
                                                                       std::shared_ptr<http_loop> loop = nullptr);
 
