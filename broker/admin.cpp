@@ -46,6 +46,8 @@ bool is_dashboard_page(const httplib::Request& req) {
 
 }  // namespace
 
+namespace {
+
 /// The adaptive in-flight limits each node reports (node_stats extra.limits,
 /// actors::limits_json; docs/reliability.md, "Adaptive in-flight limits").
 void render_limits(std::ostringstream& o, const nlohmann::json& nodes) {
@@ -93,94 +95,75 @@ void render_limits(std::ostringstream& o, const nlohmann::json& nodes) {
   }
 }
 
-std::string render_metrics(const nlohmann::json& s) {
-  std::ostringstream o;
-  o << "# HELP klynaa_build_info The running binary's version and git commit; always 1.\n"
-    << "# TYPE klynaa_build_info gauge\n"
-    << "klynaa_build_info{version=\"" << label(std::string{protocol::build_version()})
-    << "\",commit=\"" << label(std::string{protocol::build_commit()}) << "\"} 1\n";
-  const auto& functions = s.contains("functions") ? s["functions"] : nlohmann::json::object();
+void render_jobs(std::ostringstream& o, const broker_stats& s) {
   o << "# HELP klynaa_jobs_total Job attempts that ended, by function and outcome (ok, retry, dead).\n"
     << "# TYPE klynaa_jobs_total counter\n";
-  for (auto& [fn, f] : functions.items())
-    if (f.contains("outcomes"))
-      for (auto& [outcome, n] : f["outcomes"].items())
-        o << "klynaa_jobs_total{function=\"" << label(fn) << "\",outcome=\"" << label(outcome)
-          << "\"} " << n.get<int64_t>() << "\n";
+  for (auto& [fn, f] : s.functions)
+    for (auto& [outcome, n] : f.outcomes)
+      o << "klynaa_jobs_total{function=\"" << label(fn) << "\",outcome=\"" << label(outcome) << "\"} " << n << "\n";
+  auto state = [](const function_stats& f, const char* name) {
+    auto it = f.states.find(name);
+    return it == f.states.end() ? int64_t{0} : it->second;
+  };
   o << "# HELP klynaa_queue_depth Jobs waiting to run (ready or waiting to retry), by function.\n"
     << "# TYPE klynaa_queue_depth gauge\n";
-  for (auto& [fn, f] : functions.items())
-    o << "klynaa_queue_depth{function=\"" << label(fn) << "\"} "
-      << f.value("ready", int64_t{0}) + f.value("retry_wait", int64_t{0}) << "\n";
+  for (auto& [fn, f] : s.functions)
+    o << "klynaa_queue_depth{function=\"" << label(fn) << "\"} " << state(f, "ready") + state(f, "retry_wait") << "\n";
   o << "# HELP klynaa_jobs_running Jobs leased to a node, by function.\n"
     << "# TYPE klynaa_jobs_running gauge\n";
-  for (auto& [fn, f] : functions.items())
-    o << "klynaa_jobs_running{function=\"" << label(fn) << "\"} " << f.value("running", int64_t{0})
-      << "\n";
+  for (auto& [fn, f] : s.functions)
+    o << "klynaa_jobs_running{function=\"" << label(fn) << "\"} " << state(f, "running") << "\n";
   o << "# HELP klynaa_job_duration_seconds Duration of job attempts, by function.\n"
     << "# TYPE klynaa_job_duration_seconds histogram\n";
-  if (s.contains("durations"))
-    for (auto& [fn, h] : s["durations"].items()) {
-      int64_t cumulative = 0;
-      auto& buckets = h["buckets"];
-      auto& bounds = h["bounds"];
-      for (size_t i = 0; i < bounds.size(); ++i) {
-        cumulative += buckets[i].get<int64_t>();
-        o << "klynaa_job_duration_seconds_bucket{function=\"" << label(fn) << "\",le=\""
-          << bounds[i].get<double>() << "\"} " << cumulative << "\n";
-      }
-      o << "klynaa_job_duration_seconds_bucket{function=\"" << label(fn) << "\",le=\"+Inf\"} "
-        << h["count"].get<int64_t>() << "\n";
-      o << "klynaa_job_duration_seconds_sum{function=\"" << label(fn) << "\"} "
-        << h["sum"].get<double>() << "\n";
-      o << "klynaa_job_duration_seconds_count{function=\"" << label(fn) << "\"} "
-        << h["count"].get<int64_t>() << "\n";
+  for (auto& [fn, h] : s.durations) {
+    int64_t cumulative = 0;
+    for (size_t i = 0; i < h.bounds.size() && i < h.buckets.size(); ++i) {
+      cumulative += h.buckets[i];
+      o << "klynaa_job_duration_seconds_bucket{function=\"" << label(fn) << "\",le=\"" << h.bounds[i] << "\"} "
+        << cumulative << "\n";
     }
-  o << "# HELP klynaa_dead_letters Jobs in the dead-letter queue.\n"
-    << "# TYPE klynaa_dead_letters gauge\n"
-    << "klynaa_dead_letters " << s.value("dead_letters", int64_t{0}) << "\n";
-  o << "# HELP klynaa_nodes Nodes connected to the broker.\n"
-    << "# TYPE klynaa_nodes gauge\n"
-    << "klynaa_nodes " << (s.contains("nodes") ? s["nodes"].size() : 0) << "\n";
-  o << "# HELP klynaa_ingress_requests_total Ingress requests by reply status.\n"
-    << "# TYPE klynaa_ingress_requests_total counter\n";
-  if (s.contains("ingress"))
-    for (auto& [status, n] : s["ingress"].items())
-      o << "klynaa_ingress_requests_total{status=\"" << label(status) << "\"} " << n.get<int64_t>()
-        << "\n";
-  // Nodes report their own counters over the cluster protocol (node_stats); the
-  // broker exposes them labelled `node`.
-  const auto nodes = s.contains("nodes") ? s["nodes"] : nlohmann::json::array();
+    o << "klynaa_job_duration_seconds_bucket{function=\"" << label(fn) << "\",le=\"+Inf\"} " << h.count << "\n";
+    o << "klynaa_job_duration_seconds_sum{function=\"" << label(fn) << "\"} " << h.sum << "\n";
+    o << "klynaa_job_duration_seconds_count{function=\"" << label(fn) << "\"} " << h.count << "\n";
+  }
+}
+
+// Nodes report their own counters over the cluster protocol (node_stats); the
+// broker exposes them labelled `node`. Their form is the node's
+// (docs/cluster-protocol.md, "NODE_STATS"), hence JSON.
+void render_node_counters(std::ostringstream& o, const std::vector<node_view>& nodes) {
   o << "# HELP klynaa_downstream_requests_total Calls to Django and push providers, by node, service and outcome.\n"
     << "# TYPE klynaa_downstream_requests_total counter\n";
   for (auto& n : nodes) {
-    auto node = label(n.value("name", ""));
-    if (!n.contains("stats") || !n["stats"].contains("extra") || !n["stats"]["extra"].contains("downstream"))
-      continue;
-    for (auto& [key, count] : n["stats"]["extra"]["downstream"].items()) {
+    auto node = label(n.name);
+    const auto& st = n.stats;
+    if (!st.contains("extra") || !st["extra"].contains("downstream")) continue;
+    for (auto& [key, count] : st["extra"]["downstream"].items()) {
       auto slash = key.find('/');
-      o << "klynaa_downstream_requests_total{node=\"" << node << "\",service=\""
-        << label(key.substr(0, slash)) << "\",outcome=\""
-        << label(slash == std::string::npos ? "" : key.substr(slash + 1)) << "\"} "
+      o << "klynaa_downstream_requests_total{node=\"" << node << "\",service=\"" << label(key.substr(0, slash))
+        << "\",outcome=\"" << label(slash == std::string::npos ? "" : key.substr(slash + 1)) << "\"} "
         << count.get<int64_t>() << "\n";
     }
   }
   o << "# HELP klynaa_node_jobs_total Job attempts a node finished, by node, function and outcome.\n"
     << "# TYPE klynaa_node_jobs_total counter\n";
   for (auto& n : nodes) {
-    auto node = label(n.value("name", ""));
-    if (!n.contains("stats") || !n["stats"].contains("jobs")) continue;
-    for (auto& [fn, per] : n["stats"]["jobs"].items())
+    auto node = label(n.name);
+    if (!n.stats.contains("jobs")) continue;
+    for (auto& [fn, per] : n.stats["jobs"].items())
       for (auto& [outcome, count] : per.items())
-        o << "klynaa_node_jobs_total{node=\"" << node << "\",function=\"" << label(fn)
-          << "\",outcome=\"" << label(outcome) << "\"} " << count.get<int64_t>() << "\n";
+        o << "klynaa_node_jobs_total{node=\"" << node << "\",function=\"" << label(fn) << "\",outcome=\""
+          << label(outcome) << "\"} " << count.get<int64_t>() << "\n";
   }
-  // Circuit breakers per node and downstream (actors/breaker.hpp).
-  auto breakers_of = [](const nlohmann::json& n) {
-    if (!n.contains("stats") || !n["stats"].contains("extra") || !n["stats"]["extra"].contains("breakers") ||
-        !n["stats"]["extra"]["breakers"].is_object())
+}
+
+// Circuit breakers per node and downstream (actors/breaker.hpp).
+void render_breakers(std::ostringstream& o, const std::vector<node_view>& nodes) {
+  auto breakers_of = [](const node_view& n) {
+    const auto& st = n.stats;
+    if (!st.contains("extra") || !st["extra"].contains("breakers") || !st["extra"]["breakers"].is_object())
       return nlohmann::json::object();
-    return n["stats"]["extra"]["breakers"];
+    return st["extra"]["breakers"];
   };
   o << "# HELP klynaa_circuit_breaker_state A downstream's circuit breaker in a node: 0 closed, 1 half-open, 2 open.\n"
     << "# TYPE klynaa_circuit_breaker_state gauge\n";
@@ -188,8 +171,8 @@ std::string render_metrics(const nlohmann::json& s) {
     const auto breakers = breakers_of(n);  // not a temporary: items() refers to it
     for (auto& [service, b] : breakers.items()) {
       auto st = b.value("state", "closed");
-      o << "klynaa_circuit_breaker_state{node=\"" << label(n.value("name", "")) << "\",service=\"" << label(service)
-        << "\"} " << (st == "open" ? 2 : st == "half_open" ? 1 : 0) << "\n";
+      o << "klynaa_circuit_breaker_state{node=\"" << label(n.name) << "\",service=\"" << label(service) << "\"} "
+        << (st == "open" ? 2 : st == "half_open" ? 1 : 0) << "\n";
     }
   }
   o << "# HELP klynaa_circuit_breaker_opens_total Times a downstream's circuit breaker opened in a node.\n"
@@ -197,17 +180,42 @@ std::string render_metrics(const nlohmann::json& s) {
   for (auto& n : nodes) {
     const auto breakers = breakers_of(n);
     for (auto& [service, b] : breakers.items())
-      o << "klynaa_circuit_breaker_opens_total{node=\"" << label(n.value("name", "")) << "\",service=\""
-        << label(service) << "\"} " << b.value("opens", int64_t{0}) << "\n";
+      o << "klynaa_circuit_breaker_opens_total{node=\"" << label(n.name) << "\",service=\"" << label(service)
+        << "\"} " << b.value("opens", int64_t{0}) << "\n";
   }
+}
+
+}  // namespace
+
+std::string render_metrics(const broker_stats& s) {
+  std::ostringstream o;
+  o << "# HELP klynaa_build_info The running binary's version and git commit; always 1.\n"
+    << "# TYPE klynaa_build_info gauge\n"
+    << "klynaa_build_info{version=\"" << label(std::string{protocol::build_version()})
+    << "\",commit=\"" << label(std::string{protocol::build_commit()}) << "\"} 1\n";
+  render_jobs(o, s);
+  o << "# HELP klynaa_dead_letters Jobs in the dead-letter queue.\n"
+    << "# TYPE klynaa_dead_letters gauge\n"
+    << "klynaa_dead_letters " << s.dead_letters << "\n";
+  o << "# HELP klynaa_nodes Nodes connected to the broker.\n"
+    << "# TYPE klynaa_nodes gauge\n"
+    << "klynaa_nodes " << s.nodes.size() << "\n";
+  o << "# HELP klynaa_ingress_requests_total Ingress requests by reply status.\n"
+    << "# TYPE klynaa_ingress_requests_total counter\n";
+  for (auto& [status, n] : s.ingress)
+    o << "klynaa_ingress_requests_total{status=\"" << label(status) << "\"} " << n << "\n";
+  render_node_counters(o, s.nodes);
+  render_breakers(o, s.nodes);
+  nlohmann::json nodes = nlohmann::json::array();  // render_limits reads the nodes' own reports
+  for (auto& n : s.nodes) nodes.push_back({{"name", n.name}, {"stats", n.stats}});
   render_limits(o, nodes);
   o << "# HELP klynaa_node_running_jobs Jobs a node is running now.\n"
     << "# TYPE klynaa_node_running_jobs gauge\n";
-  for (auto& n : nodes)
-    o << "klynaa_node_running_jobs{node=\"" << label(n.value("name", "")) << "\"} "
-      << n.value("running", int64_t{0}) << "\n";
+  for (auto& n : s.nodes) o << "klynaa_node_running_jobs{node=\"" << label(n.name) << "\"} " << n.running << "\n";
   return o.str();
 }
+
+std::string render_metrics(const nlohmann::json& stats) { return render_metrics(stats_from_json(stats)); }
 
 bool admin_server::start(const std::string& bind, const std::string& token, admin_handlers h,
                          std::string& err) {
@@ -247,7 +255,7 @@ bool admin_server::start(const std::string& bind, const std::string& token, admi
     res.set_content(render_metrics(h.stats()), "text/plain; version=0.0.4");
   });
   srv.Get("/stats", [h](const httplib::Request&, httplib::Response& res) {
-    res.set_content(h.stats().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+    res.set_content(to_json(h.stats()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
                     "application/json");
   });
   // Dead-letter queue (klynaa dlq, the dashboard). Job ids go in the query

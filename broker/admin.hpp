@@ -1,8 +1,11 @@
-// The broker's admin endpoint (contract §5, §7): an HTTP server on admin.bind
-// with /metrics (Prometheus text), /stats (JSON for `klynaa stats` and the
-// dashboard), /dlq, /healthz and the dashboard page itself at / and /dashboard
-// (broker/dashboard/index.html, open like /healthz: it holds no data). Runs its own threads (cpp-httplib); reads the broker
-// only through the thread-safe callbacks it is given.
+// The broker's admin endpoint (docs/operations.md, "Watching it", "The
+// dead-letter queue", "Dashboard"; docs/security.md, "The admin endpoint"): an
+// HTTP server on admin.bind with /metrics (Prometheus text), /stats (JSON for
+// `klynaa stats` and the dashboard), /dlq, /healthz and the dashboard page itself
+// at / and /dashboard (broker/dashboard/index.html, open like /healthz: it holds
+// no data). Runs its own threads (cpp-httplib); reads the broker only through
+// the thread-safe callbacks it is given. The stats arrive typed (stats.hpp) and
+// become JSON or Prometheus text here, at the edge.
 #pragma once
 
 #include <functional>
@@ -14,10 +17,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "broker/stats.hpp"
+
 namespace klynaa::broker {
 
 struct admin_handlers {
-  std::function<nlohmann::json()> stats;  ///< the broker's snapshot (broker_core::stats)
+  std::function<broker_stats()> stats;  ///< the broker's snapshot (broker_core::stats), or a standby's
   /// Dead-letter queue. list: {"jobs": [...], "total": n}; show: the job with
   /// its history, or null when it is not a dead job; command: see
   /// broker_core::dlq_command.
@@ -51,6 +56,8 @@ class admin_server {
 };
 
 /// Renders the Prometheus text exposition of a stats snapshot (exposed for tests).
+std::string render_metrics(const broker_stats& stats);
+/// The same of a /stats document (stats_from_json).
 std::string render_metrics(const nlohmann::json& stats);
 
 }  // namespace klynaa::broker

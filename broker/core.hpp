@@ -1,5 +1,5 @@
-// The broker: one loop thread that owns the ingress ROUTER (contract §1), the
-// cluster ROUTER (docs/cluster-protocol.md), the live queue and the invoke
+// The broker: one loop thread that owns the ingress ROUTER
+// (docs/ingress-protocol.md), the cluster ROUTER (docs/cluster-protocol.md), the live queue and the invoke
 // waiters; a writer thread that commits batches to the store (writer.hpp).
 //
 // Message order, in one place:
@@ -8,6 +8,9 @@
 //   -> `done` -> state change added to the open batch -> committed
 //   -> invoke waiters answered.
 // Nothing is acknowledged, and no job runs, before the commit that holds it.
+//
+// The loop only wires the sockets to the broker's parts (core_impl.hpp lists
+// them; docs/design-broker.md draws them).
 #pragma once
 
 #include <atomic>
@@ -22,6 +25,8 @@
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 
+#include "broker/clock.hpp"
+#include "broker/stats.hpp"
 #include "broker/store.hpp"
 #include "broker/zap.hpp"
 #include "protocol/config.hpp"
@@ -39,6 +44,8 @@ struct broker_options {
   /// The cluster's applies to its tcp:// and ipc:// binds (inproc has no handshake).
   curve_server_options ingress_curve;
   curve_server_options cluster_curve;
+  /// The loop's clock (clock.hpp): every timer, lease, retry and stat reads it.
+  clock_fn clock = wall_ms;
 };
 
 /// Lifecycle requested from outside (signal handlers), read by the loop.
@@ -46,11 +53,6 @@ enum class phase : int {
   running = 0,
   draining = 1,  ///< answer `shutting_down`, dispatch nothing new, wait for in-flight jobs
   stopping = 2,  ///< flush the last batch, say bye to nodes and return
-};
-
-/// A snapshot of the broker's state for the admin endpoint, refreshed by the loop.
-struct broker_snapshot {
-  nlohmann::json stats = nlohmann::json::object();
 };
 
 class broker_core {
@@ -71,8 +73,9 @@ class broker_core {
   /// Endpoints actually bound: {"ingress": ..., "cluster": [...]}.
   nlohmann::json bound_endpoints() const;
 
-  /// Thread-safe copy of the latest stats (see docs/operations.md).
-  nlohmann::json stats() const;
+  /// Thread-safe copy of the latest stats (stats.hpp; docs/operations.md),
+  /// refreshed by the loop every 250 ms; dead_letters at once after each commit.
+  broker_stats stats() const;
 
   /// Thread-safe (the admin endpoint): `action` "replay" or "purge" of the dead
   /// jobs `ids`, or of all of them. Runs through the loop and the store's next

@@ -1,9 +1,8 @@
-// Client requests on the ingress ROUTER (contract §1): frames, decoding,
-// validation, the open batch, and every reply.
+// Client requests on the ingress ROUTER (docs/ingress-protocol.md): frames and
+// decoding, then admission (admission.hpp) into the open batch; every reply,
+// and the invoke waiters that wait for a job's end.
 #include "broker/core_impl.hpp"
-#include "protocol/version.hpp"
 
-#include "protocol/jobs.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::broker {
@@ -14,7 +13,7 @@ constexpr size_t max_per_poll = 4096;  // then let the cluster and the writer ha
 }  // namespace
 
 void broker_core::impl::on_ingress() {
-  const int64_t now = wall_ms();
+  const int64_t now = now_ms();
   std::vector<zmq::message_t> frames;
   for (size_t n = 0; n < max_per_poll; ++n) {
     frames.clear();
@@ -40,11 +39,8 @@ void broker_core::impl::handle_frames(std::vector<zmq::message_t>& frames, int64
   c.delimited = has_delim;
   const size_t expected = has_delim ? 3 : 2;
   if (frames.size() != expected) {
-    ++ingress_counts["rejected"];
-    send_reply(c, protocol::rejection(std::nullopt, protocol::error_code::malformed,
-                                      "a request is one msgpack frame, optionally preceded by one "
-                                      "empty delimiter frame; got " +
-                                          std::to_string(frames.size() - 1) + " frames"));
+    ++counters.ingress["rejected"];
+    send_reply(c, frame_layout_rejection(frames.size() - 1));
     return;
   }
   auto& payload = frames.back();
@@ -56,7 +52,7 @@ void broker_core::impl::handle_frames(std::vector<zmq::message_t>& frames, int64
     rep.id = d.id;
     rep.status = protocol::reply_status::rejected;
     rep.error = d.error;
-    ++ingress_counts["rejected"];
+    ++counters.ingress["rejected"];
     send_reply(c, rep);
     return;
   }
@@ -64,72 +60,19 @@ void broker_core::impl::handle_frames(std::vector<zmq::message_t>& frames, int64
 }
 
 void broker_core::impl::handle_request(const client_ref& c, protocol::request&& req, int64_t now) {
-  if (req.operation == protocol::op::ping) {
-    ++ingress_counts["pong"];
-    send_reply(c, protocol::pong_reply(req.id));
+  admission_state state;
+  state.draining = draining;
+  state.pending = queue.size();
+  state.commit_failures = commit_failures;
+  state.last_commit_error = last_commit_error;
+  state.disk_free_mb = disk_free_mb;
+  auto a = admit(req, state, opts.cfg, now, [this] { return next_seq(); });
+  if (a.reply) {  // pong or rejected
+    ++counters.ingress[std::string(protocol::to_string(a.reply->status))];
+    send_reply(c, *a.reply);
     return;
   }
-  if (draining) {
-    auto rep = protocol::rejection(req.id, protocol::error_code::shutting_down,
-                                   "the broker is shutting down; send again to the next broker");
-    rep.retry_after_ms = 1000;
-    ++ingress_counts["rejected"];
-    send_reply(c, rep);
-    return;
-  }
-  if (static_cast<int64_t>(queue.size()) >= opts.cfg.ingress.max_pending) {
-    auto rep = protocol::rejection(req.id, protocol::error_code::overloaded,
-                                   "the broker holds " + std::to_string(queue.size()) +
-                                       " pending jobs (ingress.max_pending); retry later");
-    rep.retry_after_ms = 1000;
-    ++ingress_counts["rejected"];
-    send_reply(c, rep);
-    return;
-  }
-  if (commit_failures > 0) {  // fail fast until a probe commit succeeds (core.cpp maybe_submit)
-    auto rep = protocol::rejection(req.id, protocol::error_code::overloaded,
-                                   "the broker cannot write to its store (" + last_commit_error +
-                                       "); nothing was stored, retry later");
-    rep.retry_after_ms = 1000;
-    ++ingress_counts["rejected"];
-    send_reply(c, rep);
-    return;
-  }
-  if (disk_free_mb >= 0 && disk_free_mb < opts.cfg.ingress.min_free_disk_mb) {
-    auto rep = protocol::rejection(req.id, protocol::error_code::overloaded,
-                                   "the broker's disk has " + std::to_string(disk_free_mb) +
-                                       " MB free, under ingress.min_free_disk_mb (" +
-                                       std::to_string(opts.cfg.ingress.min_free_disk_mb) +
-                                       "); nothing was stored, retry later");
-    rep.retry_after_ms = 5000;
-    ++ingress_counts["rejected"];
-    send_reply(c, rep);
-    return;
-  }
-  auto derived = protocol::derive_jobs(req, opts.cfg.escrow.hold_seconds * 1000);
-  new_request nr;
-  nr.id = req.id;
-  nr.op = static_cast<int>(req.operation);
-  nr.type = req.type;
-  nr.ts_ms = req.ts_ms;
-  nr.accepted_ms = now;
-  nr.closes_pickup = derived.closes_pickup;
-  for (auto& js : derived.jobs) {
-    job_record r;
-    r.id = js.id;
-    r.request_id = req.id;
-    r.function = js.function;
-    r.data_json = js.data.dump();
-    r.ordering_key = js.ordering_key;
-    r.seq = next_seq();
-    r.state = job_state::ready;
-    r.due_ms = js.due_ms;
-    r.ts_ms = req.ts_ms;
-    r.created_ms = now;
-    r.auto_release = js.auto_release;
-    nr.jobs.push_back(std::move(r));
-  }
-  current.b.requests.push_back(std::move(nr));
+  current.b.requests.push_back(std::move(a.write));
   pending_request p;
   p.client = c;
   p.id = req.id;
@@ -156,12 +99,11 @@ void broker_core::impl::add_waiter(const pending_request& p, const std::string& 
   waiter w;
   w.client = p.client;
   w.request_id = p.id;
-  w.deadline = wall_ms() + p.timeout_ms;
+  w.deadline = now_ms() + p.timeout_ms;
   waiters.emplace(job_id, std::move(w));
 }
 
-protocol::reply broker_core::impl::outcome_reply(const std::string& request_id,
-                                                 const job_record& j) const {
+protocol::reply broker_core::impl::outcome_reply(const std::string& request_id, const job_record& j) const {
   protocol::reply rep;
   rep.id = request_id;
   if (j.state == job_state::done) {
@@ -181,10 +123,9 @@ protocol::reply broker_core::impl::outcome_reply(const std::string& request_id,
 }
 
 void broker_core::impl::answer_duplicate(const pending_request& p, const request_outcome& o) {
-  ++ingress_counts["duplicate"];
+  ++counters.ingress["duplicate"];
   const bool invoke_again = p.op == protocol::op::invoke &&
-                            o.original_op == static_cast<int>(protocol::op::invoke) &&
-                            !o.job_ids.empty();
+                            o.original_op == static_cast<int>(protocol::op::invoke) && !o.job_ids.empty();
   if (invoke_again) {
     const auto& job_id = o.job_ids.front();
     for (auto& j : o.existing) {
@@ -205,6 +146,35 @@ void broker_core::impl::answer_duplicate(const pending_request& p, const request
   rep.status = protocol::reply_status::duplicate;
   rep.jobs = o.job_ids;
   send_reply(p.client, rep);
+}
+
+void broker_core::impl::notify_waiters(const finished_note& n) {
+  auto range = waiters.equal_range(n.job_id);
+  for (auto it = range.first; it != range.second; ++it) {
+    protocol::reply rep;
+    rep.id = it->second.request_id;
+    rep.status = n.status;
+    if (n.status == protocol::reply_status::ok)
+      rep.result = nlohmann::json::parse(n.result_json.empty() ? "{}" : n.result_json, nullptr, false);
+    rep.error = n.error;
+    send_reply(it->second.client, rep);
+  }
+  waiters.erase(n.job_id);
+}
+
+void broker_core::impl::expire_waiters(int64_t now) {
+  for (auto it = waiters.begin(); it != waiters.end();) {
+    if (it->second.deadline <= now) {
+      protocol::reply rep;
+      rep.id = it->second.request_id;
+      rep.status = protocol::reply_status::timeout;
+      rep.jobs = {it->first};
+      send_reply(it->second.client, rep);
+      it = waiters.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 }  // namespace klynaa::broker

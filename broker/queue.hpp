@@ -68,6 +68,8 @@ struct live_job {
     if (!run_) run_ = std::make_unique<run_info>();
     return *run_;
   }
+  /// The running state, or nullptr when the job was never dispatched.
+  const run_info* run_if() const { return run_.get(); }
   const std::string& node() const { return run_ ? run_->node : no_string(); }
   const std::string& node_name() const { return run_ ? run_->node_name : no_string(); }
   bool fanout_sends_to(const std::string& identity) const {

@@ -222,15 +222,20 @@ struct broker_role {
 
 broker::admin_handlers role_handlers(broker_role& role, broker::dlq_reader& dlq) {
   broker::admin_handlers h;
-  h.stats = [&role]() -> nlohmann::json {
+  h.stats = [&role]() -> broker::broker_stats {
     auto* core = role.core.load();
-    if (!core)
-      return {{"role", "standby"}, {"broker_name", role.name}, {"lease_ms", role.lease_ms},
-              {"message", broker::standby_message}};
+    if (!core) {
+      broker::broker_stats s;
+      s.role = "standby";
+      s.broker_name = role.name;
+      s.lease_ms = role.lease_ms;
+      s.message = broker::standby_message;
+      return s;
+    }
     auto s = core->stats();
     if (role.postgres) {
-      s["role"] = "active";
-      s["broker_name"] = role.name;
+      s.role = "active";
+      s.broker_name = role.name;
     }
     return s;
   };

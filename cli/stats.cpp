@@ -1,8 +1,10 @@
 // `klynaa stats`: the broker's queues and nodes through its admin endpoint
-// (contract §5): a table for people, --json for scripts.
+// (docs/operations.md, "Watching it"): a table for people, read from the typed
+// stats (broker/stats.hpp); --json prints the broker's document as it came.
 #include <cstdio>
 #include <iostream>
 
+#include "broker/stats.hpp"
 #include "cli/admin_client.hpp"
 #include "cli/commands.hpp"
 
@@ -14,68 +16,67 @@ int64_t num(const nlohmann::json& j, const char* key) {
   return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<int64_t>() : 0;
 }
 
-void print_table(const nlohmann::json& s) {
-  std::printf("%-26s %8s %8s %8s %10s %8s %8s\n", "function", "queued", "running", "retrying",
-              "done", "retries", "dead");
-  const auto functions = s.value("functions", nlohmann::json::object());
-  for (auto& [fn, f] : functions.items()) {
-    auto o = f.value("outcomes", nlohmann::json::object());
+int64_t count(const std::map<std::string, int64_t>& m, const char* key) {
+  auto it = m.find(key);
+  return it == m.end() ? 0 : it->second;
+}
+
+void print_functions(const broker::broker_stats& s) {
+  std::printf("%-26s %8s %8s %8s %10s %8s %8s\n", "function", "queued", "running", "retrying", "done", "retries",
+              "dead");
+  for (auto& [fn, f] : s.functions)
     std::printf("%-26s %8lld %8lld %8lld %10lld %8lld %8lld\n", fn.c_str(),
-                static_cast<long long>(num(f, "ready")), static_cast<long long>(num(f, "running")),
-                static_cast<long long>(num(f, "retry_wait")), static_cast<long long>(num(o, "ok")),
-                static_cast<long long>(num(o, "retry")), static_cast<long long>(num(o, "dead")));
-  }
-  std::printf("\ndead-letter queue: %lld job(s)\n\n", static_cast<long long>(num(s, "dead_letters")));
-  const auto retrying = s.value("retrying", nlohmann::json::array());
-  if (!retrying.empty()) {
+                static_cast<long long>(count(f.states, "ready")), static_cast<long long>(count(f.states, "running")),
+                static_cast<long long>(count(f.states, "retry_wait")),
+                static_cast<long long>(count(f.outcomes, "ok")), static_cast<long long>(count(f.outcomes, "retry")),
+                static_cast<long long>(count(f.outcomes, "dead")));
+  std::printf("\ndead-letter queue: %lld job(s)\n\n", static_cast<long long>(s.dead_letters));
+  if (!s.retrying.empty()) {
     std::printf("%-44s %-26s %8s %12s\n", "next retries", "function", "attempts", "in");
-    for (auto& r : retrying)
-      std::printf("%-44s %-26s %8lld %10.1f s\n", r.value("job_id", "").c_str(), r.value("function", "").c_str(),
-                  static_cast<long long>(num(r, "attempts")),
-                  static_cast<double>(num(r, "next_run_ms") - num(s, "ts_ms")) / 1000.0);
+    for (auto& r : s.retrying)
+      std::printf("%-44s %-26s %8lld %10.1f s\n", r.job_id.c_str(), r.function.c_str(),
+                  static_cast<long long>(r.attempts), static_cast<double>(r.next_run_ms - s.ts_ms) / 1000.0);
     std::printf("\n");
   }
-  auto nodes = s.value("nodes", nlohmann::json::array());
+}
+
+// What a node reports of itself (NODE_STATS, docs/cluster-protocol.md): circuit
+// breakers that are not closed and adaptive in-flight limits.
+void print_node_report(const broker::node_view& n) {
+  const auto extra = n.stats.value("extra", nlohmann::json::object());
+  const auto breakers = extra.value("breakers", nlohmann::json::object());
+  for (auto& [service, b] : breakers.items())
+    if (b.value("state", "closed") != "closed")
+      std::printf("%s: %s circuit breaker %s (retry in %.1f s, %lld failures in a row)\n", n.name.c_str(),
+                  service.c_str(), b.value("state", "").c_str(), static_cast<double>(num(b, "retry_in_ms")) / 1000.0,
+                  static_cast<long long>(num(b, "consecutive_failures")));
+  // Adaptive in-flight limits: one line per downstream and function in use.
+  const auto limits = extra.value("limits", nlohmann::json::object());
+  const auto downstreams = limits.value("downstreams", nlohmann::json::object());  // items() refers to it
+  for (auto& [downstream, d] : downstreams.items()) {
+    const auto functions = d.value("functions", nlohmann::json::object());
+    for (auto& [fn, f] : functions.items())
+      std::printf("%s: %s/%s limit %lld, in flight %lld, waiting %lld, latency %.1f ms (floor %.1f ms)%s\n",
+                  n.name.c_str(), downstream.c_str(), fn.c_str(), static_cast<long long>(num(f, "limit")),
+                  static_cast<long long>(num(f, "in_flight")), static_cast<long long>(num(d, "waiting")),
+                  f.value("latency_ms", 0.0), f.value("min_rtt_ms", 0.0),
+                  num(d, "paused_ms") > 0 ? (" paused " + std::to_string(num(d, "paused_ms")) + " ms").c_str() : "");
+  }
+  for (auto& [kind, why] : n.withdrawn) std::printf("%s: withdrew %s (%s)\n", n.name.c_str(), kind.c_str(), why.c_str());
+}
+
+void print_table(const broker::broker_stats& s) {
+  print_functions(s);
   std::printf("%-24s %-34s %8s %8s %16s\n", "node", "actors", "running", "credit", "last heartbeat");
-  const int64_t now = num(s, "ts_ms");
-  for (auto& n : nodes) {
+  for (auto& n : s.nodes) {
     std::string kinds;
-    const auto kind_list = n.value("kinds", nlohmann::json::array());
-    for (auto& k : kind_list)
-      kinds += (kinds.empty() ? "" : ",") + k.get<std::string>();
-    std::printf("%-24s %-34s %8lld %8lld %13lld ms\n", n.value("name", "").c_str(), kinds.c_str(),
-                static_cast<long long>(num(n, "running")), static_cast<long long>(num(n, "credit")),
-                static_cast<long long>(now - num(n, "last_heartbeat_ms")));
+    for (auto& k : n.kinds) kinds += (kinds.empty() ? "" : ",") + k;
+    std::printf("%-24s %-34s %8lld %8lld %13lld ms\n", n.name.c_str(), kinds.c_str(),
+                static_cast<long long>(n.running), static_cast<long long>(n.credit),
+                static_cast<long long>(s.ts_ms - n.last_heartbeat_ms));
   }
-  if (nodes.empty()) std::printf("(no node connected)\n");
-  // Circuit breakers that are not closed, and actor kinds a node withdrew.
-  for (auto& n : nodes) {
-    const auto extra = n.value("stats", nlohmann::json::object()).value("extra", nlohmann::json::object());
-    const auto breakers = extra.value("breakers", nlohmann::json::object());
-    for (auto& [service, b] : breakers.items())
-      if (b.value("state", "closed") != "closed")
-        std::printf("%s: %s circuit breaker %s (retry in %.1f s, %lld failures in a row)\n",
-                    n.value("name", "").c_str(), service.c_str(), b.value("state", "").c_str(),
-                    static_cast<double>(num(b, "retry_in_ms")) / 1000.0,
-                    static_cast<long long>(num(b, "consecutive_failures")));
-    // Adaptive in-flight limits: one line per downstream and function in use.
-    const auto limits = extra.value("limits", nlohmann::json::object());
-    const auto downstreams = limits.value("downstreams", nlohmann::json::object());  // items() refers to it
-    for (auto& [downstream, d] : downstreams.items()) {
-      const auto functions = d.value("functions", nlohmann::json::object());
-      for (auto& [fn, f] : functions.items())
-        std::printf("%s: %s/%s limit %lld, in flight %lld, waiting %lld, latency %.1f ms (floor %.1f ms)%s\n",
-                    n.value("name", "").c_str(), downstream.c_str(), fn.c_str(),
-                    static_cast<long long>(num(f, "limit")), static_cast<long long>(num(f, "in_flight")),
-                    static_cast<long long>(num(d, "waiting")), f.value("latency_ms", 0.0),
-                    f.value("min_rtt_ms", 0.0),
-                    num(d, "paused_ms") > 0 ? (" paused " + std::to_string(num(d, "paused_ms")) + " ms").c_str() : "");
-    }
-    const auto withdrawn = n.value("withdrawn", nlohmann::json::object());
-    for (auto& [kind, why] : withdrawn.items())
-      std::printf("%s: withdrew %s (%s)\n", n.value("name", "").c_str(), kind.c_str(),
-                  why.is_string() ? why.get<std::string>().c_str() : "");
-  }
+  if (s.nodes.empty()) std::printf("(no node connected)\n");
+  for (auto& n : s.nodes) print_node_report(n);
 }
 
 }  // namespace
@@ -103,7 +104,7 @@ int cmd_stats(int argc, char** argv) {
   if (args.has("json"))
     std::cout << s->dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   else
-    print_table(*s);
+    print_table(broker::stats_from_json(*s));
   return 0;
 }
 

@@ -128,8 +128,10 @@ struct loop_fixture {
   }
   int64_t ok_of(const std::string& function) {
     auto s = core->stats();
-    auto f = s["functions"][function];
-    return f.is_object() && f.contains("outcomes") ? f["outcomes"].value("ok", int64_t{0}) : 0;
+    auto f = s.functions.find(function);
+    if (f == s.functions.end()) return 0;
+    auto ok = f->second.outcomes.find("ok");
+    return ok == f->second.outcomes.end() ? 0 : ok->second;
   }
 };
 
@@ -206,7 +208,7 @@ struct dlq_view {
   int64_t total() { return reader.list(1000).value("total", int64_t{-1}); }
 };
 
-int64_t gauge(loop_fixture& f) { return f.core->stats().value("dead_letters", int64_t{-1}); }
+int64_t gauge(loop_fixture& f) { return f.core->stats().dead_letters; }
 
 /// The gauge and the list agree on `n` (each step commits through the writer).
 void check_dlq(loop_fixture& f, dlq_view& v, int64_t n) {
