@@ -217,6 +217,82 @@ std::string render_metrics(const broker_stats& s) {
 
 std::string render_metrics(const nlohmann::json& stats) { return render_metrics(stats_from_json(stats)); }
 
+namespace {
+
+void add_dlq_routes(httplib::Server& srv, const admin_handlers& h) {
+  // Dead-letter queue (klynaa dlq, the dashboard). Job ids go in the query
+  // string (?id=...; they contain '#' and ':'), never in the path.
+  auto json_reply = [](httplib::Response& res, int status, const nlohmann::json& body) {
+    res.status = status;
+    res.set_content(body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "application/json");
+  };
+  srv.Get("/dlq", [h, json_reply](const httplib::Request& req, httplib::Response& res) {
+    size_t limit = 100;
+    if (req.has_param("limit")) {
+      try {
+        limit = std::stoul(req.get_param_value("limit"));
+      } catch (...) {
+        return json_reply(res, 400, {{"error", "bad_request"}, {"message", "limit must be a number"}});
+      }
+    }
+    json_reply(res, 200, h.dlq_list(std::min<size_t>(std::max<size_t>(limit, 1), 10000)));
+  });
+  srv.Get("/dlq/job", [h, json_reply](const httplib::Request& req, httplib::Response& res) {
+    if (!req.has_param("id"))
+      return json_reply(res, 400, {{"error", "bad_request"}, {"message", "give the job as ?id=JOB"}});
+    auto id = req.get_param_value("id");
+    auto job = h.dlq_show(id);
+    if (job.is_null())
+      return json_reply(res, 404, {{"error", "not_found"}, {"message", "no dead job " + id}});
+    json_reply(res, 200, job);
+  });
+  for (std::string action : {"replay", "purge"}) {
+    srv.Post("/dlq/" + action, [h, json_reply, action](const httplib::Request& req, httplib::Response& res) {
+      std::vector<std::string> ids;
+      for (size_t i = 0, n = req.get_param_value_count("id"); i < n; ++i) ids.push_back(req.get_param_value("id", i));
+      const bool all = req.has_param("all") && req.get_param_value("all") != "0";
+      if (ids.empty() == !all)
+        return json_reply(res, 400, {{"error", "bad_request"},
+                                     {"message", "give the jobs as ?id=JOB (repeatable) or all of them as ?all=1"}});
+      auto out = h.dlq_command(action, ids, all);
+      json_reply(res, out.contains("error") ? 503 : 200, out);
+    });
+  }
+}
+
+void add_pages(httplib::Server& srv, const admin_handlers& h) {
+  // The dashboard (issue 9): one self-contained page; its script polls /stats
+  // and /dlq with the token the user gives it. Nothing else may load or frame it.
+  auto dashboard = [](const httplib::Request&, httplib::Response& res) {
+    res.set_header("Cache-Control", "no-store");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_header("Referrer-Policy", "no-referrer");
+    res.set_header("X-Frame-Options", "DENY");
+    res.set_header("Content-Security-Policy",
+                   "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                   "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                   "frame-ancestors 'none'");
+    const auto page = dashboard_html();
+    res.set_content(page.data(), page.size(), "text/html; charset=utf-8");
+  };
+  srv.Get("/", dashboard);
+  srv.Get("/dashboard", dashboard);
+  srv.Get("/healthz", [h](const httplib::Request&, httplib::Response& res) {
+    if (!h.health) {
+      res.set_content(R"({"status":"ok"})", "application/json");
+      return;
+    }
+    auto [status, body] = h.health();
+    res.status = status;
+    res.set_content(body.dump(), "application/json");
+  });
+  srv.Get("/livez", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(R"({"status":"alive"})", "application/json");
+  });
+}
+
+}  // namespace
+
 bool admin_server::start(const std::string& bind, const std::string& token, admin_handlers h,
                          std::string& err) {
   auto colon = bind.rfind(':');
@@ -258,72 +334,8 @@ bool admin_server::start(const std::string& bind, const std::string& token, admi
     res.set_content(to_json(h.stats()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
                     "application/json");
   });
-  // Dead-letter queue (klynaa dlq, the dashboard). Job ids go in the query
-  // string (?id=...; they contain '#' and ':'), never in the path.
-  auto json_reply = [](httplib::Response& res, int status, const nlohmann::json& body) {
-    res.status = status;
-    res.set_content(body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "application/json");
-  };
-  srv.Get("/dlq", [h, json_reply](const httplib::Request& req, httplib::Response& res) {
-    size_t limit = 100;
-    if (req.has_param("limit")) {
-      try {
-        limit = std::stoul(req.get_param_value("limit"));
-      } catch (...) {
-        return json_reply(res, 400, {{"error", "bad_request"}, {"message", "limit must be a number"}});
-      }
-    }
-    json_reply(res, 200, h.dlq_list(std::min<size_t>(std::max<size_t>(limit, 1), 10000)));
-  });
-  srv.Get("/dlq/job", [h, json_reply](const httplib::Request& req, httplib::Response& res) {
-    if (!req.has_param("id"))
-      return json_reply(res, 400, {{"error", "bad_request"}, {"message", "give the job as ?id=JOB"}});
-    auto id = req.get_param_value("id");
-    auto job = h.dlq_show(id);
-    if (job.is_null())
-      return json_reply(res, 404, {{"error", "not_found"}, {"message", "no dead job " + id}});
-    json_reply(res, 200, job);
-  });
-  for (std::string action : {"replay", "purge"}) {
-    srv.Post("/dlq/" + action, [h, json_reply, action](const httplib::Request& req, httplib::Response& res) {
-      std::vector<std::string> ids;
-      for (size_t i = 0, n = req.get_param_value_count("id"); i < n; ++i) ids.push_back(req.get_param_value("id", i));
-      const bool all = req.has_param("all") && req.get_param_value("all") != "0";
-      if (ids.empty() == !all)
-        return json_reply(res, 400, {{"error", "bad_request"},
-                                     {"message", "give the jobs as ?id=JOB (repeatable) or all of them as ?all=1"}});
-      auto out = h.dlq_command(action, ids, all);
-      json_reply(res, out.contains("error") ? 503 : 200, out);
-    });
-  }
-  // The dashboard (issue 9): one self-contained page; its script polls /stats
-  // and /dlq with the token the user gives it. Nothing else may load or frame it.
-  auto dashboard = [](const httplib::Request&, httplib::Response& res) {
-    res.set_header("Cache-Control", "no-store");
-    res.set_header("X-Content-Type-Options", "nosniff");
-    res.set_header("Referrer-Policy", "no-referrer");
-    res.set_header("X-Frame-Options", "DENY");
-    res.set_header("Content-Security-Policy",
-                   "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                   "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-                   "frame-ancestors 'none'");
-    const auto page = dashboard_html();
-    res.set_content(page.data(), page.size(), "text/html; charset=utf-8");
-  };
-  srv.Get("/", dashboard);
-  srv.Get("/dashboard", dashboard);
-  srv.Get("/healthz", [h](const httplib::Request&, httplib::Response& res) {
-    if (!h.health) {
-      res.set_content(R"({"status":"ok"})", "application/json");
-      return;
-    }
-    auto [status, body] = h.health();
-    res.status = status;
-    res.set_content(body.dump(), "application/json");
-  });
-  srv.Get("/livez", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(R"({"status":"alive"})", "application/json");
-  });
+  add_dlq_routes(srv, h);
+  add_pages(srv, h);
   if (port == 0)
     port = srv.bind_to_any_port(impl_->host);
   else if (!srv.bind_to_port(impl_->host, port))

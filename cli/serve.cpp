@@ -1,7 +1,8 @@
-// `klynaa run`, `klynaa broker`, `klynaa node`: the long-running roles.
-#include <fcntl.h>
+// `klynaa run`, `klynaa broker`, `klynaa node`: the long-running roles. Flags,
+// config, CURVE keys and signals live here; running a broker (its store, the
+// PostgreSQL lease and standby, the admin endpoint, the drain) is
+// broker/serve.hpp's.
 #include <signal.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -9,17 +10,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <thread>
 
-#include "broker/admin.hpp"
-#include "broker/core.hpp"
-#include "broker/dlq.hpp"
-#include "broker/lease_keeper.hpp"
-#include "broker/pg_store.hpp"
 #include "broker/schedules.hpp"
-#include "broker/standby.hpp"
+#include "broker/serve.hpp"
 #include "cli/commands.hpp"
 #include "cli/keys.hpp"
 #include "cli/node_host.hpp"
@@ -60,7 +55,6 @@ struct prepared {
   parsed_args args;
   protocol::config cfg;
   std::string data_dir;
-  int lock_fd = -1;
   broker::curve_server_options ingress_curve;      ///< broker, run
   broker::curve_server_options cluster_curve;      ///< broker
   std::optional<curve_client_keys> node_curve;     ///< node
@@ -161,299 +155,34 @@ int prepare(int argc, char** argv, const char* cmd, const std::set<std::string>&
   return -1;
 }
 
-/// One broker per data dir: a second one would corrupt the queue's order.
-bool lock_data_dir(prepared& p, std::string& err) {
-  auto path = p.data_dir + "/broker.lock";
-  p.lock_fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
-  if (p.lock_fd < 0 || ::flock(p.lock_fd, LOCK_EX | LOCK_NB) != 0) {
-    err = "another broker is using the data dir " + p.data_dir + " (--data-dir)";
-    return false;
-  }
-  return true;
-}
-
-void write_endpoints(const std::string& data_dir, nlohmann::json j) {
-  j["pid"] = ::getpid();
-  auto tmp = data_dir + "/broker.json.tmp";
-  {
-    std::ofstream out(tmp);
-    out << j.dump() << "\n";
-  }
-  std::filesystem::rename(tmp, data_dir + "/broker.json");
-}
-
-/// The store of store.backend: SQLite in the data dir, or PostgreSQL at
-/// store.url (broker/pg_store.hpp). `read_only`: the admin's dead-letter reader,
-/// a second instance. nullptr and `err` on failure.
-std::unique_ptr<broker::store> open_store(const protocol::config::store_section& cfg,
-                                          const std::string& data_dir, bool read_only,
-                                          broker::store_error& err) {
-  if (cfg.backend == "postgres") {
-    broker::pg_options po;
-    po.url = cfg.url;
-    po.read_only = read_only;
-    po.application_name = read_only ? "klynaa dlq reader" : "klynaa broker";
-    return broker::open_pg_store(po, err);
-  }
-  broker::sqlite_options so;
-  so.path = data_dir + "/broker.db";
-  so.synchronous_full = cfg.synchronous != "normal";
-  so.read_only = read_only;
-  return broker::open_sqlite_store(so, err);
-}
-
-// --- Standby brokers on PostgreSQL (issue 10, docs/deployment.md) ----------
-
-/// store.broker_name, or hostname:pid: the lease holder.
-std::string lease_holder_name(const protocol::config& cfg) {
-  if (!cfg.store.broker_name.empty()) return cfg.store.broker_name;
-  char host[256] = {};
-  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "localhost");
-  return std::string(host) + ":" + std::to_string(::getpid());
-}
-
-/// What the admin endpoint shows before and after this broker is active.
-struct broker_role {
-  std::atomic<broker::broker_core*> core{nullptr};  ///< set once active and open
-  bool postgres = false;
-  std::string name;  ///< the lease holder (postgres)
-  int64_t lease_ms = 0;
-};
-
-broker::admin_handlers role_handlers(broker_role& role, broker::dlq_reader& dlq) {
-  broker::admin_handlers h;
-  h.stats = [&role]() -> broker::broker_stats {
-    auto* core = role.core.load();
-    if (!core) {
-      broker::broker_stats s;
-      s.role = "standby";
-      s.broker_name = role.name;
-      s.lease_ms = role.lease_ms;
-      s.message = broker::standby_message;
-      return s;
-    }
-    auto s = core->stats();
-    if (role.postgres) {
-      s.role = "active";
-      s.broker_name = role.name;
-    }
-    return s;
-  };
-  h.dlq_list = [&dlq](size_t limit) { return dlq.list(limit); };
-  h.dlq_show = [&dlq](const std::string& id) { return dlq.show(id); };
-  h.dlq_command = [&role](const std::string& action, const std::vector<std::string>& ids, bool all) {
-    auto* core = role.core.load();
-    if (!core) return nlohmann::json{{"error", broker::standby_message}};
-    return core->dlq_command(action, ids, all, std::chrono::seconds(10));
-  };
-  h.health = [&role]() -> std::pair<int, nlohmann::json> {
-    if (role.core.load()) return {200, {{"status", "ok"}}};
-    return {503, {{"status", "standby"}, {"role", "standby"}, {"message", broker::standby_message}}};
-  };
-  return h;
-}
-
-/// Fail-stop: this broker may no longer hold the lease, so a standby may be
-/// active. Exit at once, without answering or dispatching anything more (the
-/// store fences its commits anyway); the supervisor restarts it as a standby.
-[[noreturn]] void fail_stop(const std::string& why) {
-  log::error("broker", "lost the lease: stopping at once (a standby takes over)", {{"reason", why}});
-  log::flush();  // lines leave through a writer thread, which std::_Exit does not wait for
-  std::_Exit(3);
-}
-
-/// store.backend = "postgres": opens the store and waits, as a standby (standby.hpp),
-/// until this broker holds the lease. Then `st` is fenced with the lease's token,
-/// `keeper` renews it, and `bo` binds exactly what the standby had bound. Returns
-/// -1 to go on as the active broker, or an exit code (0 after SIGTERM/SIGINT).
-int wait_for_lease(prepared& p, bool with_node, broker_role& role, broker::broker_options& bo,
-                   broker::admin_server& admin, std::unique_ptr<broker::store>& st_out,
-                   std::unique_ptr<broker::lease_keeper>& keeper) {
-  broker::pg_options po;
-  po.url = p.cfg.store.url;
-  po.application_name = "klynaa broker";
-  broker::store_error serr;
-  auto st = broker::pg_store::open(po, serr);
-  if (!st) {
-    std::cerr << "klynaa: cannot open the store: " << serr.message << "\n";
-    return 1;
-  }
-  const int64_t lease_ms = p.cfg.store.lease_ms;
-  std::unique_ptr<broker::standby_endpoints> standby;
-  std::string holder_seen;  // logged at info when it changes
-  for (;;) {
-    if (g_phase.load() != 0) {
-      log::info("broker", "stopping (standby)");
-      return 0;
-    }
-    const auto sent = std::chrono::steady_clock::now();
-    broker::store_error lerr;
-    auto token = st->acquire_or_renew_lease(role.name, lease_ms, &lerr);
-    if (token) {
-      if (standby) standby->close();  // linger 0, context terminated: the ports are free
-      log::info("broker", "took the lease", {{"token", *token}, {"broker_name", role.name}, {"lease_ms", lease_ms}});
-      st->set_fence(*token);
-      po.application_name = "klynaa lease";
-      po.durable_commits = false;  // renewals never wait for a WAL flush (pg_options)
-      auto renewer = broker::pg_store::open(po, serr);
-      if (!renewer) {
-        std::cerr << "klynaa: cannot open the store for the lease: " << serr.message << "\n";
-        return 1;
-      }
-      keeper = std::make_unique<broker::lease_keeper>(std::move(renewer), role.name, *token, lease_ms, sent,
-                                                      [](const std::string& why) { fail_stop(why); });
-      st_out = std::move(st);
-      return -1;
-    }
-    if (!lerr.message.empty()) {
-      log::warning("broker", "cannot reach the store to take the lease; retrying", {{"error", lerr.message}});
-    } else {
-      auto holder = st->lease_holder();
-      if (holder != holder_seen)
-        log::info("broker", "standby: another broker holds the lease",
-                  {{"holder", holder}, {"broker_name", role.name}, {"retry_every_ms", lease_ms / 3}});
-      else
-        log::debug("broker", "standby: the lease is still held", {{"holder", holder}});
-      holder_seen = holder;
-    }
-    if (!standby) {
-      broker::standby_options so;
-      so.cfg = p.cfg;
-      so.ingress_bind = bo.ingress_bind;
-      if (!with_node) so.cluster_binds = bo.cluster_binds;
-      so.ingress_curve = bo.ingress_curve;
-      so.cluster_curve = bo.cluster_curve;
-      standby = std::make_unique<broker::standby_endpoints>(so);
-      std::string err;
-      if (!standby->open(err)) {
-        std::cerr << "klynaa: " << err << "\n";
-        return 1;
-      }
-      auto endpoints = standby->bound_endpoints();
-      bo.ingress_bind = endpoints["ingress"].get<std::string>();  // port * resolved: keep it on takeover
-      if (!with_node) bo.cluster_binds = endpoints["cluster"].get<std::vector<std::string>>();
-      if (with_node) endpoints["cluster"] = nlohmann::json::array({"inproc://klynaa-cluster"});
-      endpoints["admin"] = admin.address();
-      endpoints["role"] = "standby";
-      endpoints["broker_name"] = role.name;
-      write_endpoints(p.data_dir, endpoints);
-    }
-    standby->serve_for(std::chrono::milliseconds(lease_ms / 3));
-  }
-}
-
-/// Runs a broker (and, for `run`, one node in the same process over inproc).
+/// Runs a broker (and, for `run`, one node in the same process over inproc):
+/// broker/serve.hpp does the rest, the PostgreSQL lease and standby included.
 int serve_broker(prepared& p, bool with_node) {
   std::string err;
-  if (!lock_data_dir(p, err)) {
+  if (!broker::lock_data_dir(p.data_dir, err)) {
     std::cerr << "klynaa: " << err << "\n";
     return 1;
   }
   std::unique_ptr<node_host> node;
+  broker::serve_options o;
   if (with_node) {
     node = std::make_unique<node_host>();
     if (!node->configure(p.cfg, p.data_dir, "", "", err)) {
       std::cerr << "klynaa: " << err << "\n";
       return 2;
     }
+    o.node = broker::colocated_node{[&node](zmq::context_t& ctx, const std::string& ep) { node->start(ctx, ep); },
+                                    [&node] { node->stop(); }};
   }
-  zmq::context_t ctx;
-  broker::broker_options bo;
-  bo.cfg = p.cfg;
-  bo.ingress_bind = p.args.get("ingress").value_or(p.cfg.ingress.bind);
-  bo.data_dir = p.data_dir;
-  bo.ingress_curve = p.ingress_curve;
-  if (!with_node) bo.cluster_curve = p.cluster_curve;
-  const std::string inproc = "inproc://klynaa-cluster";
-  if (with_node)
-    bo.cluster_binds = {inproc};
-  else
-    bo.cluster_binds = {p.args.get("cluster").value_or(p.cfg.cluster.bind)};
-
-  broker_role role;
-  role.postgres = p.cfg.store.backend == "postgres";
-  role.lease_ms = p.cfg.store.lease_ms;
-  if (role.postgres) role.name = lease_holder_name(p.cfg);
-  broker::dlq_reader dlq([cfg = p.cfg.store, dir = p.data_dir]() -> std::unique_ptr<broker::store> {
-    broker::store_error e;
-    return open_store(cfg, dir, /*read_only=*/true, e);
-  });
-  // Declared before the core: it reads the core through `role` until stopped.
-  broker::admin_server admin;
-  std::unique_ptr<broker::lease_keeper> keeper;  // destroyed after the core's loop ended
-  std::unique_ptr<broker::store> st;
-  if (role.postgres) {
-    // A standby answers on every endpoint, the admin one included, from the start.
-    install_signals();
-    if (!admin.start(p.cfg.admin.bind, p.cfg.admin.token, role_handlers(role, dlq), err)) {
-      std::cerr << "klynaa: " << err << "\n";
-      return 1;
-    }
-    int rc = wait_for_lease(p, with_node, role, bo, admin, st, keeper);
-    if (rc >= 0) return rc;
-  } else {
-    broker::store_error serr;
-    st = open_store(p.cfg.store, p.data_dir, /*read_only=*/false, serr);
-    if (!st) {
-      std::cerr << "klynaa: cannot open the store: " << serr.message << "\n";
-      return 1;
-    }
-  }
-  broker::broker_core core(ctx, bo, std::move(st));
-  if (!core.open(err)) {
-    admin.stop();
-    std::cerr << "klynaa: " << err << "\n";
-    return 1;
-  }
-  role.core.store(&core);
-  if (!role.postgres && !admin.start(p.cfg.admin.bind, p.cfg.admin.token, role_handlers(role, dlq), err)) {
-    std::cerr << "klynaa: " << err << "\n";
-    return 1;
-  }
-  auto endpoints = core.bound_endpoints();
-  endpoints["admin"] = admin.address();
-  if (role.postgres) {
-    endpoints["role"] = "active";
-    endpoints["broker_name"] = role.name;
-  }
-  write_endpoints(p.data_dir, endpoints);
-  if (!role.postgres) install_signals();
-
-  // The node runs beside the broker loop; on a signal it drains first, while the
-  // broker still takes its results, then the broker stops.
-  std::atomic<int> broker_phase{0};
-  std::atomic<bool> loop_done{false};
-  if (node) node->start(ctx, inproc);
-  std::thread watcher([&] {
-    auto wait_until = [&](auto pred) {
-      while (!pred() && !loop_done.load()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    };
-    wait_until([] { return g_phase.load() != 0; });
-    broker_phase.store(static_cast<int>(broker::phase::draining));
-    if (node) node->stop();  // finishes or hands back its jobs while the loop still runs
-    else wait_until([] { return g_phase.load() >= 2; });  // a second signal: stop now
-    broker_phase.store(static_cast<int>(broker::phase::stopping));
-  });
-  int rc = 1;
-  try {
-    rc = core.run(broker_phase);
-  } catch (const std::exception& e) {
-    // A bug, not bad input: say what it was and exit 1 (systemd restarts us; the
-    // store has everything accepted). Never std::terminate with a joinable thread.
-    log::error("broker", "the broker loop failed; exiting", {{"error", e.what()}});
-    std::cerr << "klynaa: the broker loop failed: " << e.what() << "\n";
-    g_phase.store(2);
-  }
-  loop_done.store(true);
-  watcher.join();
-  if (node) node->stop();
-  admin.stop();
-  role.core.store(nullptr);
-  // A clean stop: the last batch is committed and nothing runs any more, so the
-  // lease can end now and a standby take over at its next try (docs/deployment.md).
-  if (keeper) keeper->release();
-  keeper.reset();
-  return rc;
+  o.cfg = p.cfg;
+  o.data_dir = p.data_dir;
+  o.ingress_bind = p.args.get("ingress").value_or(p.cfg.ingress.bind);
+  o.cluster_bind = p.args.get("cluster").value_or(p.cfg.cluster.bind);
+  o.ingress_curve = p.ingress_curve;
+  o.cluster_curve = p.cluster_curve;
+  o.signals = &g_phase;
+  o.install_signals = install_signals;
+  return broker::serve(std::move(o));
 }
 
 }  // namespace

@@ -6,7 +6,7 @@
 //
 // Refuses (exit 2, naming what) a target that holds any request, job, attempt or
 // closed pickup, or whose lease a live broker holds; refuses (exit 1) while a
-// broker holds D's lock (serve.cpp lock_data_dir). Exit 0 with the counts.
+// broker holds D's lock (broker/serve.hpp lock_data_dir). Exit 0 with the counts.
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/file.h>
