@@ -1,5 +1,6 @@
 // Cron expressions and their fire times in an IANA time zone, for the broker's
-// schedules (contract §3 Schedules, §8 [[schedule]]). Pure code: no I/O except
+// schedules (docs/configuration.md, "Schedules": the `[[schedule]]` entries and
+// their `cron` syntax). Pure code: no I/O except
 // the time zone database, which Howard Hinnant's date/tz reads from the system's
 // tzdata (/usr/share/zoneinfo, Debian package `tzdata`) on first use.
 //

@@ -1,10 +1,11 @@
 // The broker's live queue: every unfinished job in memory, runnable jobs per actor
 // kind, per-ordering-key FIFOs and the timers of delayed and retrying jobs. Pure
 // data structure (no I/O, no clock: callers pass `now`); the store is its durable
-// record, written by core.cpp.
+// record, written through the loop's open batch (commits.cpp).
 //
-// Ordering (contract §2): jobs of one ordering key run one at a time by ascending
-// seq. The key's "active" job is the one running, runnable, or waiting to retry:
+// Ordering (docs/events-and-functions.md, "Job ids and ordering"; docs/reliability.md,
+// "What is guaranteed", per-key order): jobs of one ordering key run one at a
+// time by ascending seq. The key's "active" job is the one running, runnable, or waiting to retry:
 // a job in retry_wait keeps its place at the head and blocks its key until it runs
 // again. A delayed job (the auto-release) joins its key's FIFO only when it
 // becomes due, with a fresh seq, so it takes its place in that order then.

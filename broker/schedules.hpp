@@ -1,4 +1,4 @@
-// The broker's schedules (contract §3 Schedules): which `[[schedule]]` entries
+// The broker's schedules (docs/configuration.md, "Schedules"): which `[[schedule]]` entries
 // fire when. Each firing becomes a request with the deterministic id
 // `schedule:{name}:{UTC instant}` committed like any other: the store's request
 // dedup records the firing before its job exists, so a time fires once across
