@@ -26,13 +26,13 @@
 # seconds after it starts: the line then adds the upstream's goodput, answers
 # other than 503 per second, from 10 s after the step to the run's tail (the
 # last moment at least CAPACITY / 2 requests were held), beside what it
-# allows, CAPACITY / STEP_MS).
-# Uses the Release tree build/. Everything binds 127.0.0.1.
+# allows, CAPACITY / STEP_MS), BUILD_DIR (a Release tree other than build/).
+# Uses the Release tree build/ (or BUILD_DIR). Everything binds 127.0.0.1.
 set -u
 COUNT=${1:-3000}; shift || true
 LATENCIES=("$@"); [ ${#LATENCIES[@]} -gt 0 ] || LATENCIES=(0 20 100 500)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=$ROOT/build
+BUILD=${BUILD_DIR:-$ROOT/build}
 PY=/usr/bin/python3
 OUT=$(mktemp -d /tmp/klynaa-notify-bench-XXXXXX)
 UP_PID=""
