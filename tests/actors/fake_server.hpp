@@ -26,12 +26,9 @@
 #include <thread>
 #include <vector>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <httplib.h>
+
+#include "tests/support/ports.hpp"  // closed_port(): where no server is
 
 namespace klynaa::test {
 
@@ -228,21 +225,5 @@ class fake_server {
   std::map<std::string, int> max_in_flight_;
   std::condition_variable in_flight_changed_;
 };
-
-/// A port on 127.0.0.1 with nothing listening: bound by the kernel's choice,
-/// then released, so a connect to it is refused.
-inline int closed_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof addr;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
-    throw std::runtime_error("closed_port: cannot bind 127.0.0.1");
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 }  // namespace klynaa::test

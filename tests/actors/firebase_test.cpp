@@ -25,7 +25,7 @@
 #include "nodes/fiber.hpp"
 #include "nodes/suspend.hpp"
 #include "fake_server.hpp"
-#include "scratch_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using klynaa::actors::firebase_provider;
 using klynaa::actors::google_token_source;
@@ -39,7 +39,7 @@ using klynaa::actors::service_account;
 using klynaa::test::canned;
 using klynaa::test::fake_server;
 using klynaa::test::recorded_request;
-using klynaa::test::scratch_dir;
+using klynaa::test::temp_dir;
 using nlohmann::json;
 
 namespace {
@@ -96,9 +96,9 @@ json key_file_json(const std::string& token_uri) {
           {"token_uri", token_uri}};
 }
 
-std::string write_key_file(const scratch_dir& dir, const json& j, const std::string& name = "sa.json") {
+std::string write_key_file(const temp_dir& dir, const json& j, const std::string& name = "sa.json") {
   std::ofstream(dir / name) << j.dump(2);
-  return (dir / name).string();
+  return dir / name;
 }
 
 klynaa::protocol::config firebase_config(const fake_server& google, const std::string& key_path) {
@@ -164,13 +164,13 @@ std::string assertion_of(const recorded_request& r) {
 
 json verify_with_pyjwt(const std::string& assertion, const std::string& public_pem,
                        const std::string& audience) {
-  scratch_dir dir;
+  temp_dir dir;
   json input = {{"assertion", assertion}, {"public_key_pem", public_pem}, {"audience", audience},
                 {"issuer", client_email}};
   { std::ofstream(dir / "in.json") << input.dump(); }
   std::string command = "timeout 60 /usr/bin/python3 " KLYNAA_SOURCE_DIR
-                        "/tests/actors/jwt_reference.py < " + (dir / "in.json").string() + " > " +
-                        (dir / "out.json").string() + " 2> " + (dir / "err.txt").string();
+                        "/tests/actors/jwt_reference.py < " + dir / "in.json" + " > " +
+                        dir / "out.json" + " 2> " + dir / "err.txt";
   int rc = std::system(command.c_str());
   INFO(klynaa::test::read_file(dir / "err.txt"));
   REQUIRE(rc == 0);
@@ -188,7 +188,7 @@ int64_t now_s() {
 }  // namespace
 
 TEST_CASE("firebase: one access token is fetched and shared by every push of the node", "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;
   google.on("POST", "/token", token_answer("ya29.klynaa-test-access-token"));
   google.on("POST", send_path, {200, fcm_ok});
@@ -226,7 +226,7 @@ TEST_CASE("firebase: one access token is fetched and shared by every push of the
 
 TEST_CASE("firebase: the RS256 assertion verifies with PyJWT and carries the service-account claims",
           "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;
   google.on("POST", "/token", token_answer("ya29.jwt-check"));
   google.on("POST", send_path, {200, fcm_ok});
@@ -264,7 +264,7 @@ TEST_CASE("firebase: the RS256 assertion verifies with PyJWT and carries the ser
 }
 
 TEST_CASE("firebase: the key file's token_uri is used when firebase_token_url is empty", "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;
   google.on("POST", "/o/token", token_answer("ya29.from-token-uri"));
   google.on("POST", send_path, {200, fcm_ok});
@@ -279,7 +279,7 @@ TEST_CASE("firebase: the key file's token_uri is used when firebase_token_url is
 }
 
 TEST_CASE("firebase: many worker threads wait for one token fetch", "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;
   google.on("POST", "/token", canned{200, token_answer("ya29.shared").body, {}, 200});
   google.on("POST", send_path, {200, fcm_ok});
@@ -338,7 +338,7 @@ TEST_CASE("firebase: the access token is fetched again shortly before it expires
 
 TEST_CASE("firebase: UNREGISTERED and an invalid registration token mean an invalid token",
           "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;
   google.on("POST", "/token", token_answer("ya29.t"));
   google.on("POST", send_path, [](const recorded_request& r) -> canned {
@@ -369,7 +369,7 @@ TEST_CASE("firebase: UNREGISTERED and an invalid registration token mean an inva
 }
 
 TEST_CASE("firebase: a 404 that is not FCM's is permanent, never an invalid token", "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;  // answers unscripted paths with a non-FCM 404 body
   google.on("POST", "/token", token_answer("ya29.t"));
   auto cfg = firebase_config(google, write_key_file(dir, key_file_json("unused")));
@@ -382,7 +382,7 @@ TEST_CASE("firebase: a 404 that is not FCM's is permanent, never an invalid toke
 
 TEST_CASE("firebase: FCM's NOT_FOUND without UNREGISTERED (a wrong project) is permanent, not an invalid token",
           "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;
   google.on("POST", "/token", token_answer("ya29.t"));
   google.on("POST", send_path, [](const recorded_request&) -> canned {
@@ -394,7 +394,7 @@ TEST_CASE("firebase: FCM's NOT_FOUND without UNREGISTERED (a wrong project) is p
 }
 
 TEST_CASE("firebase: a 401 fetches a new access token and sends once more", "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   std::atomic<bool> accept_fresh{true};  // before the server: its handler reads it
   fake_server google;
   google.on_sequence("POST", "/token",
@@ -425,7 +425,7 @@ TEST_CASE("firebase: a 401 fetches a new access token and sends once more", "[pr
 
 TEST_CASE("firebase: the pushes of a batch go out concurrently after one token fetch, over reused connections",
           "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google(30);  // idle connections stay open between the batches
   google.on("POST", "/token", token_answer("ya29.batch"));
   google.on("POST", send_path, [](const recorded_request& r) -> canned {
@@ -458,7 +458,7 @@ TEST_CASE("firebase: the pushes of a batch go out concurrently after one token f
 
 TEST_CASE("firebase: a 401 in a batch fetches one new token and resends only the refused pushes",
           "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;
   google.on_sequence("POST", "/token", {token_answer("ya29.revoked"), token_answer("ya29.fresh")});
   // The revoked token still works for the pushes to "ok-…" (FCM answered them
@@ -487,7 +487,7 @@ TEST_CASE("firebase: a 401 in a batch fetches one new token and resends only the
 
 TEST_CASE("firebase: a token endpoint that fails fails every push of the batch, with no send",
           "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;
   google.on("POST", "/token", {503, "", {{"Retry-After", "5"}}});
   auto provider = factory_for(firebase_config(google, write_key_file(dir, key_file_json("unused"))))();
@@ -503,7 +503,7 @@ TEST_CASE("firebase: a token endpoint that fails fails every push of the batch, 
 }
 
 TEST_CASE("firebase: FCM's 503 and 429 are transient with Retry-After, 403 is permanent", "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;
   google.on("POST", "/token", token_answer("ya29.t"));
   google.on("POST", send_path, [](const recorded_request& r) -> canned {
@@ -533,7 +533,7 @@ TEST_CASE("firebase: FCM's 503 and 429 are transient with Retry-After, 403 is pe
 
 TEST_CASE("firebase: a refusing token endpoint is permanent and an unavailable one transient",
           "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   std::string key_path = write_key_file(dir, key_file_json("unused"));
   {
     fake_server google;
@@ -571,7 +571,7 @@ TEST_CASE("firebase: a refusing token endpoint is permanent and an unavailable o
 
 TEST_CASE("firebase: a bad credentials file is a config error naming GOOGLE_APPLICATION_CREDENTIALS",
           "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   fake_server google;
   auto good = key_file_json("unused");
   auto without = [&](const char* field) {
@@ -589,8 +589,8 @@ TEST_CASE("firebase: a bad credentials file is a config error naming GOOGLE_APPL
 
   std::vector<std::pair<std::string, std::string>> cases = {
       {"", "is not set"},
-      {(dir / "missing.json").string(), "cannot read"},
-      {(dir / "not-json.json").string(), "not a JSON object"},
+      {dir / "missing.json", "cannot read"},
+      {dir / "not-json.json", "not a JSON object"},
       {write_key_file(dir, without("client_email"), "no-email.json"), "client_email"},
       {write_key_file(dir, without("private_key"), "no-key.json"), "private_key"},
       {write_key_file(dir, bad_pem, "bad-pem.json"), "PEM RSA private key"},
@@ -601,24 +601,24 @@ TEST_CASE("firebase: a bad credentials file is a config error naming GOOGLE_APPL
     INFO(path);
     auto cfg = firebase_config(google, path);
     if (path.empty()) cfg.env.erase("GOOGLE_APPLICATION_CREDENTIALS");
-    auto made = make_provider(cfg, dir.str());
+    auto made = make_provider(cfg, dir.path);
     REQUIRE(std::holds_alternative<provider_error>(made));
     const std::string& message = std::get<provider_error>(made).message;
     CHECK_THAT(message, Catch::Contains("GOOGLE_APPLICATION_CREDENTIALS") && Catch::Contains(why));
     CHECK_THAT(message, !Catch::Contains("PRIVATE KEY") && !Catch::Contains("bm90IGEga2V5"));
     // The same message stops `klynaa run` at start (exit 2) through the check path.
-    auto problem = klynaa::actors::check_actor_config(cfg, dir.str(), {"notifier"});
+    auto problem = klynaa::actors::check_actor_config(cfg, dir.path, {"notifier"});
     REQUIRE(problem);
     CHECK(*problem == message);
   }
 
   // No project anywhere: named too.
   auto cfg = firebase_config(google, write_key_file(dir, without("project_id"), "no-project.json"));
-  auto no_project = make_provider(cfg, dir.str());
+  auto no_project = make_provider(cfg, dir.path);
   REQUIRE(std::holds_alternative<provider_error>(no_project));
   CHECK_THAT(std::get<provider_error>(no_project).message, Catch::Contains("firebase_project"));
   cfg.notifications.firebase_project = "klynaa-test";
-  CHECK(std::holds_alternative<provider_factory>(make_provider(cfg, dir.str())));
+  CHECK(std::holds_alternative<provider_factory>(make_provider(cfg, dir.path)));
 }
 
 TEST_CASE("firebase: FCM data values are strings and reserved keys are left out", "[providers]") {

@@ -12,7 +12,8 @@
 #include "actors/registry.hpp"
 #include "fake_server.hpp"
 #include "protocol/log.hpp"
-#include "scratch_dir.hpp"
+#include "tests/support/temp_dir.hpp"
+#include "tests/support/wait.hpp"
 
 using klynaa::actors::geo_handler;
 using klynaa::actors::geo_handler_factory;
@@ -25,6 +26,7 @@ using klynaa::nodes::job_result;
 using klynaa::nodes::outcome;
 using klynaa::test::canned;
 using klynaa::test::fake_server;
+using klynaa::test::wait_for;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -96,16 +98,6 @@ json pickup(int64_t id = 7) { return {{"pickup_id", id}, {"lat", pickup_lat}, {"
 
 json location(int64_t worker_id, double km_east, bool available) {
   return {{"worker_id", worker_id}, {"lat", pickup_lat}, {"lng", lng_km_east(km_east)}, {"available", available}};
-}
-
-template <class F>
-bool eventually(F condition, std::chrono::milliseconds limit = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!condition()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
 }
 
 std::vector<int64_t> workers_of(const job_result& r) { return r.result.at("workers").get<std::vector<int64_t>>(); }
@@ -218,7 +210,7 @@ TEST_CASE("notifyNearbyWorkers fails transiently until the first load succeeds",
   });
   auto service = make_service(django.url());
   geo_handler handler(service);
-  REQUIRE(eventually([&] { return service->load_attempts() >= 2; }));  // it retries
+  REQUIRE(wait_for([&] { return service->load_attempts() >= 2; }));  // it retries
   REQUIRE_FALSE(service->ready());
 
   auto early = handler.run(make_job("evt-9#1", "notifyNearbyWorkers", pickup()));
@@ -258,12 +250,12 @@ TEST_CASE("the loader reloads every refresh period and keeps the last list when 
   CHECK(selected() == std::vector<int64_t>{11, 12, 13});
 
   phase = 1;
-  CHECK(eventually([&] { return selected() == std::vector<int64_t>{21}; }));
+  CHECK(wait_for([&] { return selected() == std::vector<int64_t>{21}; }));
 
   for (int p : {2, 3}) {
     phase = p;
     auto before = service->load_attempts();
-    REQUIRE(eventually([&] { return service->load_attempts() >= before + 3; }));
+    REQUIRE(wait_for([&] { return service->load_attempts() >= before + 3; }));
     CHECK(service->ready());
     CHECK(selected() == std::vector<int64_t>{21});
   }
@@ -348,7 +340,7 @@ TEST_CASE("the handlers of one factory share one index, and the last one stops t
   auto make = geo_handler_factory(django_cfg(django.url()), o);
   auto a = make();
   auto b = make();
-  REQUIRE(eventually([&] { return django.requests_to("GET", workers_path).size() >= 3; }));
+  REQUIRE(wait_for([&] { return django.requests_to("GET", workers_path).size() >= 3; }));
   // An update through one handler is seen through the other.
   REQUIRE(a->run(make_job("w#1", "updateWorkerLocation", location(77, 0.01, true), 9000)).kind == outcome::ok);
   auto seen = b->run(make_job("p#1", "notifyNearbyWorkers", pickup()));
@@ -357,7 +349,7 @@ TEST_CASE("the handlers of one factory share one index, and the last one stops t
 
   a.reset();
   auto still = django.requests_to("GET", workers_path).size();
-  REQUIRE(eventually([&] { return django.requests_to("GET", workers_path).size() > still; }));  // b keeps it
+  REQUIRE(wait_for([&] { return django.requests_to("GET", workers_path).size() > still; }));  // b keeps it
   b.reset();  // joins the loader
   auto stopped = django.requests_to("GET", workers_path).size();
   std::this_thread::sleep_for(200ms);
@@ -365,9 +357,9 @@ TEST_CASE("the handlers of one factory share one index, and the last one stops t
 
   // A handler made afterwards gets a new index, loaded anew (77 is gone).
   auto c = make();
-  REQUIRE(eventually([&] { return django.requests_to("GET", workers_path).size() > stopped; }));
+  REQUIRE(wait_for([&] { return django.requests_to("GET", workers_path).size() > stopped; }));
   job_result fresh;
-  REQUIRE(eventually([&] {
+  REQUIRE(wait_for([&] {
     fresh = c->run(make_job("p#2", "notifyNearbyWorkers", pickup()));
     return fresh.kind == outcome::ok;
   }));
@@ -377,14 +369,14 @@ TEST_CASE("the handlers of one factory share one index, and the last one stops t
 TEST_CASE("make_actor_kinds builds geo with its functions, worker count and a shared index", "[geo]") {
   fake_server django;
   django.on("GET", workers_path, {200, workers_body(usual_workers())});
-  klynaa::test::scratch_dir dir;
+  klynaa::test::temp_dir dir;
   klynaa::protocol::config cfg;
   cfg.django = django_cfg(django.url());
   cfg.node.geo_workers = 3;
   cfg.geo.max_workers = 2;
   cfg.geo.radius_km = 2.5;
-  REQUIRE_FALSE(klynaa::actors::check_actor_config(cfg, dir.str(), {"geo"}));
-  auto specs = klynaa::actors::make_actor_kinds(cfg, dir.str(), {"geo", "escrow", "geo"});
+  REQUIRE_FALSE(klynaa::actors::check_actor_config(cfg, dir.path, {"geo"}));
+  auto specs = klynaa::actors::make_actor_kinds(cfg, dir.path, {"geo", "escrow", "geo"});
   REQUIRE(specs.size() == 2);
   CHECK(specs[0].kind == "geo");
   CHECK(specs[0].functions == std::vector<std::string>{"notifyNearbyWorkers", "updateWorkerLocation"});
@@ -397,7 +389,7 @@ TEST_CASE("make_actor_kinds builds geo with its functions, worker count and a sh
   int64_t later = klynaa::log::now_ms() + 60000;  // newer than any load
   REQUIRE(first->run(make_job("w#1", "updateWorkerLocation", location(12, 0.5, true), later)).kind == outcome::ok);
   job_result r;
-  REQUIRE(eventually([&] {
+  REQUIRE(wait_for([&] {
     r = second->run(make_job("p#1", "notifyNearbyWorkers", pickup()));
     return r.kind == outcome::ok;
   }));
@@ -407,7 +399,7 @@ TEST_CASE("make_actor_kinds builds geo with its functions, worker count and a sh
 
   // Without django.url geo cannot start.
   cfg.django.url.clear();
-  auto err = klynaa::actors::check_actor_config(cfg, dir.str(), {"geo"});
+  auto err = klynaa::actors::check_actor_config(cfg, dir.path, {"geo"});
   REQUIRE(err);
   CHECK_THAT(*err, Catch::Contains("[django] url"));
 }

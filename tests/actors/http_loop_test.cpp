@@ -26,7 +26,9 @@
 #include "fake_server.hpp"
 #include "certificate.hpp"
 #include "h2_server.hpp"
-#include "scratch_dir.hpp"
+#include "tests/support/temp_dir.hpp"
+#include "tests/support/threads.hpp"
+#include "tests/support/wait.hpp"
 
 using klynaa::actors::classify;
 using klynaa::actors::http_loop;
@@ -37,6 +39,8 @@ using klynaa::test::event_server;
 using klynaa::test::fake_server;
 using klynaa::test::h2_server;
 using klynaa::test::recorded_request;
+using klynaa::test::thread_count;
+using klynaa::test::wait_for;
 using namespace std::chrono_literals;
 
 namespace {
@@ -100,26 +104,6 @@ http_loop::options quick(int64_t timeout_ms = 5000) {
 }
 
 http_request get(const std::string& url) { return {"GET", url, {}, std::nullopt}; }
-
-/// The process's thread count, from /proc/self/status.
-int thread_count() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line))
-    if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
-  return -1;
-}
-
-/// Waits until `done` holds, up to `limit`.
-template <class F>
-bool eventually(F done, std::chrono::milliseconds limit = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -271,7 +255,7 @@ TEST_CASE("http_loop's cancel answers an in-flight request once and drops the la
   collector got;
   http_loop loop(quick());
   uint64_t id = loop.submit(get(server.url() + "/delay/400"), got.on(0));
-  REQUIRE(eventually([&] { return server.requests() == 1; }));
+  REQUIRE(wait_for([&] { return server.requests() == 1; }, 10s, 5ms));
   loop.cancel(id);
   REQUIRE(got.wait(1));
   auto r = got.one(0);
@@ -309,7 +293,7 @@ TEST_CASE("http_loop's destructor answers each pending request once with cancell
       loop.submit(get(server.url() + "/"), got.on(101));
     });
     for (int i = 0; i < 20; ++i) loop.submit(get(server.url() + "/never"), got.on(i));
-    REQUIRE(eventually([&] { return server.requests() == 21; }));
+    REQUIRE(wait_for([&] { return server.requests() == 21; }, 10s, 5ms));
     for (int i = 20; i < 25; ++i) loop.submit(get(server.url() + "/never"), got.on(i));  // maybe not started
   }
   CHECK(got.calls() == 27);
@@ -421,11 +405,11 @@ void check_multiplexed(h2_server& server, const http_loop::options& opts) {
 }  // namespace
 
 TEST_CASE("http_loop multiplexes 50 concurrent HTTPS requests on one HTTP/2 connection", "[http_loop]") {
-  klynaa::test::scratch_dir dir;
+  klynaa::test::temp_dir dir;
   klynaa::test::make_certificate(dir, "h2", "IP:127.0.0.1");
-  h2_server server(50, (dir / "h2.crt").string(), (dir / "h2.key").string());  // ALPN h2 only
+  h2_server server(50, dir / "h2.crt", dir / "h2.key");  // ALPN h2 only
   auto opts = quick(20000);
-  opts.http.ca_file = (dir / "h2.crt").string();
+  opts.http.ca_file = dir / "h2.crt";
   check_multiplexed(server, opts);
 }
 
@@ -505,10 +489,10 @@ TEST_CASE("http_loop starts tagged requests only as their limit allows, in order
   loop.submit(get(other.url() + "/now"), got.on(100));
   REQUIRE(got.wait(1, 5s));
   CHECK(got.of(100).size() == 1);
-  REQUIRE(eventually([&] {
+  REQUIRE(wait_for([&] {
     auto l = loop.limits();
     return !l.limits.empty() && l.waiting["django"] == 6;
-  }));
+  }, 10s, 5ms));
   auto l = loop.limits();
   REQUIRE(l.limits.size() == 1);
   CHECK(l.limits[0].downstream == "django");
@@ -568,7 +552,7 @@ TEST_CASE("http_loop's cancel answers a request waiting for its limit, which the
   http_loop loop(o);
   loop.submit(get(server.url() + "/delay/300"), got.on(0), 0, {"webhook", "f"});
   auto waiting = loop.submit(get(server.url() + "/second"), got.on(1), 0, {"webhook", "f"});
-  REQUIRE(eventually([&] { return loop.limits().waiting["webhook"] == 1; }));
+  REQUIRE(wait_for([&] { return loop.limits().waiting["webhook"] == 1; }, 10s, 5ms));
   loop.cancel(waiting);
   REQUIRE(got.wait(2));
   CHECK(got.one(1).error == http_loop::cancelled_error);

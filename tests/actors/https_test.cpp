@@ -16,18 +16,18 @@
 #include <httplib.h>
 
 #include "certificate.hpp"
-#include "scratch_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using namespace klynaa::actors;
 using klynaa::test::make_certificate;
-using klynaa::test::scratch_dir;
+using klynaa::test::temp_dir;
 
 namespace {
 
 /// An HTTPS server on 127.0.0.1 with DIR/NAME.crt, answering every GET with 200.
 class tls_server {
  public:
-  tls_server(const scratch_dir& dir, const std::string& name)
+  tls_server(const temp_dir& dir, const std::string& name)
       : server_((dir / (name + ".crt")).c_str(), (dir / (name + ".key")).c_str()) {
     REQUIRE(server_.is_valid());
     server_.Get(".*", [this](const httplib::Request&, httplib::Response& res) {
@@ -57,7 +57,7 @@ class tls_server {
 }  // namespace
 
 TEST_CASE("https: a certificate no trusted CA signed is refused before any request is sent", "[https]") {
-  scratch_dir dir;
+  temp_dir dir;
   make_certificate(dir, "server", "IP:127.0.0.1");
   tls_server server(dir, "server");
 
@@ -71,12 +71,12 @@ TEST_CASE("https: a certificate no trusted CA signed is refused before any reque
 }
 
 TEST_CASE("https: with ca_file naming the server's CA the request goes through", "[https]") {
-  scratch_dir dir;
+  temp_dir dir;
   make_certificate(dir, "server", "IP:127.0.0.1");
   tls_server server(dir, "server");
 
   http_options o;
-  o.ca_file = (dir / "server.crt").string();
+  o.ca_file = dir / "server.crt";
   http_session s(o);
   auto r = s.request("GET", server.url() + "/x", {});
   INFO(r.error);
@@ -91,21 +91,21 @@ TEST_CASE("https: with ca_file naming the server's CA the request goes through",
 }
 
 TEST_CASE("https: a CA file of another CA, or a certificate for another name, is refused", "[https]") {
-  scratch_dir dir;
+  temp_dir dir;
   make_certificate(dir, "server", "DNS:elsewhere.example");  // right CA, wrong name
   make_certificate(dir, "other", "IP:127.0.0.1");
   tls_server server(dir, "server");
 
   SECTION("a CA that did not sign the server's certificate") {
     http_options o;
-    o.ca_file = (dir / "other.crt").string();
+    o.ca_file = dir / "other.crt";
     auto r = http_session(o).request("GET", server.url() + "/", {});
     CHECK(r.status == 0);
     CHECK(server.served() == 0);
   }
   SECTION("the right CA, but the certificate names another host") {
     http_options o;
-    o.ca_file = (dir / "server.crt").string();
+    o.ca_file = dir / "server.crt";
     auto r = http_session(o).request("GET", server.url() + "/", {});
     CHECK(r.status == 0);
     INFO(r.error);
@@ -115,7 +115,7 @@ TEST_CASE("https: a CA file of another CA, or a certificate for another name, is
 }
 
 TEST_CASE("https: the Django client takes [django] ca_file", "[https]") {
-  scratch_dir dir;
+  temp_dir dir;
   make_certificate(dir, "server", "IP:127.0.0.1");
   tls_server server(dir, "server");
 
@@ -126,7 +126,7 @@ TEST_CASE("https: the Django client takes [django] ca_file", "[https]") {
   CHECK(refused.request("GET", "/api/users/admins/").status == 0);
   CHECK(server.served() == 0);
 
-  cfg.django.ca_file = (dir / "server.crt").string();
+  cfg.django.ca_file = dir / "server.crt";
   django_client trusted(cfg.django);
   CHECK(trusted.request("GET", "/api/users/admins/").status == 200);
   CHECK(server.served() == 1);

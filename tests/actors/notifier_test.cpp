@@ -5,7 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "fake_server.hpp"
-#include "scratch_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using klynaa::actors::django_client;
 using klynaa::actors::notifier_handler;
@@ -294,11 +294,11 @@ TEST_CASE("invalid job data is a permanent failure naming the field") {
 }
 
 TEST_CASE("a notification through the log provider lands in the outbox") {
-  klynaa::test::scratch_dir dir;
+  klynaa::test::temp_dir dir;
   fake_server django;
   script_django(django);
   klynaa::protocol::config cfg;
-  auto made = klynaa::actors::make_provider(cfg, dir.str());
+  auto made = klynaa::actors::make_provider(cfg, dir.path);
   REQUIRE(std::holds_alternative<klynaa::actors::provider_factory>(made));
   notifier_handler handler(std::make_unique<django_client>(django_at(django.url())),
                            std::get<klynaa::actors::provider_factory>(made)(),

@@ -10,7 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include "fake_server.hpp"
-#include "scratch_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using klynaa::actors::log_provider;
 using klynaa::actors::make_provider;
@@ -23,7 +23,7 @@ using klynaa::actors::webhook_provider;
 using klynaa::test::canned;
 using klynaa::test::fake_server;
 using klynaa::test::recorded_request;
-using klynaa::test::scratch_dir;
+using klynaa::test::temp_dir;
 using nlohmann::json;
 
 namespace {
@@ -41,9 +41,9 @@ push sample_push() {
   return p;
 }
 
-std::shared_ptr<outbox_file> open_outbox(const scratch_dir& dir) {
+std::shared_ptr<outbox_file> open_outbox(const temp_dir& dir) {
   std::string error;
-  auto f = outbox_file::open((dir / "outbox.jsonl").string(), error);
+  auto f = outbox_file::open(dir / "outbox.jsonl", error);
   REQUIRE(f);
   return f;
 }
@@ -58,7 +58,7 @@ klynaa::actors::http_options quick() {
 }  // namespace
 
 TEST_CASE("the log provider appends one contract line per push") {
-  scratch_dir dir;
+  temp_dir dir;
   log_provider provider(open_outbox(dir));
   auto r = provider.send(sample_push());
   CHECK(r.kind == push_result::status::delivered);
@@ -81,7 +81,7 @@ TEST_CASE("the log provider appends one contract line per push") {
 }
 
 TEST_CASE("the log provider appends to an existing outbox") {
-  scratch_dir dir;
+  temp_dir dir;
   {
     std::ofstream old(dir / "outbox.jsonl");
     old << "{\"earlier\":true}\n";
@@ -94,7 +94,7 @@ TEST_CASE("the log provider appends to an existing outbox") {
 }
 
 TEST_CASE("log providers on many threads write whole lines only") {
-  scratch_dir dir;
+  temp_dir dir;
   auto outbox = open_outbox(dir);
   constexpr int threads = 8, per_thread = 200;
   std::vector<std::thread> workers;
@@ -122,7 +122,7 @@ TEST_CASE("log providers on many threads write whole lines only") {
 }
 
 TEST_CASE("invalid UTF-8 in a push does not break the outbox line") {
-  scratch_dir dir;
+  temp_dir dir;
   log_provider provider(open_outbox(dir));
   auto p = sample_push();
   p.title = "bad \xff byte";
@@ -284,7 +284,7 @@ TEST_CASE("an unreachable webhook fails every push of a batch transiently") {
 }
 
 TEST_CASE("the log provider's batch writes one line per push, in order") {
-  scratch_dir dir;
+  temp_dir dir;
   log_provider provider(open_outbox(dir));
   auto results = provider.send_all(pushes_to({"t1", "t2", "t3"}));
   REQUIRE(results.size() == 3);
@@ -296,9 +296,9 @@ TEST_CASE("the log provider's batch writes one line per push, in order") {
 }
 
 TEST_CASE("the factory makes log providers that share the data dir's outbox") {
-  scratch_dir dir;
+  temp_dir dir;
   klynaa::protocol::config cfg;  // service "log" by default
-  std::string data_dir = (dir / "nested" / "data").string();  // created on demand
+  std::string data_dir = dir / "nested/data";  // created on demand
   auto made = make_provider(cfg, data_dir);
   REQUIRE(std::holds_alternative<provider_factory>(made));
   auto factory = std::get<provider_factory>(made);
@@ -334,9 +334,9 @@ TEST_CASE("the factory refuses a webhook without a URL, an unknown service and a
   REQUIRE(std::holds_alternative<provider_error>(unknown));
   CHECK_THAT(std::get<provider_error>(unknown).message, Catch::Contains("pigeon"));
 
-  scratch_dir dir;
+  temp_dir dir;
   { std::ofstream file(dir / "a-file"); }
   cfg.notifications.service = "log";
-  auto unwritable = make_provider(cfg, (dir / "a-file").string());
+  auto unwritable = make_provider(cfg, dir / "a-file");
   REQUIRE(std::holds_alternative<provider_error>(unwritable));
 }

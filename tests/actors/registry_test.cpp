@@ -8,7 +8,7 @@
 #include <map>
 
 #include "fake_server.hpp"
-#include "scratch_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using klynaa::actors::check_actor_config;
 using klynaa::actors::make_actor_kinds;
@@ -29,9 +29,9 @@ klynaa::protocol::config config_for(const std::string& django_url) {
 }  // namespace
 
 TEST_CASE("every actor kind is built with its functions and worker counts") {
-  klynaa::test::scratch_dir dir;
+  klynaa::test::temp_dir dir;
   auto cfg = config_for("http://127.0.0.1:1");
-  auto specs = make_actor_kinds(cfg, dir.str(), {"notifier", "escrow", "geo", "scheduler"});
+  auto specs = make_actor_kinds(cfg, dir.path, {"notifier", "escrow", "geo", "scheduler"});
   REQUIRE(specs.size() == 4);
   std::map<std::string, const klynaa::nodes::actor_kind_spec*> by_kind;
   for (auto& s : specs) by_kind[s.kind] = &s;
@@ -62,11 +62,11 @@ TEST_CASE("every actor kind is built with its functions and worker counts") {
 }
 
 TEST_CASE("with the node's event loop, notifier, escrow and scheduler run their jobs on fibers, geo does not") {
-  klynaa::test::scratch_dir dir;
+  klynaa::test::temp_dir dir;
   auto cfg = config_for("http://127.0.0.1:1");
   auto loop = klynaa::actors::make_http_loop(cfg);
   REQUIRE(loop->start_error().empty());
-  auto specs = make_actor_kinds(cfg, dir.str(), {"notifier", "escrow", "geo", "scheduler"}, loop);
+  auto specs = make_actor_kinds(cfg, dir.path, {"notifier", "escrow", "geo", "scheduler"}, loop);
   REQUIRE(specs.size() == 4);
   for (auto& s : specs) {
     INFO(s.kind);
@@ -77,8 +77,8 @@ TEST_CASE("with the node's event loop, notifier, escrow and scheduler run their 
 }
 
 TEST_CASE("only the requested kinds are built, each once") {
-  klynaa::test::scratch_dir dir;
-  auto specs = make_actor_kinds(config_for("http://127.0.0.1:1"), dir.str(), {"escrow", "escrow"});
+  klynaa::test::temp_dir dir;
+  auto specs = make_actor_kinds(config_for("http://127.0.0.1:1"), dir.path, {"escrow", "escrow"});
   REQUIRE(specs.size() == 1);
   CHECK(specs[0].kind == "escrow");
 }
@@ -90,10 +90,10 @@ TEST_CASE("handlers made by the specs run jobs against Django") {
   django.on("GET", "/api/serverless/pickups/5/",
             {200, R"({"id": 5, "status": "delivered", "customer_id": 11, "worker_id": 22, "price": 3, "currency": "GHS"})"});
   django.on("GET", "/api/users/22/tokens/", {200, R"({"user_id": 22, "tokens": [{"token": "w", "platform": "ios"}]})"});
-  klynaa::test::scratch_dir dir;
+  klynaa::test::temp_dir dir;
   auto cfg = config_for(django.url());
   cfg.notifications.templates["escrow_released"]["title"] = "Paid: {pickup_id}";
-  auto specs = make_actor_kinds(cfg, dir.str(), {"escrow", "notifier"});
+  auto specs = make_actor_kinds(cfg, dir.path, {"escrow", "notifier"});
   REQUIRE(specs.size() == 2);
 
   auto escrow = specs[0].make_handler();
@@ -123,29 +123,29 @@ TEST_CASE("handlers made by the specs run jobs against Django") {
 }
 
 TEST_CASE("config errors are reported by name before anything is built") {
-  klynaa::test::scratch_dir dir;
-  auto no_url = check_actor_config(config_for(""), dir.str(), {"escrow"});
+  klynaa::test::temp_dir dir;
+  auto no_url = check_actor_config(config_for(""), dir.path, {"escrow"});
   REQUIRE(no_url);
   CHECK_THAT(*no_url, Catch::Contains("[django] url"));
-  CHECK_THROWS_AS(make_actor_kinds(config_for(""), dir.str(), {"escrow"}),
+  CHECK_THROWS_AS(make_actor_kinds(config_for(""), dir.path, {"escrow"}),
                   klynaa::actors::actor_config_error);
 
-  auto unknown = check_actor_config(config_for("http://x"), dir.str(), {"mailer"});
+  auto unknown = check_actor_config(config_for("http://x"), dir.path, {"mailer"});
   REQUIRE(unknown);
   CHECK_THAT(*unknown, Catch::Contains("--actors"));
 
   auto cfg = config_for("http://x");
   cfg.notifications.service = "firebase";
-  auto firebase = check_actor_config(cfg, dir.str(), {"notifier"});
+  auto firebase = check_actor_config(cfg, dir.path, {"notifier"});
   REQUIRE(firebase);
   CHECK_THAT(*firebase, Catch::Contains("firebase"));
-  CHECK_FALSE(check_actor_config(cfg, dir.str(), {"escrow"}));  // escrow needs no provider
+  CHECK_FALSE(check_actor_config(cfg, dir.path, {"escrow"}));  // escrow needs no provider
 
   auto bad_template = config_for("http://x");
   bad_template.notifications.templates["pickup_accepted"]["body"] = "{oops}";
-  auto tmpl = check_actor_config(bad_template, dir.str(), {"notifier"});
+  auto tmpl = check_actor_config(bad_template, dir.path, {"notifier"});
   REQUIRE(tmpl);
   CHECK_THAT(*tmpl, Catch::Contains("{oops}"));
 
-  CHECK_FALSE(check_actor_config(config_for("http://x"), dir.str(), {"notifier", "escrow"}));
+  CHECK_FALSE(check_actor_config(config_for("http://x"), dir.path, {"notifier", "escrow"}));
 }

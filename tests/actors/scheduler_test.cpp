@@ -13,7 +13,7 @@
 #include "actors/geohash.hpp"
 #include "actors/registry.hpp"
 #include "fake_server.hpp"
-#include "scratch_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using klynaa::actors::daily_summary;
 using klynaa::actors::django_client;
@@ -644,11 +644,11 @@ TEST_CASE("scheduler: ISO 8601 times as Django writes them", "[scheduler]") {
 
 TEST_CASE("scheduler: the registry builds the scheduler kind with its functions and workers",
           "[scheduler]") {
-  klynaa::test::scratch_dir dir;
+  klynaa::test::temp_dir dir;
   klynaa::protocol::config cfg;
   cfg.django.url = "http://127.0.0.1:1";
   cfg.node.scheduler_workers = 2;
-  auto specs = klynaa::actors::make_actor_kinds(cfg, dir.str(), {"scheduler"});
+  auto specs = klynaa::actors::make_actor_kinds(cfg, dir.path, {"scheduler"});
   REQUIRE(specs.size() == 1);
   CHECK(specs[0].kind == "scheduler");
   CHECK(specs[0].functions ==

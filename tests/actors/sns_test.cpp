@@ -13,7 +13,7 @@
 
 #include "actors/registry.hpp"
 #include "fake_server.hpp"
-#include "scratch_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using klynaa::actors::amz_date;
 using klynaa::actors::aws_credentials;
@@ -29,7 +29,7 @@ using klynaa::actors::sns_settings;
 using klynaa::test::canned;
 using klynaa::test::fake_server;
 using klynaa::test::recorded_request;
-using klynaa::test::scratch_dir;
+using klynaa::test::temp_dir;
 using nlohmann::json;
 
 namespace {
@@ -85,11 +85,11 @@ sns_settings settings_for(const std::string& endpoint, aws_credentials creds = {
 /// Runs a reference script of tests/actors with Debian's python3, `input` on
 /// stdin; returns its stdout as JSON (bounded by `timeout`).
 json run_reference(const std::string& script, const std::string& mode, const json& input) {
-  scratch_dir dir;
+  temp_dir dir;
   { std::ofstream(dir / "in.json") << input.dump(); }
   std::string command = "timeout 60 /usr/bin/python3 " KLYNAA_SOURCE_DIR "/tests/actors/" + script +
-                        " " + mode + " < " + (dir / "in.json").string() + " > " +
-                        (dir / "out.json").string() + " 2> " + (dir / "err.txt").string();
+                        " " + mode + " < " + dir / "in.json" + " > " +
+                        dir / "out.json" + " 2> " + dir / "err.txt";
   int rc = std::system(command.c_str());
   INFO(klynaa::test::read_file(dir / "err.txt"));
   REQUIRE(rc == 0);
@@ -384,28 +384,28 @@ TEST_CASE("sns: the factory makes sns providers that publish to sns_endpoint wit
 }
 
 TEST_CASE("sns: missing AWS credentials or region are config errors naming the variable", "[providers]") {
-  scratch_dir dir;
+  temp_dir dir;
   for (const char* var : {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}) {
     auto cfg = sns_config("");
     cfg.env.erase(var);
-    auto made = make_provider(cfg, dir.str());
+    auto made = make_provider(cfg, dir.path);
     REQUIRE(std::holds_alternative<provider_error>(made));
     CHECK_THAT(std::get<provider_error>(made).message, Catch::Contains(var));
     // The same message stops `klynaa run` at start (exit 2) through the check path.
-    auto problem = klynaa::actors::check_actor_config(cfg, dir.str(), {"notifier"});
+    auto problem = klynaa::actors::check_actor_config(cfg, dir.path, {"notifier"});
     REQUIRE(problem);
     CHECK(*problem == std::get<provider_error>(made).message);
   }
   auto bad_region = sns_config("");
   bad_region.env["AWS_REGION"] = "EU West";
-  auto region = make_provider(bad_region, dir.str());
+  auto region = make_provider(bad_region, dir.path);
   REQUIRE(std::holds_alternative<provider_error>(region));
   CHECK_THAT(std::get<provider_error>(region).message, Catch::Contains("AWS_REGION"));
 
-  auto bad_endpoint = make_provider(sns_config("sns.eu-west-1.amazonaws.com"), dir.str());
+  auto bad_endpoint = make_provider(sns_config("sns.eu-west-1.amazonaws.com"), dir.path);
   REQUIRE(std::holds_alternative<provider_error>(bad_endpoint));
   CHECK_THAT(std::get<provider_error>(bad_endpoint).message, Catch::Contains("sns_endpoint"));
 
   // Without sns_endpoint the region's public endpoint is used (not contacted here).
-  CHECK(std::holds_alternative<provider_factory>(make_provider(sns_config(""), dir.str())));
+  CHECK(std::holds_alternative<provider_factory>(make_provider(sns_config(""), dir.path)));
 }

@@ -6,29 +6,18 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "cli/commands.hpp"
 #include "cli/keys.hpp"
 #include "protocol/curve_keys.hpp"
+#include "tests/support/temp_dir.hpp"
 
 using namespace klynaa;
+using klynaa::test::read_file;
+using klynaa::test::temp_dir;
+using klynaa::test::write_file;
 
 namespace {
-
-struct scratch {
-  std::string path;
-  scratch() {
-    char tmpl[] = "/tmp/klynaa-keys-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~scratch() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return path + "/" + f; }
-};
 
 int keygen(std::vector<std::string> args) {
   args.insert(args.begin(), {"klynaa", "keygen"});
@@ -36,15 +25,6 @@ int keygen(std::vector<std::string> args) {
   for (auto& a : args) argv.push_back(a.data());
   return cli::cmd_keygen(static_cast<int>(argv.size()), argv.data());
 }
-
-std::string read(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
 mode_t mode_of(const std::string& path) {
   struct stat st {};
@@ -55,7 +35,7 @@ mode_t mode_of(const std::string& path) {
 }  // namespace
 
 TEST_CASE("keygen writes NAME.key (mode 0600, both keys) and NAME.pub (public only)", "[keys]") {
-  scratch d;
+  temp_dir d;
   REQUIRE(keygen({"--out", d / "keys", "--name", "django"}) == 0);
   const auto key = d / "keys/django.key", pub = d / "keys/django.pub";
   CHECK(mode_of(key) == 0600);
@@ -67,17 +47,17 @@ TEST_CASE("keygen writes NAME.key (mode 0600, both keys) and NAME.pub (public on
   auto public_key = cli::load_public_key(pub, "--server-key", err);
   REQUIRE(public_key);
   CHECK(*public_key == pair->public_key);
-  CHECK(read(pub).find(pair->secret_key) == std::string::npos);
+  CHECK(read_file(pub).find(pair->secret_key) == std::string::npos);
   // The .key names its public half too, so either file gives the public key.
   CHECK(cli::load_public_key(key, "x", err) == pair->public_key);
 }
 
 TEST_CASE("keygen refuses to overwrite a key and rejects a bad name", "[keys]") {
-  scratch d;
+  temp_dir d;
   REQUIRE(keygen({"--out", d.path, "--name", "node-1"}) == 0);
-  const auto before = read(d / "node-1.key");
+  const auto before = read_file(d / "node-1.key");
   CHECK(keygen({"--out", d.path, "--name", "node-1"}) == 1);
-  CHECK(read(d / "node-1.key") == before);
+  CHECK(read_file(d / "node-1.key") == before);
   std::filesystem::remove(d / "node-1.key");  // a lone .pub blocks as well
   CHECK(keygen({"--out", d.path, "--name", "node-1"}) == 1);
   CHECK_FALSE(std::filesystem::exists(d / "node-1.key"));
@@ -88,7 +68,7 @@ TEST_CASE("keygen refuses to overwrite a key and rejects a bad name", "[keys]") 
 }
 
 TEST_CASE("a public key file is not a key pair, and the error names the setting and the file", "[keys]") {
-  scratch d;
+  temp_dir d;
   REQUIRE(keygen({"--out", d.path, "--name", "a"}) == 0);
   std::string err;
   CHECK_FALSE(cli::load_key_pair(d / "a.pub", "[ingress] curve_secret_file", err));
@@ -97,31 +77,31 @@ TEST_CASE("a public key file is not a key pair, and the error names the setting 
   CHECK_FALSE(cli::load_key_pair(d / "missing.key", "--key", err));
   CHECK_THAT(err, Catch::Contains("--key") && Catch::Contains(d / "missing.key") &&
                       Catch::Contains("No such file"));
-  write(d / "garbage.key", "hello\n");
+  write_file(d / "garbage.key", "hello\n");
   CHECK_FALSE(cli::load_key_pair(d / "garbage.key", "--key", err));
   CHECK_THAT(err, Catch::Contains("no key found"));
 }
 
 TEST_CASE("a key pair whose public key belongs to another secret key is refused", "[keys]") {
-  scratch d;
+  temp_dir d;
   REQUIRE(keygen({"--out", d.path, "--name", "a"}) == 0);
   REQUIRE(keygen({"--out", d.path, "--name", "b"}) == 0);
   std::string err;
   auto a = cli::load_key_pair(d / "a.key", "x", err);
   auto b = cli::load_key_pair(d / "b.key", "x", err);
   REQUIRE((a && b));
-  write(d / "mixed.key", "public-key = \"" + a->public_key + "\"\nsecret-key = \"" + b->secret_key + "\"\n");
+  write_file(d / "mixed.key", "public-key = \"" + a->public_key + "\"\nsecret-key = \"" + b->secret_key + "\"\n");
   CHECK_FALSE(cli::load_key_pair(d / "mixed.key", "[cluster] curve_client_secret_file", err));
   CHECK_THAT(err, Catch::Contains("does not belong"));
   // Only the secret key: the public key is derived.
-  write(d / "secret-only.key", "secret-key = \"" + b->secret_key + "\"\n");
+  write_file(d / "secret-only.key", "secret-key = \"" + b->secret_key + "\"\n");
   auto derived = cli::load_key_pair(d / "secret-only.key", "x", err);
   REQUIRE(derived);
   CHECK(derived->public_key == b->public_key);
 }
 
 TEST_CASE("a key pair readable by others loads with a warning", "[keys]") {
-  scratch d;
+  temp_dir d;
   REQUIRE(keygen({"--out", d.path, "--name", "a"}) == 0);
   std::string err, warning;
   REQUIRE(cli::load_key_pair(d / "a.key", "x", err, &warning));
@@ -132,7 +112,7 @@ TEST_CASE("a key pair readable by others loads with a warning", "[keys]") {
 }
 
 TEST_CASE("client keys: none is plain, one without the other is an error naming the missing one", "[keys]") {
-  scratch d;
+  temp_dir d;
   REQUIRE(keygen({"--out", d.path, "--name", "broker"}) == 0);
   REQUIRE(keygen({"--out", d.path, "--name", "client"}) == 0);
   std::string err;
@@ -148,14 +128,14 @@ TEST_CASE("client keys: none is plain, one without the other is an error naming 
 }
 
 TEST_CASE("check_allow_list counts the keys and names the bad line", "[keys]") {
-  scratch d;
+  temp_dir d;
   REQUIRE(keygen({"--out", d.path, "--name", "a"}) == 0);
   std::string err;
   auto a = cli::load_key_pair(d / "a.key", "x", err);
   REQUIRE(a);
-  write(d / "ok.allow", "# clients\n" + a->public_key + " a\n");
+  write_file(d / "ok.allow", "# clients\n" + a->public_key + " a\n");
   CHECK(cli::check_allow_list(d / "ok.allow", "[ingress] curve_allow_file", err) == size_t{1});
-  write(d / "bad.allow", a->public_key + "\noops\n");
+  write_file(d / "bad.allow", a->public_key + "\noops\n");
   CHECK_FALSE(cli::check_allow_list(d / "bad.allow", "[ingress] curve_allow_file", err));
   CHECK_THAT(err, Catch::Contains("[ingress] curve_allow_file") && Catch::Contains("bad.allow") &&
                       Catch::Contains("line 2"));

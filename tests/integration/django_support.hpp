@@ -3,40 +3,14 @@
 // JSON-over-HTTP client for its API and its /api/demo/ test hooks.
 #pragma once
 
-#include <random>
-
-#include <arpa/inet.h>
 #include <httplib.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <regex>
 
 #include "support.hpp"
+#include "tests/support/ports.hpp"
 
 namespace klynaa::test {
-
-/// A free 127.0.0.1 TCP port (bound and released), for a server another process
-/// must know before it starts.
-/// A TCP port on 127.0.0.1 that nothing listens on right now, for a server that
-/// binds it later. Picked at random below the kernel's ephemeral range
-/// (32768-60999 by default): a port the kernel hands out itself could be taken
-/// by any outgoing connection before the server binds it (it happened in CI).
-inline int free_tcp_port() {
-  static std::mt19937 rng{std::random_device{}()};
-  for (int attempt = 0; attempt < 200; ++attempt) {
-    const int port = std::uniform_int_distribution<int>(20000, 32000)(rng);
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
-    ::close(fd);
-    if (free) return port;
-  }
-  return 0;
-}
 
 class django_app {
  public:

@@ -4,20 +4,12 @@
 #include <fstream>
 
 #include "django_support.hpp"
+#include "tests/support/threads.hpp"
 
 using namespace klynaa::test;
 using klynaa::protocol::reply_status;
 
 namespace {
-
-/// The thread count of process `pid`, from /proc.
-int threads_of(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line))
-    if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
-  return -1;
-}
 
 /// Pickups made in Django without publishing anything.
 std::vector<int> make_pickups(django_app& django, int n, const std::string& status) {
@@ -53,7 +45,7 @@ TEST_CASE("80 notification jobs wait on a slow Django at once on a fixed set of 
   // calls and grows while the latency holds.
   cluster_under_test c(std::map<std::string, std::string>{{"KLYNAA_NODE_LIMIT_INITIAL", "100"}});
   auto ids = make_pickups(*c.django, 80, "accepted");
-  const int threads_idle = threads_of(c.klynaa->proc().pid());
+  const int threads_idle = thread_count(c.klynaa->proc().pid());
   c.django->post("/api/demo/faults/", {{"mode", "slow"}, {"delay_ms", 1500}, {"path_prefix", "/api/"}});
   publish_all(*c.klynaa, ids, "pickup.accepted", "acc-");
   json s;
@@ -61,7 +53,7 @@ TEST_CASE("80 notification jobs wait on a slow Django at once on a fixed set of 
   int64_t most_running = 0;
   REQUIRE(wait_for([&] {
     s = c.stats();
-    most_threads = std::max(most_threads, threads_of(c.klynaa->proc().pid()));
+    most_threads = std::max(most_threads, thread_count(c.klynaa->proc().pid()));
     most_running = std::max(most_running, running(s, "sendPickupNotification"));
     return most_running >= 60;
   }, 30000ms));

@@ -25,6 +25,8 @@
 #include <zmq.hpp>
 
 #include "protocol/message.hpp"
+#include "tests/support/temp_dir.hpp"
+#include "tests/support/wait.hpp"
 
 namespace klynaa::test {
 
@@ -34,41 +36,6 @@ using namespace std::chrono_literals;
 inline int64_t now_ms() {
   using namespace std::chrono;
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
-}
-
-/// Polls `cond` every 20 ms until it holds or `timeout` passes.
-inline bool wait_for(const std::function<bool()>& cond, std::chrono::milliseconds timeout) {
-  auto end = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < end) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return cond();
-}
-
-struct temp_dir {
-  std::string path;
-  temp_dir() {
-    char tmpl[] = "/tmp/klynaa-test-XXXXXX";
-    path = ::mkdtemp(tmpl);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
-};
-
-inline std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-inline void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path);
-  out << text;
 }
 
 /// A child process with stdout+stderr in a log file. Killed (SIGKILL) on destruction.
