@@ -21,7 +21,6 @@ reference app publishes through it.  Every process started is killed and
 every temp dir removed, also on failure.
 """
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -47,23 +46,14 @@ sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 from klynaa_client import (Client, KlynaaError, KlynaaInvokeFailed, KlynaaInvokeTimeout,  # noqa: E402
                            KlynaaOverloaded, KlynaaRejected, KlynaaShuttingDown, KlynaaUnavailable,
                            KlynaaUnexpectedReply, django_client, event_id, publish_on_commit)
-sys.path.insert(0, HERE)
-from netutil import free_port  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+from testutil import die_with_parent, free_port, wait_for  # noqa: E402
 
 PY = "/usr/bin/python3"
 KLYNAA = os.environ.get("KLYNAA_BIN", os.path.join(ROOT, "build", "klynaa"))
 API_KEY = "pyclient-test-key"
 RUN = uuid.uuid4().hex[:8]  # makes ids unique per run
 SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer")
-
-
-def wait_for(cond, timeout, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 @contextlib.contextmanager
@@ -86,18 +76,11 @@ def uid(name):
     return "pyc-%s-%s-%s" % (name, RUN, uuid.uuid4().hex[:6])
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent():
-    _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphans if this test is killed
-
-
 def spawn(args, env, log_path):
     log = open(log_path, "ab")
     try:
         return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
     finally:
         log.close()
 
@@ -225,7 +208,7 @@ class DjangoApp:
             self.proc = subprocess.Popen([PY, os.path.join(ROOT, "examples", "django", "serve.py"),
                                           "127.0.0.1:%d" % port, "--seed", "--quiet"], env=env,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=die_with_parent)
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         line = self.proc.stdout.readline().decode() if ready else ""
         if not line.startswith("READY"):

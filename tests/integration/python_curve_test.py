@@ -15,7 +15,6 @@ load_curve_key_file reads keygen's files and pyzmq's own, and rejects bad
 ones; bad parameters raise ValueError at construction.  Every process started
 is killed and every temp dir removed, also on failure.
 """
-import ctypes
 import json
 import os
 import shutil
@@ -23,7 +22,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 import uuid
 
@@ -36,26 +34,14 @@ import zmq.auth  # noqa: E402
 
 from klynaa_client import Client, KlynaaUnavailable, load_curve_key_file  # noqa: E402
 
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+from testutil import die_with_parent, wait_for  # noqa: E402
+
 PY = "/usr/bin/python3"
 KLYNAA = os.environ.get("KLYNAA_BIN", os.path.join(ROOT, "build", "klynaa"))
 RUN = uuid.uuid4().hex[:8]
 SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer")
 LOCATION = {"worker_id": 1, "lat": 6.5, "lng": 3.4, "available": True}
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent():
-    _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def wait_for(cond, timeout, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def keygen(directory, name):
@@ -87,7 +73,7 @@ class CurveClientTest(unittest.TestCase):
         with open(cls.log_path, "ab") as log:
             cls.proc = subprocess.Popen([KLYNAA, "broker", "--data-dir", data, "--ingress", "tcp://127.0.0.1:*",
                                          "--cluster", "tcp://127.0.0.1:*"], env=env, stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                        stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         info = os.path.join(data, "broker.json")
 
         def up():

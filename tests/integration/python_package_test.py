@@ -24,7 +24,6 @@ installed client is accepted and the same id again is a duplicate, and that
 dir removed, also on failure; a build/ or .egg-info this run leaves in
 clients/python is removed too.
 """
-import ctypes
 import json
 import os
 import re
@@ -34,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import tomllib
 import unittest
 import uuid
@@ -42,8 +40,8 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CLIENT_DIR = os.path.join(ROOT, "clients", "python")
-sys.path.insert(0, HERE)
-from netutil import free_port  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+from testutil import die_with_parent, free_port, wait_for  # noqa: E402
 
 PY = "/usr/bin/python3"
 KLYNAA = os.environ.get("KLYNAA_BIN", os.path.join(ROOT, "build", "klynaa"))
@@ -51,21 +49,6 @@ RUN = uuid.uuid4().hex[:8]
 SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer")
 LOCATION = {"worker_id": 1, "lat": 6.5, "lng": 3.4, "available": True}
 DEAD_PROXY = "http://127.0.0.1:9"  # discard port: nothing listens, a download fails at once
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent():
-    _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no orphans if this test is killed
-
-
-def wait_for(cond, timeout, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def cmake_version():
@@ -158,7 +141,7 @@ class InstalledPackageTest(unittest.TestCase):
         with open(cls.log_path, "ab") as log:
             cls.proc = subprocess.Popen([KLYNAA, "run", "--data-dir", data, "--ingress", "tcp://127.0.0.1:*"],
                                         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=die_with_parent)
         info = os.path.join(data, "broker.json")
 
         def up():
