@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 
 from klynaa_client import Client, KlynaaUnavailable  # noqa: E402
 
-sys.path.insert(0, HERE)
-from netutil import free_port  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+from testutil import free_port  # noqa: E402
 
 PY = "/usr/bin/python3"
 API_KEY = "test-key-123"
