@@ -21,14 +21,11 @@
 
 #include <libpq-fe.h>
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +38,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "tests/support/ports.hpp"
 
 namespace klynaa::test {
 
@@ -131,7 +130,7 @@ class pg_server {
       }
       log_ = dir_ + "/postgres.log";
       run_initdb();
-      port_ = free_port();
+      port_ = free_tcp_port();  // below the ephemeral range: the server binds it later, and again on resume()
       start_postmaster();
       sql("postgres", std::string("CREATE ROLE klynaa LOGIN PASSWORD '") + password + "'");
       sql("postgres", std::string("CREATE ROLE klynaa_plain LOGIN PASSWORD '") + plain_password + "'");
@@ -158,21 +157,6 @@ class pg_server {
       if (!(in >> pid) || pid <= 0) continue;
       if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) std::filesystem::remove_all(e.path(), ec);
     }
-  }
-
-  static int free_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-      if (fd >= 0) ::close(fd);
-      throw std::runtime_error("pg_server: no free port");
-    }
-    ::close(fd);
-    return ntohs(a.sin_port);
   }
 
   std::string log_tail() const {

@@ -7,11 +7,6 @@
 
 #include <catch2/catch.hpp>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
 #include <optional>
@@ -22,8 +17,10 @@
 #include <libpq-fe.h>
 
 #include "pg_server.hpp"
+#include "tests/support/ports.hpp"
 
 using namespace klynaa::broker;
+using klynaa::test::closed_port;
 using klynaa::test::pg_server;
 
 namespace {
@@ -77,20 +74,6 @@ void check_names_url(const std::string& message, const std::string& url, const s
   CHECK(message.find("store.url " + mask_pg_url(url)) != std::string::npos);
   CHECK(mask_pg_url(url).find("****") != std::string::npos);
   CHECK(message.find(password) == std::string::npos);
-}
-
-/// A port on 127.0.0.1 that nothing listens on (bound, then closed).
-int closed_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  REQUIRE(fd >= 0);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "broker/store.hpp"
 #include "broker/pg_store.hpp"
 #include "pg_server.hpp"
+#include "tests/support/temp_dir.hpp"
 
 #include <catch2/catch.hpp>
 #include <sqlite3.h>
@@ -31,25 +32,9 @@
 #include <nlohmann/json.hpp>
 
 using namespace klynaa::broker;
+using klynaa::test::temp_dir;
 
 namespace {
-
-/// A fresh directory under /tmp, removed with everything in it at the end of the test.
-struct temp_dir {
-  std::string path;
-  temp_dir() {
-    char tmpl[] = "/tmp/klynaa-store-test-XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    REQUIRE(p != nullptr);
-    path = p;
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::permissions(path, std::filesystem::perms::owner_all, ec);
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string db() const { return path + "/klynaa.db"; }
-};
 
 std::unique_ptr<store> open_store(const std::string& path, bool read_only = false) {
   sqlite_options o;
@@ -81,7 +66,7 @@ struct store_at {
   std::unique_ptr<store> try_open(bool read_only, store_error& err) {
     if (backend == "sqlite") {
       sqlite_options o;
-      o.path = dir.db();
+      o.path = dir / "klynaa.db";
       o.read_only = read_only;
       return open_sqlite_store(o, err);
     }
@@ -230,7 +215,7 @@ int64_t raw_count(const std::string& path, const std::string& sql) {
 
 void store_at::sql(const std::string& sqlite_sql, const std::string& pg_sql) {
   if (backend == "sqlite")
-    raw_sql(dir.db(), sqlite_sql);
+    raw_sql(dir / "klynaa.db", sqlite_sql);
   else
     klynaa::test::pg_server::get().sql(database, pg_sql);
 }
@@ -806,20 +791,20 @@ TEST_CASE("purging dead jobs deletes them and their history, and nothing else", 
 TEST_CASE("a version 1 store is upgraded in place: its jobs gain attempt_base 0", "[store]") {
   temp_dir dir;
   {
-    auto s = open_store(dir.db());
+    auto s = open_store(dir / "klynaa.db");
     commit_one(*s, make_request("v1", {make_job("v1#1", 1)}));
   }
-  raw_sql(dir.db(), "ALTER TABLE jobs DROP COLUMN attempt_base; "
+  raw_sql(dir / "klynaa.db", "ALTER TABLE jobs DROP COLUMN attempt_base; "
                     "UPDATE meta SET value = '1' WHERE key = 'schema_version'");
   {
     sqlite_options o;
-    o.path = dir.db();
+    o.path = dir / "klynaa.db";
     o.read_only = true;
     store_error err;
     CHECK(open_sqlite_store(o, err) == nullptr);  // a reader cannot upgrade
     CHECK(err.message.find("schema version 1") != std::string::npos);
   }
-  auto s = open_store(dir.db());
+  auto s = open_store(dir / "klynaa.db");
   auto j = s->find_job("v1#1");
   REQUIRE(j);
   CHECK(j->attempt_base == 0);
@@ -830,16 +815,16 @@ TEST_CASE("a version 2 store is upgraded in place: its ok attempts are shown onc
           "[store]") {
   temp_dir dir;
   {
-    auto s = open_store(dir.db());
+    auto s = open_store(dir / "klynaa.db");
     commit_one(*s, make_request("v2", {make_job("v2#1", 1), make_job("v2#2", 2)}));
   }
   // Version 2 kept a successful attempt as an attempts row, like any other.
-  raw_sql(dir.db(), "ALTER TABLE jobs DROP COLUMN ok_node; ALTER TABLE jobs DROP COLUMN ok_duration_ms; "
+  raw_sql(dir / "klynaa.db", "ALTER TABLE jobs DROP COLUMN ok_node; ALTER TABLE jobs DROP COLUMN ok_duration_ms; "
                     "ALTER TABLE jobs DROP COLUMN ok_at_ms; "
                     "UPDATE jobs SET state = 3, attempts = 1 WHERE id = 'v2#1'; "
                     "INSERT INTO attempts VALUES('v2#1', 1, 'node-old', 'ok', '', 5, 1700000000000); "
                     "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
-  auto s = open_store(dir.db());
+  auto s = open_store(dir / "klynaa.db");
   auto old = nlohmann::json::parse(s->history_json("v2#1"));
   REQUIRE(old.size() == 1);
   CHECK(old[0]["node"] == "node-old");
@@ -1014,7 +999,7 @@ TEST_CASE("every request acknowledged before a kill -9 is a duplicate after reop
     REQUIRE(pid >= 0);
     if (pid == 0) {
       ::close(fds[0]);
-      commit_until_killed(dir.db(), round, fds[1]);
+      commit_until_killed(dir / "klynaa.db", round, fds[1]);
     }
     ::close(fds[1]);
 
@@ -1045,7 +1030,7 @@ TEST_CASE("every request acknowledged before a kill -9 is a duplicate after reop
     REQUIRE(!acked.empty());
     total_acked += acked.size();
 
-    auto s = open_store(dir.db());
+    auto s = open_store(dir / "klynaa.db");
     batch again;
     for (auto& id : acked) again.requests.push_back(make_request(id, {make_job(id + "#9", 1)}));
     auto out = commit_ok(*s, again);
@@ -1060,11 +1045,11 @@ TEST_CASE("every request acknowledged before a kill -9 is a duplicate after reop
     CHECK(s->load_unfinished([](job_record&&) {}, err));
     s.reset();
     // Batches are atomic: every stored request has its one job, no more, no less.
-    CHECK(raw_count(dir.db(), "SELECT COUNT(*) FROM requests") ==
-          raw_count(dir.db(), "SELECT COUNT(*) FROM jobs"));
-    CHECK(raw_count(dir.db(), "SELECT COUNT(*) FROM requests") >=
+    CHECK(raw_count(dir / "klynaa.db", "SELECT COUNT(*) FROM requests") ==
+          raw_count(dir / "klynaa.db", "SELECT COUNT(*) FROM jobs"));
+    CHECK(raw_count(dir / "klynaa.db", "SELECT COUNT(*) FROM requests") >=
           static_cast<int64_t>(total_acked));
-    CHECK(raw_count(dir.db(), "SELECT COUNT(*) FROM pragma_integrity_check WHERE "
+    CHECK(raw_count(dir / "klynaa.db", "SELECT COUNT(*) FROM pragma_integrity_check WHERE "
                               "integrity_check <> 'ok'") == 0);
   }
 }
