@@ -12,9 +12,13 @@
 #include <set>
 #include <sstream>
 
+#include "tests/support/temp_dir.hpp"
+
 using klynaa::protocol::config;
 using klynaa::protocol::config_error;
 using klynaa::protocol::parse_config;
+using klynaa::test::temp_dir;
+using klynaa::test::write_file;
 using env_map = std::map<std::string, std::string>;
 
 namespace {
@@ -563,38 +567,19 @@ TEST_CASE("store lease_ms and broker_name have defaults, env overrides and a low
 
 // --- Reading the config file (klynaa ... --config PATH) ----------------------
 
-namespace {
-
-/// A fresh directory under /tmp, removed with what is in it.
-struct scratch {
-  std::string path;
-  scratch() {
-    char tmpl[] = "/tmp/klynaa-config-test-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~scratch() { std::filesystem::remove_all(path); }
-  std::string write(const std::string& name, const std::string& text) {
-    std::ofstream(path + "/" + name) << text;
-    return path + "/" + name;
-  }
-};
-
-}  // namespace
-
 TEST_CASE("read_config_file reads a file whole, an empty one too", "[config]") {
-  scratch d;
+  temp_dir d;
   std::string text, err;
-  REQUIRE(klynaa::protocol::read_config_file(d.write("k.toml", "[geo]\nradius_km = 3.0\n"), text, err));
+  REQUIRE(klynaa::protocol::read_config_file(write_file(d / "k.toml", "[geo]\nradius_km = 3.0\n"), text, err));
   CHECK(text == "[geo]\nradius_km = 3.0\n");
-  REQUIRE(klynaa::protocol::read_config_file(d.write("empty.toml", ""), text, err));
+  REQUIRE(klynaa::protocol::read_config_file(write_file(d / "empty.toml", ""), text, err));
   CHECK(text.empty());
 }
 
 TEST_CASE("a config path that is a directory is an error naming it, not the defaults", "[config]") {
   // std::ifstream opens a directory and reads nothing: `--config DIR` used to
   // start on the defaults.
-  scratch d;
+  temp_dir d;
   std::string text = "unchanged", err;
   CHECK_FALSE(klynaa::protocol::read_config_file(d.path, text, err));
   CHECK_THAT(err, Catch::Contains(d.path));
@@ -615,8 +600,8 @@ TEST_CASE("a missing config file is an error naming it", "[config]") {
 // user meets. Root that cannot change its uid (no CAP_SETUID) fails the test:
 // the case would go unchecked.
 TEST_CASE("a config file without read permission is an error naming it", "[config]") {
-  scratch d;
-  const auto file = d.write("secret.toml", "[geo]\nradius_km = 3.0\n");
+  temp_dir d;
+  const auto file = write_file(d / "secret.toml", "[geo]\nradius_km = 3.0\n");
   REQUIRE(::chmod(file.c_str(), 0) == 0);
   REQUIRE(::chmod(d.path.c_str(), 0711) == 0);  // anyone may reach the file, no one but root read it
   struct as_nobody {
