@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Verifies an RS256 JWT with PyJWT (Debian's python3-jwt), for firebase_test.cpp.
+"""Verifies an RS256 JWT with PyJWT (Debian's python3-jwt), for firebase_token_test.cpp.
 
 Reads {"assertion", "public_key_pem", "audience", "issuer"} on stdin and writes
 {"valid": true, "header": {...}, "claims": {...}} when PyJWT accepts the

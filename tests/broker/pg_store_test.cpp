@@ -2,7 +2,7 @@
 // in every error with its password masked (unreachable server, wrong password,
 // missing rights), a lost connection failing one commit and the next one
 // reconnecting, and the lease that fences a broker that lost it. The behaviour
-// it shares with SQLite is tested over both in store_test.cpp.
+// it shares with SQLite is tested over both in store_*test.cpp.
 #include "broker/pg_store.hpp"
 
 #include <catch2/catch.hpp>

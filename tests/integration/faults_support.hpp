@@ -1,4 +1,4 @@
-// Support for the fault-injection suite (faults_test.cpp): a burst of mixed
+// Support for the fault-injection suite (faults_*test.cpp): a burst of mixed
 // events about delivered pickups, publishing it through broker restarts, node
 // processes, reading the broker's store, and the invariants every scenario
 // asserts once the faults are over:

@@ -1,4 +1,4 @@
-// A test node for the fault-injection suite (tests/integration/faults_test.cpp):
+// A test node for the fault-injection suite (tests/integration/faults_poison_test.cpp):
 // the real node runtime (nodes/runtime.hpp) and the real actors (actors/), over
 // TCP to a real `klynaa broker`, except that the escrow kind's handler throws for
 // one pickup: a "poison" job that crashes its worker on every attempt. The real
