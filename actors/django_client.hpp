@@ -1,6 +1,7 @@
-// The Django API of contract §4, as the job system calls it: one method per
-// endpoint, each returning the documented answer as a typed value or the job
-// outcome of the failure (contract §3, via classify() in http.hpp).
+// The Django API (docs/events-and-functions.md, "The Django API"), as the job
+// system calls it: one method per endpoint, each returning the documented answer
+// as a typed value or the job outcome of the failure (docs/events-and-functions.md,
+// "Failures and retries", via classify() in http.hpp).
 //
 // Every request carries `Authorization: Api-Key {key}` and `Accept:
 // application/json`, bodies are JSON with `Content-Type: application/json`, and
@@ -97,7 +98,7 @@ class django_client {
  public:
   /// Uses cfg.url (trailing "/" ignored), cfg.api_key, the timeouts and ca_file.
   /// With an empty url every call fails transiently with error_code "connect"
-  /// (the CLI refuses to start actors without one, contract §5).
+  /// (the CLI refuses to start actors without one, docs/configuration.md, "Environment").
   /// With `loop`, calls made on a job fiber go through that event loop and
   /// suspend the fiber (http_options::loop; downstream "django").
   explicit django_client(const protocol::config::django_section& cfg,

@@ -1,4 +1,5 @@
-// The escrow actor's job logic: `processEscrowRelease` (contract §3).
+// The escrow actor's job logic: `processEscrowRelease` (docs/events-and-functions.md,
+// "processEscrowRelease").
 //
 // Data: pickup_id (positive int), release_reason ("customer_confirmed" |
 // "auto_release" | "admin"); anything else is a permanent "invalid_data" failure.

@@ -1,4 +1,5 @@
-// The `firebase` push provider (contract §6): Firebase Cloud Messaging HTTP v1,
+// The `firebase` push provider (docs/events-and-functions.md, "Push providers"):
+// Firebase Cloud Messaging HTTP v1,
 // authorised by an OAuth2 access token from a Google service account.
 //
 // Access token (OAuth2 JWT bearer grant, RFC 7523, as Google's client libraries

@@ -1,4 +1,5 @@
-// The geo actor's job logic (contract §3): `notifyNearbyWorkers` and
+// The geo actor's job logic (docs/events-and-functions.md, "notifyNearbyWorkers and
+// updateWorkerLocation (geo)"): `notifyNearbyWorkers` and
 // `updateWorkerLocation`, over one geo_index per node (geo_index.hpp has the
 // distance and update rules) that a background loader refreshes from Django.
 //

@@ -1,6 +1,7 @@
-// The geo actor's index of available workers (contract §3, notifyNearbyWorkers
-// and updateWorkerLocation): where each worker is, how far they travel
-// (service_radius_km), and the nearest-first query that picks whom to notify.
+// The geo actor's index of available workers (docs/events-and-functions.md,
+// "notifyNearbyWorkers and updateWorkerLocation (geo)"): where each worker is,
+// how far they travel (service_radius_km), and the nearest-first query that
+// picks whom to notify.
 //
 // Distances are great-circle distances by the haversine formula on a sphere of
 // radius 6371.0088 km (the IUGG mean Earth radius), in kilometres. Every filter
@@ -20,8 +21,8 @@
 // between the two formulas, so ties and the radius boundary follow haversine
 // exactly.
 //
-// Update rules (contract §3), in one place. Every update carries a timestamp in
-// ms since the epoch (the event's `ts`):
+// Update rules (the same section of docs/events-and-functions.md), in one place.
+// Every update carries a timestamp in ms since the epoch (the event's `ts`):
 //  - upsert(worker, ...) and remove(worker, ...) older than what the index holds
 //    for that worker are ignored (an equal timestamp is applied: the later
 //    arrival wins);
@@ -54,7 +55,8 @@
 
 namespace klynaa::actors {
 
-/// The mean Earth radius of contract §3, in km.
+/// The mean Earth radius in km (docs/events-and-functions.md, "notifyNearbyWorkers
+/// and updateWorkerLocation (geo)": haversine, R = 6371.0088 km).
 inline constexpr double earth_radius_km = 6371.0088;
 
 /// Great-circle distance in km between two points in degrees (haversine formula,

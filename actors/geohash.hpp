@@ -1,5 +1,6 @@
 // Geohash (base-32, Niemeyer 2008) cells and great-circle distance, for the
-// weekly analytics' service areas (contract §3 generateWeeklyAnalytics). Pure
+// weekly analytics' service areas (docs/events-and-functions.md, "generateDailyReport,
+// generateWeeklyAnalytics, cleanupData (scheduler)"). Pure
 // functions: thread-safe, no allocation beyond the returned string, never throw
 // except bad_alloc.
 //
@@ -34,7 +35,8 @@ struct cell {
 /// Example: decode("ezs42") has its centre at (42.60498046875, -5.60302734375).
 std::optional<cell> decode(std::string_view hash);
 
-/// Earth's mean radius in km, as contract §3 fixes it for every distance.
+/// Earth's mean radius in km, the one of every distance (docs/events-and-functions.md,
+/// "notifyNearbyWorkers and updateWorkerLocation (geo)": haversine, R = 6371.0088 km).
 constexpr double earth_radius_km = 6371.0088;
 
 /// Great-circle distance in km between two points given in degrees (haversine

@@ -1,5 +1,5 @@
-// Blocking HTTP clients on libcurl, and the rules of contract §3 that turn an HTTP
-// answer into a job outcome.
+// Blocking HTTP clients on libcurl, and the rules that turn an HTTP answer into a
+// job outcome (docs/events-and-functions.md, "Failures and retries").
 //
 //  - http_session: one request at a time on one reused easy handle. The Django
 //    client (django_client.hpp) and the OAuth2 token source (firebase.hpp) use it.
@@ -14,7 +14,8 @@
 // Threading: an http_session or http_multi is used by one thread at a time (the
 // node runtime makes one job handler, and so one client, per worker thread).
 // Reusing handles keeps connections to the server open between requests
-// (contract §4: "connections are reused"). Different clients may run in parallel.
+// (docs/events-and-functions.md, "The Django API": connections are reused).
+// Different clients may run in parallel.
 // Nothing here throws.
 #pragma once
 
@@ -119,7 +120,8 @@ struct http_request {
 /// starts when one finishes, so each request's timeout counts from its own start
 /// (never from the start of the batch), exactly as in http_session. The multi
 /// handle's connection cache keeps up to `max_connections` idle connections open
-/// between batches (contract §4: "connections are reused"), and the easy handles
+/// between batches (docs/events-and-functions.md, "The Django API": connections are
+/// reused), and the easy handles
 /// are reused too. Not copyable; movable.
 class http_multi {
  public:
@@ -163,7 +165,8 @@ class http_multi {
 /// nothing when the value is neither.
 std::optional<int64_t> parse_retry_after(std::string_view value, int64_t now_ms);
 
-/// Contract §3 for one HTTP answer. `what` names the call for the message, e.g.
+/// The failure rules (docs/events-and-functions.md, "Failures and retries") for one
+/// HTTP answer. `what` names the call for the message, e.g.
 /// "GET /api/serverless/pickups/7/" (never a URL with credentials in it).
 ///  - 2xx: outcome::ok with an empty result; the caller reads the body.
 ///  - no answer (connection refused, DNS, TLS, reset, timeout): transient,
@@ -186,7 +189,8 @@ nodes::job_result bad_response(int status, std::string_view service, std::string
                                std::string_view detail);
 
 /// Process-wide counts of downstream calls by {service, outcome}, for the metric
-/// `klynaa_downstream_requests_total{service,outcome}` (contract §7). Outcomes:
+/// `klynaa_downstream_requests_total{service,outcome}` (docs/operations.md, "Watching
+/// it"). Outcomes:
 /// "1xx" ... "5xx" and "no_answer" (one per request, counted by the callers of
 /// request() through count_downstream), and "bad_response", a subset of "2xx"
 /// counted again when the body was unusable. Thread-safe.

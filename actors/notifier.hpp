@@ -1,4 +1,5 @@
-// The notifier's job logic: `sendPickupNotification` (contract §3).
+// The notifier's job logic: `sendPickupNotification` (docs/events-and-functions.md,
+// "sendPickupNotification").
 //
 // Data (validated by the broker, checked again here; a bad field is a permanent
 // failure "invalid_data" naming it):
@@ -38,7 +39,7 @@
 // Failures:
 //  - any Django call failing transiently (incl. a 2xx with a bad body) →
 //    transient, at once: pushes already sent go out again on the retry (pushes are
-//    at least once, contract preamble), under the same job_id;
+//    at least once, docs/ingress-protocol.md, "Delivery guarantee"), under the same job_id;
 //  - a Django 4xx other than the 404s above → permanent;
 //  - pushes were attempted, none was delivered and at least one failed
 //    transiently → transient (a retry can deliver it), with the largest

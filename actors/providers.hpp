@@ -1,4 +1,5 @@
-// Push notification providers (contract §6): the interface the notifier sends
+// Push notification providers (docs/events-and-functions.md, "Push providers"):
+// the interface the notifier sends
 // through, and its implementations.
 //
 //  - log (default): one JSON line per push appended to {data_dir}/outbox.jsonl.
@@ -40,7 +41,7 @@ struct push {
   int64_t user_id = 0;
   std::string token;
   std::string platform;           ///< as Django listed it; may be ""
-  std::string notification_type;  ///< contract §2
+  std::string notification_type;  ///< docs/events-and-functions.md, "Functions"
   std::string title;
   std::string body;
   nlohmann::json data = nlohmann::json::object();  ///< {"pickup_id" or "report_id", ...}
@@ -86,9 +87,10 @@ class push_provider {
   virtual std::string_view name() const = 0;
 };
 
-/// The JSON object of contract §6 for `p` at `now_ms`, keys in the contract's
-/// order: {"ts", "job_id", "user_id", "token", "platform", "notification_type",
-/// "title", "body", "data"}; ts is ISO 8601 UTC with milliseconds.
+/// The JSON object of the `log` and `webhook` providers (docs/events-and-functions.md,
+/// "Push providers") for `p` at `now_ms`, keys in the docs' order: {"ts", "job_id",
+/// "user_id", "token", "platform", "notification_type", "title", "body", "data"};
+/// ts is ISO 8601 UTC with milliseconds.
 nlohmann::ordered_json push_json(const push& p, int64_t now_ms);
 
 /// An append-only JSON-lines file shared by the log providers of one process.

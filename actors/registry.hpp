@@ -20,7 +20,7 @@ namespace klynaa::actors {
 
 class http_loop;
 
-/// The actor kind names of contract §5 (`--actors`), built or not.
+/// The actor kind names `--actors` takes (docs/operations.md, "Roles"), built or not.
 const std::vector<std::string>& known_actor_kinds();
 
 /// The problem that stops `kinds` from being hosted with `cfg` and `data_dir`, as

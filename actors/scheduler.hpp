@@ -1,4 +1,5 @@
-// The scheduler actor's job logic (contract §3): `generateDailyReport`,
+// The scheduler actor's job logic (docs/events-and-functions.md, "generateDailyReport,
+// generateWeeklyAnalytics, cleanupData (scheduler)"): `generateDailyReport`,
 // `generateWeeklyAnalytics` and `cleanupData`. The broker fires them from the
 // [[schedule]] entries (broker/cron.hpp); they can also be invoked by name.
 //
@@ -23,7 +24,7 @@
 //  2. POST /api/reports/ with header `Idempotency-Key: report-daily-D` and body
 //       {"kind": "daily", "period_start": "DT00:00:00Z",
 //        "period_end": "(D+1)T00:00:00Z", "summary": S}
-//     where S is daily_summary() of the pickups (exactly the keys of §3).
+//     where S is daily_summary() of the pickups (exactly the keys the docs list).
 //  3. Result {"report_id": id, "pickups": n} with one child job
 //       id "#daily-report-D", function sendPickupNotification,
 //       data {"report_id": id, "notification_type": "daily_report",
@@ -70,7 +71,8 @@
 
 namespace klynaa::actors {
 
-/// The fields of one pickup object (contract §4) that the reports read.
+/// The fields of one pickup object (docs/events-and-functions.md, "The Django API")
+/// that the reports read.
 struct report_pickup {
   int64_t id = 0;
   std::string status;
@@ -95,7 +97,8 @@ std::variant<report_pickup, std::string> parse_report_pickup(const nlohmann::jso
 /// ms since the epoch of an ISO 8601 time as parse_report_pickup accepts it.
 std::optional<int64_t> parse_iso_time_ms(const std::string& text);
 
-/// The summary keys of contract §3 over `pickups`, exactly these:
+/// The summary keys of the daily report (docs/events-and-functions.md, "generateDailyReport,
+/// generateWeeklyAnalytics, cleanupData (scheduler)") over `pickups`, exactly these:
 ///  - "pickups_by_status": {status: count}, statuses without pickups left out;
 ///  - "delivered_revenue": {currency: total}, over pickups with delivered_at set,
 ///    summed in integer cents and written as the JSON number cents / 100

@@ -1,4 +1,5 @@
-// The `sns` push provider (contract §6): Amazon SNS `Publish` to the device token
+// The `sns` push provider (docs/events-and-functions.md, "Push providers"): Amazon
+// SNS `Publish` to the device token
 // taken as a platform endpoint ARN (TargetArn), over the Query API, signed with
 // AWS Signature Version 4. The signer is here too, exposed for its tests.
 //

@@ -1,5 +1,5 @@
-// Title and body of each push, per notification_type (contract §3: "a documented
-// template per notification_type, overridable in config").
+// Title and body of each push, per notification_type: the documented templates,
+// overridable in config (docs/events-and-functions.md, "sendPickupNotification").
 //
 // The defaults:
 //
@@ -37,7 +37,8 @@ struct message_template {
   std::string body;
 };
 
-/// The notification types of contract §2, in the contract's order.
+/// The notification types, in the order docs/events-and-functions.md ("Functions")
+/// lists them.
 const std::vector<std::string>& notification_types();
 
 /// The placeholders a template may use, without braces.

@@ -4,7 +4,7 @@
 //                [--window W] [--count C] [--rate R] [--type T] [--wait-function F] ...
 //   klynaa-bench --ceilings [--data-dir D]
 //
-// Load mode drives the ingress (contract §1) with N DEALER connections, one thread
+// Load mode drives the ingress (docs/ingress-protocol.md) with N DEALER connections, one thread
 // each, every one keeping up to W requests in flight; flat out (--rate 0) or paced
 // open-loop at R requests/s in total. Ack latency is measured from the request's
 // *scheduled* send time when paced (so a slow broker cannot hide behind a client that
@@ -270,7 +270,8 @@ options parse(int argc, char** argv) {
 
 // ---------------------------------------------------------------- payloads
 
-/// The function whose jobs an event type creates (contract §2); a function name maps
+/// The function whose jobs an event type creates (docs/events-and-functions.md,
+/// "Events"); a function name maps
 /// to itself. Empty when unknown.
 std::string default_function(const std::string& type) {
   static const std::map<std::string, std::string> m = {
@@ -365,7 +366,8 @@ bool pack_data(packer& p, const std::string& type, uint64_t h, uint64_t keys) {
   return true;
 }
 
-/// One request frame (contract §1): publish of `type`, or invoke of `function`.
+/// One request frame (docs/ingress-protocol.md, "Request"): publish of `type`, or
+/// invoke of `function`.
 void build_request(msgpack::sbuffer& buf, bool invoke, const std::string& id,
                    const std::string& type, const std::string& function, uint64_t h,
                    uint64_t keys, int64_t timeout_ms) {

@@ -1,6 +1,6 @@
-// The `klynaa` commands (contract §5). Each returns the process exit code:
-// 0 success, 1 runtime failure, 2 bad usage or bad config (the message names the
-// flag, key or file).
+// The `klynaa` commands (docs/operations.md, "Roles"). Each returns the process
+// exit code: 0 success, 1 runtime failure, 2 bad usage or bad config (the message
+// names the flag, key or file).
 #pragma once
 
 #include <string>

@@ -1,4 +1,5 @@
-// `klynaa dlq list | show JOB | replay JOB|--all | purge JOB|--all` (contract §5):
+// `klynaa dlq list | show JOB | replay JOB|--all | purge JOB|--all` (docs/operations.md,
+// "The dead-letter queue"):
 // the dead-letter queue through the broker's admin endpoint. Replay makes a dead
 // job ready again with the same id, data and ordering key (so the escrow's
 // Idempotency-Key and the broker's job-id dedup still hold) and a fresh attempt

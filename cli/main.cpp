@@ -1,4 +1,4 @@
-// klynaa: one executable for every role (contract §5).
+// klynaa: one executable for every role (docs/operations.md, "Roles").
 #include <cstring>
 #include <iostream>
 #include <map>

@@ -35,7 +35,8 @@ inline int64_t outcome_code(outcome o) { return static_cast<int64_t>(o); }
 /// The outcome of a code from outcome_code(); nullopt for any other value.
 std::optional<outcome> outcome_of_code(int64_t code);
 
-/// "ok", "retry", "dead": the node's view of an outcome in logs (contract §7).
+/// "ok", "retry", "dead": the node's view of an outcome in logs (docs/operations.md,
+/// "Watching it").
 /// The broker decides whether a transient failure was the last attempt.
 const char* log_outcome(outcome o);
 

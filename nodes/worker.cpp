@@ -53,7 +53,8 @@ job_result call_handler(job_handler* handler, const job& j, std::atomic<int>& bu
   }
 }
 
-// A job's two lines (contract §7) are rendered without building a JSON object:
+// A job's two lines (docs/operations.md, "Watching it") are rendered without
+// building a JSON object:
 // they are most of what a microsecond job costs its worker (docs/performance.md).
 log::fields_text job_fields(const cl::job& wire, const worker_config& cfg) {
   log::fields_text f;

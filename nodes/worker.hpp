@@ -16,7 +16,7 @@
 // A fiber worker that exits while its job waits (abandoned past the job's time
 // limit, or the node stopping) cancels what the job waits for and lets the
 // handler run to its end before it goes; the late result is dropped.
-// It logs a line at each job's start and end (contract §7).
+// It logs a line at each job's start and end (docs/operations.md, "Watching it").
 #pragma once
 
 #include <atomic>

@@ -230,7 +230,7 @@ class KlynaaRejected(KlynaaError, _ErrorFields):
     ``unsupported_version``, ``missing_field``, ``invalid_field``,
     ``unknown_type``, ``too_large`` or ``unauthorized``.  Nothing was stored.
 
-    :ivar code: the contract's error code.
+    :ivar code: the error code (docs/ingress-protocol.md, "Checks, in order").
     :ivar field: the offending field as a dotted path (e.g. ``data.lat``), or ``None``.
     :ivar message: the broker's sentence saying what to fix.
     """

@@ -1,4 +1,5 @@
-"""In-memory fault injection for the contract (§4) API routes, plus a request log.
+"""In-memory fault injection for the routes the job system calls
+(docs/events-and-functions.md, "The Django API"), plus a request log.
 
 State lives in module globals behind a lock: the demo runs as one process.
 """

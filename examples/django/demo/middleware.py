@@ -1,6 +1,8 @@
-"""API key check, fault injection and request logging for the contract (§4) routes.
+"""API key check, fault injection and request logging for the routes the job system
+calls (docs/events-and-functions.md, "The Django API").
 
-Routes under /api/ except /api/demo/ are "contract routes": they require
+Routes under /api/ except /api/demo/ are the Django API ("contract routes" in
+the code): they require
 `Authorization: Api-Key <DJANGO_API_KEY>` and are subject to injected faults.
 """
 import hmac

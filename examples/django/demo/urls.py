@@ -3,7 +3,8 @@ from django.urls import path
 from . import views as v
 
 urlpatterns = [
-    # ---- contract §4: called by the job system (Api-Key required, faults apply)
+    # ---- docs/events-and-functions.md, "The Django API": called by the job system
+    # (Api-Key required, faults apply)
     path("api/serverless/pickups/<int:pickup_id>/", v.serverless_pickup),
     path("api/users/admins/", v.admins),
     path("api/users/<int:user_id>/tokens/", v.user_tokens),

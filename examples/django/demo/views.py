@@ -1,4 +1,5 @@
-"""Views: the contract (§4) API called by the job system, and /api/demo/ helpers."""
+"""Views: the API the job system calls (docs/events-and-functions.md, "The Django
+API"), and /api/demo/ helpers."""
 import base64
 import datetime as dt
 import functools
@@ -46,7 +47,7 @@ def server_error(request):
     return json_response({"error": "internal", "message": "Internal server error."}, status=500)
 
 
-# ============================================================ contract (§4)
+# ===================================== the Django API (docs/events-and-functions.md)
 
 @api("GET")
 def serverless_pickup(request, pickup_id):
