@@ -1,5 +1,5 @@
-// The Django client against a fake Django on 127.0.0.1 (contract §4): headers,
-// every answer's outcome, and the typed helpers.
+// The Django client against a fake Django on 127.0.0.1 (docs/events-and-functions.md,
+// "The Django API"): headers, every answer's outcome, and the typed helpers.
 #include "actors/django_client.hpp"
 
 #include <chrono>

@@ -1,4 +1,5 @@
-// processEscrowRelease (contract §3) against a fake Django.
+// processEscrowRelease (docs/events-and-functions.md, "processEscrowRelease") against
+// a fake Django.
 #include "actors/escrow.hpp"
 
 #include <catch2/catch.hpp>

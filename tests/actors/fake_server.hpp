@@ -1,6 +1,7 @@
 // A scriptable HTTP server for the actor tests: cpp-httplib bound to 127.0.0.1 on
 // an ephemeral port, serving canned answers per "METHOD path" and recording every
-// request it receives. Plays Django (contract §4) or a push webhook (§6).
+// request it receives. Plays Django (docs/events-and-functions.md, "The Django
+// API") or a push webhook ("Push providers" there).
 //
 //   fake_server django;
 //   django.on("GET", "/api/users/admins/", {200, R"({"admins": []})"});

@@ -1,4 +1,5 @@
-// geo_index (contract §3): haversine, the selection rules of notifyNearbyWorkers,
+// geo_index (docs/events-and-functions.md, "notifyNearbyWorkers and
+// updateWorkerLocation (geo)"): haversine, the selection rules of notifyNearbyWorkers,
 // the update rules of updateWorkerLocation and loads, and a property test of the
 // R-tree search against a brute-force scan, poles and antimeridian included.
 #include "actors/geo_index.hpp"

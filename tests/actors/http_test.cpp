@@ -1,4 +1,5 @@
-// Contract §3's HTTP rules, without a server: classify(), Retry-After, escaping.
+// The HTTP failure rules (docs/events-and-functions.md, "Failures and retries"),
+// without a server: classify(), Retry-After, escaping.
 // Then http_multi against fake servers: a batch's answers in order, at most
 // max_connections in flight at once, connections reused across batches, and the
 // failures of http_session (no answer, timeout, body too large) per request.

@@ -1,4 +1,5 @@
-// sendPickupNotification (contract §3) against a fake Django and a recording
+// sendPickupNotification (docs/events-and-functions.md, "sendPickupNotification")
+// against a fake Django and a recording
 // push provider: recipients per user_type, tokens, invalid tokens, failures.
 #include "actors/notifier.hpp"
 

@@ -1,4 +1,5 @@
-// Push providers (contract §6): the log provider's outbox lines, the webhook's
+// Push providers (docs/events-and-functions.md, "Push providers"): the log
+// provider's outbox lines, the webhook's
 // status mapping, batches (send_all: concurrent, connections reused, one result
 // per push in order), and the factory's choices.
 #include "actors/providers.hpp"
@@ -68,7 +69,8 @@ TEST_CASE("the log provider appends one contract line per push") {
 
   auto lines = klynaa::test::read_lines(dir / "outbox.jsonl");
   REQUIRE(lines.size() == 2);
-  // Keys in the contract's order, ts as ISO 8601 UTC with milliseconds.
+  // Keys in the order of docs/events-and-functions.md ("Push providers"), ts as
+  // ISO 8601 UTC with milliseconds.
   std::regex shape(
       R"(^\{"ts":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z","job_id":"evt-1#1","user_id":11,)"
       R"("token":"tok-abc","platform":"ios","notification_type":"pickup_accepted",)"

@@ -48,7 +48,8 @@ TEST_CASE("scheduler: a daily report follows next, posts the exact summary and n
                      {"period_start", "2024-05-01T00:00:00Z"},
                      {"period_end", "2024-05-02T00:00:00Z"},
                      {"summary", day_summary()}});
-  // Exactly the keys of contract §3, and money written exactly to 2 decimals.
+  // Exactly the keys docs/events-and-functions.md lists, and money written
+  // exactly to 2 decimals.
   std::vector<std::string> keys;
   for (auto& [k, v] : body["summary"].items()) keys.push_back(k);
   CHECK(keys == std::vector<std::string>{"delivered_revenue", "mean_minutes_to_accept",
@@ -171,7 +172,7 @@ TEST_CASE("scheduler: a bad date is a permanent failure and calls nothing", "[sc
   CHECK(f.django.requests().empty());
 }
 
-TEST_CASE("scheduler: Django failures are transient or permanent per contract §3",
+TEST_CASE("scheduler: Django failures are transient or permanent per the failure rules",
           "[scheduler]") {
   SECTION("a 503 from the analytics endpoint is transient") {
     fixture f;

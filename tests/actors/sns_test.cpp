@@ -1,4 +1,4 @@
-// The sns provider (contract §6): SigV4 checked against the AWS documentation's
+// The sns provider (docs/events-and-functions.md, "Push providers"): SigV4 checked against the AWS documentation's
 // published examples and, byte for byte, against botocore (Debian's
 // python3-botocore, through tests/actors/sigv4_reference.py); SNS's answers
 // mapped to push results; the factory's config errors.

@@ -1,4 +1,4 @@
-// Cron expressions and fire times in time zones (contract §3 Schedules):
+// Cron expressions and fire times in time zones (docs/configuration.md, "Schedules"):
 // parsing and its errors, the default schedules, Vixie's day rule, DST gaps and
 // overlaps, leap days and year boundaries. Expected instants are hand-computed
 // from the published tz rules (US: 2nd Sunday of March / 1st Sunday of November

@@ -77,7 +77,7 @@ TEST_CASE("every metric /metrics exposes is documented in docs/operations.md", "
     INFO(n);
     CHECK(doc.find(n) != std::string::npos);
   }
-  // The contract's names (§7) are among them.
+  // The names docs/operations.md ("Watching it") lists are among them.
   for (auto n : {"klynaa_jobs_total", "klynaa_job_duration_seconds", "klynaa_queue_depth", "klynaa_dead_letters",
                  "klynaa_nodes", "klynaa_ingress_requests_total", "klynaa_downstream_requests_total"})
     CHECK(names.count(n) == 1);

@@ -1,4 +1,5 @@
-// Tests of broker/queue: the live queue's ordering rules (contract §2), timers,
+// Tests of broker/queue: the live queue's ordering rules (docs/events-and-functions.md,
+// "Job ids and ordering"), timers,
 // leases and per-function counts. The queue has no clock: each test passes `now`.
 #include "broker/queue.hpp"
 

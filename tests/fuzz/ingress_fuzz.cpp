@@ -6,7 +6,7 @@
 //   msgpack -> JSON) -> a rejected reply, a pong, or derive_jobs plus the
 //   accepted reply -> encode_reply; each job's data as the store keeps it (dump).
 //
-// On top of that, checks of the contract that the unit tests state for chosen
+// On top of that, checks of docs/ingress-protocol.md that the unit tests state for chosen
 // inputs, here for every input: exactly one of request and error; error codes,
 // fields and messages well formed; a reply decodes back to itself; a decoded
 // request re-encodes and decodes to itself; its data converts JSON -> msgpack ->

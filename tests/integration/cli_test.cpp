@@ -1,5 +1,5 @@
-// Command-line conventions (contract §5): exit 2 with a message naming the flag,
-// key or file; the clients' exit codes.
+// Command-line conventions (docs/operations.md, "Roles"): exit 2 with a message
+// naming the flag, key or file; the clients' exit codes.
 #include <atomic>
 #include <regex>
 

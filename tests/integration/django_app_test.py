@@ -7,7 +7,7 @@ python3-django, python3-zmq, python3-msgpack; only 127.0.0.1 is used)
 
 It starts examples/django/serve.py on a free port with a temporary DB and a
 fake ingress (a ZeroMQ ROUTER this test binds, answering `accepted`), then
-checks every contract §4 route with and without the API key, the escrow
+checks every route of docs/events-and-functions.md, "The Django API", with and without the API key, the escrow
 rules (idempotency, 409s, 404, concurrency), analytics pagination, reports
 and cleanup, fault injection, the demo actions' events, the outbox, the
 management commands and the client's retry/failover behaviour.

@@ -1,4 +1,5 @@
-// The dead-letter queue (issue 7, contract §5): `klynaa dlq list | show |
+// The dead-letter queue (issue 7, docs/operations.md, "The dead-letter queue"):
+// `klynaa dlq list | show |
 // replay | purge` through the admin endpoint of a real `klynaa run` with the
 // reference Django. Replaying an escrow release cannot release twice.
 #include "django_support.hpp"

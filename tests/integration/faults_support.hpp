@@ -14,7 +14,8 @@
 //     reached the view answered 409 `already_released`);
 //   - with `exactly_once_pushes` (no process was killed), no push twice, except
 //     for a job that lost a lease (its node was dropped while it ran: at least
-//     once, as the contract allows; counted in the figures).
+//     once, as docs/reliability.md, "What is guaranteed", allows; counted in the
+//     figures).
 #pragma once
 
 #include <sqlite3.h>

@@ -1,4 +1,5 @@
-// The ingress through real sockets against a real `klynaa` process (contract §1).
+// The ingress through real sockets against a real `klynaa` process
+// (docs/ingress-protocol.md).
 #include <msgpack.hpp>
 
 #include <set>

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """The `firebase` and `sns` push providers end to end, against local fakes that
-verify what they receive with independent libraries (contract §3, §6, §8).
+verify what they receive with independent libraries (docs/events-and-functions.md,
+"Push providers" and "Failures and retries"; docs/configuration.md).
 
     /usr/bin/python3 tests/integration/providers_test.py [--klynaa PATH] [unittest args]
 
@@ -24,7 +25,8 @@ invokes sendPickupNotification with the Python client, then checks:
 * requests signed with a wrong key or secret, sent by the test directly, are
   refused by the fake (so the fakes really check);
 * `klynaa run` configured with a wrong key or secret has its requests refused;
-  the job fails permanently (dead letter, per §3: a 4xx that is not 408/429),
+  the job fails permanently (dead letter, per docs/events-and-functions.md, "Failures and retries": a 4xx
+  that is not 408/429),
   no token is deleted, and klynaa keeps serving and stops cleanly (exit 0, no
   sanitizer report).
 """
@@ -403,7 +405,8 @@ class FirebaseTest(ProviderCase):
 
         # The access token is revoked: the next send gets 401, klynaa fetches a new
         # token and sends again (firebase.hpp). invoke: the job's result counts the
-        # pushes (contract §3); Client.invoke returns it.
+        # pushes (docs/events-and-functions.md, "sendPickupNotification"); Client.invoke
+        # returns it.
         self.fake.revoke_access_tokens()
         with k.client() as c:
             r = c.invoke("sendPickupNotification", {"pickup_id": pickup, "notification_type": "pickup_delivered",

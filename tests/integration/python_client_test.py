@@ -300,7 +300,7 @@ class A_RequestsTest(unittest.TestCase):
         self.assertEqual((r["v"], r["status"]), (1, "pong"))
         raw = self.c.request({"v": 1, "op": "ping", "id": "ping-" + RUN})
         self.assertEqual(raw["status"], "pong")
-        # Contract §1: the reply's id is the request's id.
+        # docs/ingress-protocol.md, "Reply": the reply's id is the request's id.
         self.assertEqual(raw.get("id"), "ping-" + RUN)
 
     def test_publish_accepted_then_duplicate(self):

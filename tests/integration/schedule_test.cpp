@@ -1,4 +1,4 @@
-// Schedules (contract §3): a firing is recorded before its job exists and
+// Schedules (docs/configuration.md, "Schedules"): a firing is recorded before its job exists and
 // happens once per scheduled time across restarts; a time missed while the
 // broker was down fires at start within scheduler.misfire_grace_seconds.
 #include <ctime>

@@ -1,4 +1,5 @@
-// Secrets never reach the logs (issue 9, contract §7): the Django API key, the
+// Secrets never reach the logs (issue 9, docs/operations.md, "Watching it"): the
+// Django API key, the
 // admin token, provider credentials and push tokens beyond a short prefix. A
 // `klynaa run` that does real work — successes, 401s from Django, pushes, an
 // admin call — then its whole log is searched for each secret.
