@@ -6,19 +6,13 @@
 #include "actors/firebase.hpp"
 
 #include <atomic>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
 #include <cstdlib>
 #include <set>
 #include <thread>
 
 #include <catch2/catch.hpp>
 
-#include "actors/http_loop.hpp"
 #include "actors/registry.hpp"
-#include "nodes/fiber.hpp"
-#include "nodes/suspend.hpp"
 #include "fake_server.hpp"
 #include "firebase_fixture.hpp"
 #include "tests/support/temp_dir.hpp"
@@ -293,67 +287,4 @@ TEST_CASE("firebase: base64url has no padding and the URL-safe alphabet", "[prov
   CHECK(base64url("foob") == "Zm9vYg");
   CHECK(base64url(std::string("\xfb\xff\xbf", 3)) == "-_-_");
   CHECK(base64url(R"({"alg":"RS256","typ":"JWT"})") == "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9");
-}
-
-TEST_CASE("firebase: job fibers that need a token at once wait for one fetch, made through the event loop",
-          "[providers]") {
-  using klynaa::nodes::fiber;
-  using klynaa::nodes::job_fiber_context;
-  using klynaa::nodes::job_fiber_scope;
-  fake_server google;
-  google.on("POST", "/token", canned{200, json{{"access_token", "ya29.fiber"}, {"expires_in", 3599}}.dump(), {}, 300});
-  std::string error;
-  auto k = rs256_key::from_pem(key().private_pem, error);
-  REQUIRE(k);
-  service_account account{client_email, key().private_pem, "", "klynaa-test"};
-  auto loop = std::make_shared<klynaa::actors::http_loop>();
-  klynaa::actors::http_options opts;
-  opts.timeout_ms = 5000;
-  opts.loop = loop;
-  google_token_source tokens(account, k, google.url() + "/token", opts);
-
-  // 20 job fibers, resumed on this one thread as their waits end.
-  const int n = 20;
-  std::mutex m;
-  std::condition_variable woken;
-  std::deque<int> ready;
-  std::vector<job_fiber_context> jobs(n);
-  std::vector<std::unique_ptr<fiber>> fibers;
-  std::vector<std::string> got(n);
-  for (int i = 0; i < n; ++i) {
-    jobs[i].function = "sendPickupNotification";
-    jobs[i].post_resume = [&, i] {
-      std::lock_guard<std::mutex> lock(m);
-      ready.push_back(i);
-      woken.notify_one();
-    };
-    fibers.push_back(std::make_unique<fiber>([&, i] { got[i] = tokens.get().token; }));
-  }
-  for (int i = 0; i < n; ++i) {
-    job_fiber_scope scope(&jobs[i]);
-    fibers[i]->resume();
-  }
-  // The token endpoint answers after 300 ms: every fiber is waiting, none
-  // blocked this thread (a blocking fetch would have finished the first).
-  for (int i = 0; i < n; ++i) CHECK(!fibers[i]->done());
-  CHECK(loop->snapshot().submitted == 1);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  int finished = 0;
-  while (finished < n && std::chrono::steady_clock::now() < deadline) {
-    int i;
-    {
-      std::unique_lock<std::mutex> lock(m);
-      if (!woken.wait_until(lock, deadline, [&] { return !ready.empty(); })) break;
-      i = ready.front();
-      ready.pop_front();
-    }
-    if (fibers[i]->done()) continue;
-    job_fiber_scope scope(&jobs[i]);
-    fibers[i]->resume();
-    if (fibers[i]->done()) ++finished;
-  }
-  REQUIRE(finished == n);
-  for (const auto& t : got) CHECK(t == "ya29.fiber");
-  CHECK(tokens.fetches() == 1);
-  CHECK(google.requests_to("POST", "/token").size() == 1);
 }
