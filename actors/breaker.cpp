@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 
+#include "protocol/backoff.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::actors {
@@ -99,7 +100,7 @@ void circuit_breaker::record(bool failure) {
   }
   ++failures_;
   if (state_ == state::half_open) {
-    open(t, std::min(open_for_ * 2, opts_.max_open_ms));  // the probe failed
+    open(t, protocol::capped_doubling(open_for_, opts_.max_open_ms, 1));  // the probe failed
   } else if (state_ == state::closed && failures_ >= opts_.failure_threshold) {
     open(t, opts_.open_ms);
   }

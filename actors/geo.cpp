@@ -9,6 +9,7 @@
 #include <string>
 
 #include "actors/handler_support.hpp"
+#include "protocol/backoff.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::actors {
@@ -134,7 +135,7 @@ void geo_service::loader_loop() {
     std::chrono::milliseconds wait = opts_.refresh;
     if (!ok && !index_.loaded()) {
       wait = std::min(retry, opts_.refresh);
-      retry = std::min(retry * 2, opts_.refresh);
+      retry = std::chrono::milliseconds{protocol::capped_doubling(retry.count(), opts_.refresh.count(), 1)};
     }
     std::unique_lock<std::mutex> lock(mutex_);
     // Wakes wait_ready() callers too: the index may have just loaded.

@@ -16,6 +16,7 @@
 #include "nodes/io_thread.hpp"
 #include "nodes/pool.hpp"
 #include "nodes/wire.hpp"
+#include "protocol/backoff.hpp"
 #include "protocol/cluster.hpp"
 #include "protocol/log.hpp"
 
@@ -179,7 +180,7 @@ void send_ready(gateway_ptr self) {
   // standby answers BYE at once, and the active one should be found fast.
   st.ready_wait_ms = st.ready_attempts == 0 || several_brokers(st)
                          ? st.cfg.register_retry_ms
-                         : std::min(st.ready_wait_ms * 2, std::max(st.cfg.register_retry_max_ms, st.cfg.register_retry_ms));
+                         : protocol::capped_doubling(st.ready_wait_ms, std::max(st.cfg.register_retry_max_ms, st.cfg.register_retry_ms), 1);
   ++st.ready_attempts;
   if (st.ready_attempts == 1)
     log::info("node", "registering with the broker",

@@ -16,6 +16,7 @@
 #include "nodes/atoms.hpp"
 #include "nodes/wire.hpp"
 #include "nodes/worker.hpp"
+#include "protocol/backoff.hpp"
 #include "protocol/cluster.hpp"
 #include "protocol/log.hpp"
 
@@ -179,10 +180,9 @@ bool note_restart(pool_actor_ptr self, clock::time_point now) {
 /// The backoff before the next restart: base doubled per recent restart, capped.
 std::chrono::milliseconds restart_delay(const pool_state& st) {
   const auto& lim = st.cfg.spec.limits;
-  int64_t d = lim.restart_backoff_ms;
-  for (size_t i = 1; i < st.restarts.size() && d < lim.restart_backoff_max_ms; ++i)
-    d *= 2;
-  return std::chrono::milliseconds{std::min(d, lim.restart_backoff_max_ms)};
+  const auto recent = static_cast<int64_t>(st.restarts.size());
+  return std::chrono::milliseconds{
+      protocol::capped_doubling(lim.restart_backoff_ms, lim.restart_backoff_max_ms, recent - 1)};
 }
 
 void on_done(pool_actor_ptr self, int64_t lease, std::string done, bool dying, int64_t code) {
