@@ -191,10 +191,9 @@ job_result notifier_handler::run_checked(const nodes::job& j) {
 
   int attempted = t.sent + t.failed + t.invalid_tokens;
   if (attempted > 0 && t.sent == 0 && t.failed_circuit > 0 && t.failed_circuit == t.failed) {
-    job_result f = job_result::failure(outcome::transient, "circuit_open",
-                                       "No push was sent: the " + std::string(provider_->name()) +
-                                           " circuit breaker is open; the job waits without using an attempt.");
-    f.retry_after_ms = t.retry_after_ms;
+    job_result f = job_result::deferred(0, "No push was sent: the " + std::string(provider_->name()) +
+                                               " circuit breaker is open; the job waits without using an attempt.");
+    f.retry_after_ms = t.retry_after_ms;  // the longest wait of its pushes
     return f;
   }
   if (attempted > 0 && t.sent == 0 && t.failed_transient > 0) {

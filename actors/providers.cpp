@@ -21,12 +21,13 @@ std::string dump_line(const nlohmann::ordered_json& j) {
 }
 
 push_result from_job_result(const nodes::job_result& c) {
-  push_result r = push_result::fail(c.kind == nodes::outcome::transient
-                                        ? push_result::status::transient
-                                        : push_result::status::permanent,
+  const bool later = c.kind == nodes::outcome::transient || c.kind == nodes::outcome::deferred;
+  push_result r = push_result::fail(later ? push_result::status::transient : push_result::status::permanent,
                                     c.message, c.http_status);
   r.retry_after_ms = c.retry_after_ms;
-  r.circuit_open = c.error_code == "circuit_open";  // not sent (Retry-After pause): no attempt spent
+  // Not sent (Retry-After pause): no attempt spent. (http.cpp's classify marks it transient with
+  // this code today; job_result::deferred carries the same code.)
+  r.circuit_open = c.error_code == protocol::cluster::circuit_open_code;
   return r;
 }
 

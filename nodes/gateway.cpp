@@ -343,9 +343,11 @@ void on_frame(gateway_ptr self, std::string frame, bool in_batch = false) {
                  {{"node", st.cfg.node}, {"type", cl::name_of(*msg)}});
 }
 
-void count_outcome(gateway_ptr self, const std::string& function, const std::string& o) {
+/// Counts a job's attempt as ok, dead or retry (transient and deferred), as the
+/// broker's stats do.
+void count_outcome(gateway_ptr self, const std::string& function, cl::outcome o) {
   auto& c = self->state.jobs_by_function[function];
-  (o == "ok" ? c.ok : o == "permanent" ? c.dead : c.retry) += 1;
+  (o == cl::outcome::ok ? c.ok : o == cl::outcome::permanent ? c.dead : c.retry) += 1;
 }
 
 void on_done(gateway_ptr self, int64_t lease, std::string frame, int64_t code) {
@@ -378,7 +380,7 @@ void on_done(gateway_ptr self, int64_t lease, std::string frame, int64_t code) {
   // granted again, it goes out as it is, without decoding it here.
   if (auto known = outcome_of_code(code); known && grant) {
     if (!function.empty())
-      count_outcome(self, function, wire_outcome(*known));
+      count_outcome(self, function, *known);
     queue_frame(self, std::move(frame));
   } else {
     auto msg = frame.empty() ? std::nullopt : cl::decode(frame.data(), frame.size());
@@ -390,7 +392,7 @@ void on_done(gateway_ptr self, int64_t lease, std::string frame, int64_t code) {
         queue_frame(self, cl::encode(cl::credit{1}));
     } else {
       if (!function.empty())
-        count_outcome(self, function, d->outcome);
+        count_outcome(self, function, cl::outcome_of(*d));
       const int64_t credit = grant ? 1 : 0;
       if (d->credit == credit) {
         queue_frame(self, std::move(frame));

@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "protocol/cluster.hpp"
+
 namespace klynaa::nodes {
 
 /// One attempt of one job, as the broker dispatched it.
@@ -35,12 +37,13 @@ struct child_job {
   int64_t due_ms = 0;  ///< 0 = now
 };
 
-/// How one attempt ended.
-enum class outcome {
-  ok,         ///< success: `result` is the function's result
-  transient,  ///< retry with backoff (connection error, timeout, 408, 429, 5xx)
-  permanent,  ///< no retry can help (other 4xx, invalid data): dead-letter
-};
+/// How one attempt ended: the cluster protocol's outcome (protocol/cluster.hpp,
+/// docs/cluster-protocol.md "Outcomes"), so the handler's word travels to the
+/// broker unchanged. transient: retry with backoff (connection error, timeout,
+/// 408, 429, 5xx); permanent: no retry can help (other 4xx, invalid data);
+/// deferred: not attempted, the downstream's circuit breaker is open (make it
+/// with job_result::deferred).
+using outcome = protocol::cluster::outcome;
 
 struct job_result {
   outcome kind = outcome::ok;
@@ -63,6 +66,14 @@ struct job_result {
     j.error_code = std::move(code);
     j.message = std::move(msg);
     j.http_status = status;
+    return j;
+  }
+  /// Not attempted: the downstream's circuit breaker is open and lets a probe
+  /// through in `retry_after_ms`. The broker waits that long (at least 100 ms)
+  /// without spending an attempt. Its error_code is circuit_open_code.
+  static job_result deferred(int64_t retry_after_ms, std::string msg) {
+    job_result j = failure(outcome::deferred, protocol::cluster::circuit_open_code, std::move(msg));
+    j.retry_after_ms = retry_after_ms;
     return j;
   }
 };

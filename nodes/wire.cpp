@@ -21,23 +21,12 @@ std::optional<job> to_job(const cl::job& wire, const std::string& node, std::str
   return j;
 }
 
-const char* wire_outcome(outcome o) {
-  switch (o) {
-    case outcome::ok:
-      return "ok";
-    case outcome::transient:
-      return "transient";
-    case outcome::permanent:
-      return "permanent";
-  }
-  return "transient";
-}
-
 const char* log_outcome(outcome o) {
   switch (o) {
     case outcome::ok:
       return "ok";
     case outcome::transient:
+    case outcome::deferred:  // waits for its next attempt, as a retry does
       return "retry";
     case outcome::permanent:
       return "dead";
@@ -60,6 +49,7 @@ std::optional<outcome> outcome_of_code(int64_t code) {
     case 0: return outcome::ok;
     case 1: return outcome::transient;
     case 2: return outcome::permanent;
+    case 3: return outcome::deferred;
     default: return std::nullopt;
   }
 }
@@ -68,9 +58,9 @@ cl::done to_done(const cl::job& wire, const job_result& r, int64_t duration_ms) 
   cl::done d;
   d.job_id = wire.job_id;
   d.lease = wire.lease;
-  d.outcome = wire_outcome(r.kind);
   d.result_json = r.kind == outcome::ok ? dump(r.result) : std::string{};
   d.error_code = r.error_code;
+  cl::set_outcome(d, r.kind);  // after error_code: deferred sets its own
   d.error_message = r.message;
   d.http_status = r.http_status.value_or(0);
   d.retry_after_ms = r.retry_after_ms.value_or(-1);

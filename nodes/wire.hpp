@@ -16,16 +16,14 @@ namespace klynaa::nodes {
 /// and sets `error` when data_json is not a JSON object.
 std::optional<job> to_job(const protocol::cluster::job& wire, const std::string& node, std::string* error);
 
-/// The DONE reporting `r`: outcome "ok"/"transient"/"permanent", children with
-/// their data as JSON text, http_status 0 and retry_after_ms -1 when absent.
+/// The DONE reporting `r`: its outcome set with protocol::cluster::set_outcome,
+/// children with their data as JSON text, http_status 0 and retry_after_ms -1
+/// when absent.
 protocol::cluster::done to_done(const protocol::cluster::job& wire, const job_result& r, int64_t duration_ms);
 
 /// A DONE for a job that never reached a handler (or whose worker died).
 protocol::cluster::done failure_done(const protocol::cluster::job& wire, outcome kind, std::string code,
                                      std::string message, int64_t duration_ms = 0);
-
-/// "ok", "transient", "permanent": the outcome on the wire.
-const char* wire_outcome(outcome o);
 
 /// A DONE frame's outcome as it travels next to the frame between the node's
 /// actors, so that the gateway need not decode the frame again: the outcome as
@@ -36,8 +34,8 @@ inline int64_t outcome_code(outcome o) { return static_cast<int64_t>(o); }
 std::optional<outcome> outcome_of_code(int64_t code);
 
 /// "ok", "retry", "dead": the node's view of an outcome in logs (docs/operations.md,
-/// "Watching it").
-/// The broker decides whether a transient failure was the last attempt.
+/// "Watching it"); deferred is "retry". The broker decides whether a transient
+/// failure was the last attempt.
 const char* log_outcome(outcome o);
 
 }  // namespace klynaa::nodes

@@ -327,7 +327,9 @@ bool read_child(const msgpack::object& o, size_t index, std::string* error, chil
 bool read_done(map_reader& r, done& m) {
   if (!r.str("job_id", m.job_id) || !r.int64("lease", m.lease) || !r.str("outcome", m.outcome))
     return false;
-  if (m.outcome != "ok" && m.outcome != "transient" && m.outcome != "permanent")
+  // Deferred travels as transient (see outcome_of): its name is not a wire value.
+  const auto o = parse_outcome(m.outcome);
+  if (!o || *o == outcome::deferred)
     return r.fail("outcome", "must be \"ok\", \"transient\" or \"permanent\"");
   if (!r.str("result_json", m.result_json, false) || !r.str("error_code", m.error_code, false)
       || !r.str("error_message", m.error_message, false) || !r.int64("http_status", m.http_status, false)
@@ -481,6 +483,38 @@ const char* name_of(const message& m) {
                                           "heartbeat", "bye",     "node_stats", "withdraw", "batch"};
   static_assert(std::variant_size_v<message> == std::size(names));
   return names[m.index()];
+}
+
+}  // namespace klynaa::protocol::cluster
+
+namespace klynaa::protocol::cluster {
+
+const char* to_string(outcome o) {
+  switch (o) {
+    case outcome::ok: return "ok";
+    case outcome::transient: return "transient";
+    case outcome::permanent: return "permanent";
+    case outcome::deferred: return "deferred";
+  }
+  return "transient";
+}
+
+std::optional<outcome> parse_outcome(std::string_view name) {
+  for (auto o : {outcome::ok, outcome::transient, outcome::permanent, outcome::deferred})
+    if (name == to_string(o)) return o;
+  return std::nullopt;
+}
+
+outcome outcome_of(const done& d) {
+  const auto o = parse_outcome(d.outcome);
+  if (!o || *o == outcome::deferred) return outcome::transient;  // decode() lets neither through
+  if (*o == outcome::transient && d.error_code == circuit_open_code) return outcome::deferred;
+  return *o;
+}
+
+void set_outcome(done& d, outcome o) {
+  d.outcome = to_string(o == outcome::deferred ? outcome::transient : o);
+  if (o == outcome::deferred) d.error_code = circuit_open_code;
 }
 
 }  // namespace klynaa::protocol::cluster

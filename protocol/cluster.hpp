@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -51,11 +52,32 @@ struct child {
   int64_t due_ms = 0;
 };
 
-/// N->B: one attempt ended. outcome: "ok", "transient" or "permanent".
+/// How one attempt of a job ended (docs/cluster-protocol.md, "Outcomes"). On
+/// the wire a DONE's `outcome` key says "ok", "transient" or "permanent";
+/// `deferred` travels as "transient" with error_code circuit_open_code (KJCP/1
+/// had the string before the enum). Read and write a DONE's outcome with
+/// outcome_of() and set_outcome(), never by comparing strings.
+enum class outcome {
+  ok,         ///< done: its result and children are recorded
+  transient,  ///< failed, a later attempt may succeed: retried with backoff; an attempt is spent
+  permanent,  ///< failed, no retry can help (other 4xx, invalid data): dead-lettered
+  deferred,   ///< not attempted (the node's circuit breaker is open): waits, no attempt spent
+};
+
+/// The error_code of a deferred DONE on the wire.
+inline constexpr const char* circuit_open_code = "circuit_open";
+
+/// "ok", "transient", "permanent", "deferred": the outcome's name (logs, docs).
+const char* to_string(outcome o);
+
+/// The outcome named `name` (to_string's inverse); nullopt for any other text.
+std::optional<outcome> parse_outcome(std::string_view name);
+
+/// N->B: one attempt ended; its outcome is outcome_of(done).
 struct done {
   std::string job_id;
   int64_t lease = 0;
-  std::string outcome;
+  std::string outcome;           ///< the wire value: "ok", "transient" or "permanent" (see set_outcome)
   std::string result_json;       ///< for ok: the result as JSON text
   std::string error_code;        ///< for failures
   std::string error_message;
@@ -65,6 +87,15 @@ struct done {
   std::vector<child> children;
   int64_t credit = 0;  ///< job slots this DONE frees at the node: added to its credit
 };
+
+/// The outcome a DONE reports: its `outcome`, and deferred for "transient" with
+/// error_code circuit_open_code. A DONE that decode() accepted always has one;
+/// any other `outcome` text counts as transient.
+outcome outcome_of(const done& d);
+
+/// Makes `d` report `o`: sets d.outcome to its wire value ("transient" for
+/// deferred) and, for deferred, d.error_code to circuit_open_code.
+void set_outcome(done& d, outcome o);
 
 /// N->B: the node can take `n` more jobs (on top of what it was granted).
 struct credit {

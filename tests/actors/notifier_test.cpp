@@ -249,6 +249,19 @@ TEST_CASE("when every push fails transiently the job is transient") {
   CHECK(r.retry_after_ms == 2000);
 }
 
+TEST_CASE("when every push is held by an open circuit breaker the job is deferred") {
+  fixture f;
+  auto held = push_result::fail(push_result::status::transient, "not sent: circuit open");
+  held.circuit_open = true;
+  held.retry_after_ms = 3000;
+  f.provider->answers["c-1"] = held;
+  f.provider->answers["c-2"] = held;
+  auto r = f.run({{"pickup_id", 7}, {"notification_type", "pickup_accepted"}, {"user_type", "customer"}});
+  CHECK(r.kind == outcome::deferred);  // waits without spending an attempt
+  CHECK(r.error_code == "circuit_open");
+  CHECK(r.retry_after_ms == 3000);
+}
+
 TEST_CASE("when some pushes are delivered the failures are counted in an ok result") {
   fixture f;
   f.provider->answers["c-2"] = push_result::fail(push_result::status::transient, "timeout");

@@ -64,6 +64,26 @@ TEST_CASE("outcomes are logged as ok, retry and dead") {
   CHECK(std::string{nodes::log_outcome(nodes::outcome::ok)} == "ok");
   CHECK(std::string{nodes::log_outcome(nodes::outcome::transient)} == "retry");
   CHECK(std::string{nodes::log_outcome(nodes::outcome::permanent)} == "dead");
+  CHECK(std::string{nodes::log_outcome(nodes::outcome::deferred)} == "retry");
+}
+
+TEST_CASE("a deferred result becomes a transient DONE with error code circuit_open") {
+  auto r = nodes::job_result::deferred(4200, "the breaker is open");
+  CHECK(r.kind == nodes::outcome::deferred);
+  CHECK(r.error_code == "circuit_open");
+  auto d = nodes::to_done(cl::job{"j", "f", "{}", 1, 5, 0}, r, 0);
+  CHECK(d.outcome == "transient");
+  CHECK(d.error_code == "circuit_open");
+  CHECK(d.error_message == "the breaker is open");
+  CHECK(d.retry_after_ms == 4200);
+  CHECK(cl::outcome_of(d) == cl::outcome::deferred);
+}
+
+TEST_CASE("every outcome crosses between the node's actors as its code") {
+  for (auto o : {nodes::outcome::ok, nodes::outcome::transient, nodes::outcome::permanent, nodes::outcome::deferred})
+    CHECK(nodes::outcome_of_code(nodes::outcome_code(o)) == o);
+  CHECK_FALSE(nodes::outcome_of_code(nodes::unknown_outcome).has_value());
+  CHECK_FALSE(nodes::outcome_of_code(4).has_value());
 }
 
 TEST_CASE("a result with invalid UTF-8 is encoded with replacement characters instead of throwing") {

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "protocol/cluster.hpp"
 #include "protocol/config.hpp"
 #include "protocol/schema.hpp"
 
@@ -65,4 +66,16 @@ TEST_CASE("docs/configuration.md shows every config key", "[docs]") {
     CHECK(doc.find("[" + k.section + "]") != std::string::npos);
     CHECK(doc.find(k.key + " = ") != std::string::npos);
   }
+}
+
+TEST_CASE("docs/cluster-protocol.md has a row for every outcome and names the deferred error code", "[docs]") {
+  namespace cl = klynaa::protocol::cluster;
+  auto doc = read_doc("cluster-protocol.md");
+  REQUIRE(!doc.empty());
+  for (auto o : {cl::outcome::ok, cl::outcome::transient, cl::outcome::permanent, cl::outcome::deferred}) {
+    INFO(cl::to_string(o));
+    CHECK(doc.find(std::string("| ") + cl::to_string(o) + " |") != std::string::npos);
+  }
+  CHECK(mentions(doc, cl::circuit_open_code));
+  CHECK(doc.find("#### Outcomes") != std::string::npos);
 }
