@@ -5,6 +5,7 @@
 #include <exception>
 
 #include "actors/handler_support.hpp"
+#include "protocol/jobs.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::actors {
@@ -18,7 +19,7 @@ using nodes::outcome;
 
 nodes::child_job escrow_released_notification(int64_t pickup_id) {
   nodes::child_job c;
-  c.id = "#escrow-released-" + std::to_string(pickup_id);
+  c.id = protocol::pickup_job_id("escrow-released", pickup_id);
   c.function = "sendPickupNotification";
   c.data = {{"pickup_id", pickup_id},
             {"notification_type", "escrow_released"},

@@ -10,6 +10,7 @@
 
 #include "actors/handler_support.hpp"
 #include "protocol/backoff.hpp"
+#include "protocol/jobs.hpp"
 #include "protocol/log.hpp"
 
 namespace klynaa::actors {
@@ -237,7 +238,7 @@ job_result geo_handler::notify_nearby(const nodes::job& j) {
     workers.push_back(found[n].id);
     distances.push_back(round_to_metre(found[n].distance_km));
     nodes::child_job c;
-    c.id = j.id + "#" + std::to_string(n + 1);
+    c.id = protocol::child_job_id(j.id, static_cast<int64_t>(n) + 1);
     c.function = "sendPickupNotification";
     c.data = {{"pickup_id", *pickup},
               {"notification_type", "pickup_requested"},

@@ -13,6 +13,7 @@
 #include <date/date.h>
 
 #include "actors/geohash.hpp"
+#include "protocol/jobs.hpp"
 #include "protocol/log.hpp"
 #include "protocol/validate.hpp"
 
@@ -312,7 +313,7 @@ json service_areas(const std::vector<report_pickup>& pickups,
 
 nodes::child_job daily_report_notification(const std::string& date, const json& report_id) {
   nodes::child_job c;
-  c.id = "#daily-report-" + date;
+  c.id = protocol::once_job_id("daily-report", date);
   c.function = "sendPickupNotification";
   c.data = {{"report_id", report_id}, {"notification_type", "daily_report"}, {"user_type", "admin"}};
   return c;

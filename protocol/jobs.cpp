@@ -27,7 +27,7 @@ class builder {
 
   job_spec& add(std::string function, json data) {
     job_spec j;
-    j.id = child_job_id(r_.id, static_cast<int>(out_.jobs.size()) + 1);
+    j.id = child_job_id(r_.id, static_cast<int64_t>(out_.jobs.size()) + 1);
     j.function = std::move(function);
     j.ordering_key = ordering_key_of(data);
     j.data = std::move(data);
@@ -131,19 +131,23 @@ std::string ordering_key_of(const nlohmann::json& data) {
   return {};
 }
 
-std::string child_job_id(std::string_view parent, int n) {
+std::string child_job_id(std::string_view parent, int64_t n) {
   std::string id{parent};
   id += '#';
   id += std::to_string(n);
   return id;
 }
 
-std::string pickup_job_id(std::string_view name, int64_t pickup_id) {
+std::string once_job_id(std::string_view name, std::string_view key) {
   std::string id = "#";
   id.append(name.data(), name.size());
   id += '-';
-  id += std::to_string(pickup_id);
+  id.append(key.data(), key.size());
   return id;
+}
+
+std::string pickup_job_id(std::string_view name, int64_t pickup_id) {
+  return once_job_id(name, std::to_string(pickup_id));
 }
 
 }  // namespace klynaa::protocol

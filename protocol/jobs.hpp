@@ -48,10 +48,19 @@ derivation derive_jobs(const request& r, int64_t escrow_hold_ms);
 /// "worker:{worker_id}" when it has an integer worker_id, else "".
 std::string ordering_key_of(const nlohmann::json& data);
 
-/// "{parent}#{n}": the n-th job (from 1) created by job or request `parent`.
-std::string child_job_id(std::string_view parent, int n);
+// Job ids (docs/events-and-functions.md, "Job ids and ordering"): every job
+// id — of a request's jobs here, of the jobs a job creates in actors/ — is
+// built by these, never by hand.
 
-/// "#{name}-{pickup_id}": the one job of its kind per pickup, e.g.
+/// "{parent}#{n}": the n-th job (from 1) created by job or request `parent`.
+std::string child_job_id(std::string_view parent, int64_t n);
+
+/// "#{name}-{key}": the one job of its kind per key (a pickup, a day), e.g.
+/// once_job_id("daily-report", "2024-01-31") == "#daily-report-2024-01-31".
+/// Client ids cannot hold '#', so it never collides with a request's jobs.
+std::string once_job_id(std::string_view name, std::string_view key);
+
+/// once_job_id with the pickup's id as key, e.g.
 /// pickup_job_id("escrow-released", 7) == "#escrow-released-7".
 std::string pickup_job_id(std::string_view name, int64_t pickup_id);
 

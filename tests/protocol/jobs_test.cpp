@@ -242,9 +242,16 @@ TEST_CASE("a daily_report notification has no ordering key") {
   CHECK(d.jobs[0].ordering_key.empty());
 }
 
-TEST_CASE("child and per-pickup job ids follow contract §2") {
+TEST_CASE("child and per-pickup job ids follow docs/events-and-functions.md") {
   CHECK(child_job_id("evt-1", 1) == "evt-1#1");
   CHECK(child_job_id("evt-1#2", 3) == "evt-1#2#3");
   CHECK(pickup_job_id("escrow-released", 7) == "#escrow-released-7");
   CHECK(pickup_job_id("x", 0) == "#x-0");
+}
+
+TEST_CASE("once-per-key job ids are #name-key, and child ids count past 2^31") {
+  CHECK(once_job_id("daily-report", "2024-01-31") == "#daily-report-2024-01-31");
+  CHECK(once_job_id("escrow-released", "7") == pickup_job_id("escrow-released", 7));
+  CHECK(pickup_job_id("escrow-released", 9007199254740993) == "#escrow-released-9007199254740993");
+  CHECK(child_job_id("evt-1", int64_t{1} << 32) == "evt-1#4294967296");
 }
