@@ -1,4 +1,6 @@
-// Builds the actor_kind_specs of the kinds this build implements.
+// Builds the actor_kind_specs of the kinds this build implements. Which
+// functions each kind runs comes from protocol::function_registry (built from
+// protocol/schema.cpp's table), never from a list here.
 #include "actors/registry.hpp"
 
 #include <unistd.h>
@@ -17,6 +19,7 @@
 #include "actors/providers.hpp"
 #include "actors/scheduler.hpp"
 #include "actors/templates.hpp"
+#include "protocol/function_registry.hpp"
 
 namespace klynaa::actors {
 namespace {
@@ -25,9 +28,15 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
 
-bool calls_django(const std::vector<std::string>& kinds) {
-  return contains(kinds, "notifier") || contains(kinds, "escrow") || contains(kinds, "geo") ||
-         contains(kinds, "scheduler");
+/// Every kind built here calls Django: hosting any known kind needs django.url.
+bool calls_django(const std::vector<std::string>& kinds) { return !kinds.empty(); }
+
+/// "notifier, escrow, geo or scheduler".
+std::string one_of(const std::vector<std::string>& names) {
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
+  return out;
 }
 
 /// A CA bundle named in the config must be readable: otherwise every HTTPS call
@@ -50,13 +59,13 @@ void run_on_fibers(nodes::actor_kind_spec& s, const std::shared_ptr<http_loop>& 
   s.blocking = loop == nullptr;
 }
 
-nodes::actor_kind_spec notifier_spec(const protocol::config& cfg, provider_factory providers,
-                                     std::shared_ptr<http_loop> loop) {
+nodes::actor_kind_spec notifier_spec(const protocol::config& cfg, const protocol::function_registry& fns,
+                                     provider_factory providers, std::shared_ptr<http_loop> loop) {
   auto texts = std::make_shared<const templates>(cfg.notifications.templates);
   auto django_cfg = cfg.django;
   nodes::actor_kind_spec s;
   s.kind = "notifier";
-  s.functions = {"sendPickupNotification"};
+  s.functions = fns.functions_of(s.kind);
   s.workers = workers_of(cfg.node.notifier_workers);
   run_on_fibers(s, loop);
   s.make_handler = [django_cfg, providers, texts, loop]() -> std::unique_ptr<nodes::job_handler> {
@@ -66,11 +75,12 @@ nodes::actor_kind_spec notifier_spec(const protocol::config& cfg, provider_facto
   return s;
 }
 
-nodes::actor_kind_spec escrow_spec(const protocol::config& cfg, std::shared_ptr<http_loop> loop) {
+nodes::actor_kind_spec escrow_spec(const protocol::config& cfg, const protocol::function_registry& fns,
+                                   std::shared_ptr<http_loop> loop) {
   auto django_cfg = cfg.django;
   nodes::actor_kind_spec s;
   s.kind = "escrow";
-  s.functions = {"processEscrowRelease"};
+  s.functions = fns.functions_of(s.kind);
   s.workers = workers_of(cfg.node.escrow_workers);
   run_on_fibers(s, loop);
   s.make_handler = [django_cfg, loop]() -> std::unique_ptr<nodes::job_handler> {
@@ -79,10 +89,10 @@ nodes::actor_kind_spec escrow_spec(const protocol::config& cfg, std::shared_ptr<
   return s;
 }
 
-nodes::actor_kind_spec geo_spec(const protocol::config& cfg) {
+nodes::actor_kind_spec geo_spec(const protocol::config& cfg, const protocol::function_registry& fns) {
   nodes::actor_kind_spec s;
   s.kind = "geo";
-  s.functions = {"notifyNearbyWorkers", "updateWorkerLocation"};
+  s.functions = fns.functions_of(s.kind);
   s.workers = workers_of(cfg.node.geo_workers);
   s.prefetch = static_cast<int>(cfg.node.geo_prefetch);  // 0..100000 (config check)
   s.blocking = false;  // in-memory index work only: the workers share CAF's scheduler threads
@@ -91,12 +101,13 @@ nodes::actor_kind_spec geo_spec(const protocol::config& cfg) {
   return s;
 }
 
-nodes::actor_kind_spec scheduler_spec(const protocol::config& cfg, std::shared_ptr<http_loop> loop) {
+nodes::actor_kind_spec scheduler_spec(const protocol::config& cfg, const protocol::function_registry& fns,
+                                      std::shared_ptr<http_loop> loop) {
   auto django_cfg = cfg.django;
   double default_radius_km = cfg.geo.radius_km;
   nodes::actor_kind_spec s;
   s.kind = "scheduler";
-  s.functions = {"generateDailyReport", "generateWeeklyAnalytics", "cleanupData"};
+  s.functions = fns.functions_of(s.kind);
   s.workers = workers_of(cfg.node.scheduler_workers);
   run_on_fibers(s, loop);
   s.make_handler = [django_cfg, default_radius_km, loop]() -> std::unique_ptr<nodes::job_handler> {
@@ -111,9 +122,10 @@ nodes::actor_kind_spec scheduler_spec(const protocol::config& cfg, std::shared_p
 std::optional<std::string> check(const protocol::config& cfg, const std::string& data_dir,
                                  const std::vector<std::string>& kinds,
                                  provider_factory* providers, std::shared_ptr<http_loop> loop = nullptr) {
+  const auto known = protocol::function_registry::of(cfg).kinds();
   for (const auto& k : kinds)
-    if (!contains(known_actor_kinds(), k))
-      return "--actors: unknown actor kind \"" + k + "\"; expected notifier, escrow, geo or scheduler";
+    if (!contains(known, k))
+      return "--actors: unknown actor kind \"" + k + "\"; expected " + one_of(known);
   if (calls_django(kinds) && cfg.django.url.empty())
     return "[django] url: not set (nor DJANGO_API_URL); the actors call Django and need its base URL";
   if (calls_django(kinds))
@@ -132,7 +144,7 @@ std::optional<std::string> check(const protocol::config& cfg, const std::string&
 }  // namespace
 
 const std::vector<std::string>& known_actor_kinds() {
-  static const std::vector<std::string> kinds{"notifier", "escrow", "geo", "scheduler"};
+  static const std::vector<std::string> kinds = protocol::function_registry::built_in().kinds();
   return kinds;
 }
 
@@ -164,15 +176,16 @@ std::vector<nodes::actor_kind_spec> make_actor_kinds(const protocol::config& cfg
                                                      std::shared_ptr<http_loop> loop) {
   provider_factory providers;
   if (auto err = check(cfg, data_dir, kinds, &providers, loop)) throw actor_config_error(*err);
+  const auto fns = protocol::function_registry::of(cfg);
   std::vector<nodes::actor_kind_spec> specs;
   std::vector<std::string> done;
   for (const auto& k : kinds) {
     if (contains(done, k)) continue;
     done.push_back(k);
-    if (k == "notifier") specs.push_back(notifier_spec(cfg, providers, loop));
-    if (k == "escrow") specs.push_back(escrow_spec(cfg, loop));
-    if (k == "geo") specs.push_back(geo_spec(cfg));
-    if (k == "scheduler") specs.push_back(scheduler_spec(cfg, loop));
+    if (k == "notifier") specs.push_back(notifier_spec(cfg, fns, providers, loop));
+    if (k == "escrow") specs.push_back(escrow_spec(cfg, fns, loop));
+    if (k == "geo") specs.push_back(geo_spec(cfg, fns));
+    if (k == "scheduler") specs.push_back(scheduler_spec(cfg, fns, loop));
   }
   return specs;
 }

@@ -2,9 +2,8 @@
 // The node runtime (nodes/) calls make_actor_kinds once at start and then
 // spec.make_handler() once per worker.
 //
-// Built: "notifier" (sendPickupNotification), "escrow" (processEscrowRelease),
-// "geo" (notifyNearbyWorkers, updateWorkerLocation) and "scheduler"
-// (generateDailyReport, generateWeeklyAnalytics, cleanupData).
+// Built: "notifier", "escrow", "geo" and "scheduler"; the functions each runs
+// are protocol::function_registry's (docs/events-and-functions.md, "Functions").
 #pragma once
 
 #include <memory>
@@ -20,7 +19,8 @@ namespace klynaa::actors {
 
 class http_loop;
 
-/// The actor kind names `--actors` takes (docs/operations.md, "Roles"), built or not.
+/// The actor kind names `--actors` takes (docs/operations.md, "Roles"): the
+/// kinds of protocol::function_registry::built_in(), built or not.
 const std::vector<std::string>& known_actor_kinds();
 
 /// The problem that stops `kinds` from being hosted with `cfg` and `data_dir`, as
@@ -39,7 +39,8 @@ class actor_config_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// One spec per built kind in `kinds`, in the order given (duplicates once):
+/// One spec per built kind in `kinds`, in the order given (duplicates once),
+/// each running the functions protocol::function_registry::of(cfg) gives its kind:
 ///  - notifier: functions {"sendPickupNotification"}, workers
 ///    config.node.notifier_workers; each handler owns a django_client and a push
 ///    provider, all share one templates instance and (for "log") one outbox;

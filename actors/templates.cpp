@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "protocol/schema.hpp"
+
 namespace klynaa::actors {
 namespace {
 
@@ -35,9 +37,8 @@ std::vector<std::string> unknown_placeholders(std::string_view text) {
 }  // namespace
 
 const std::vector<std::string>& notification_types() {
-  static const std::vector<std::string> types{"pickup_requested", "pickup_accepted",
-                                              "pickup_delivered", "escrow_released",
-                                              "pickup_disputed",  "daily_report"};
+  static const std::vector<std::string> types(protocol::notification_types().begin(),
+                                              protocol::notification_types().end());
   return types;
 }
 
@@ -48,7 +49,8 @@ const std::vector<std::string>& template_placeholders() {
 }
 
 const std::map<std::string, message_template>& templates::defaults() {
-  // Keep in sync with the table in templates.hpp.
+  // One text per protocol::notification_types() (templates_test checks it);
+  // keep in sync with the table in templates.hpp.
   static const std::map<std::string, message_template> d{
       {"pickup_requested",
        {"New pickup nearby", "Pickup #{pickup_id} is waiting for a worker near you."}},

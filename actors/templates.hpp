@@ -37,8 +37,7 @@ struct message_template {
   std::string body;
 };
 
-/// The notification types, in the order docs/events-and-functions.md ("Functions")
-/// lists them.
+/// The notification types of protocol::notification_types() (schema.cpp), as strings.
 const std::vector<std::string>& notification_types();
 
 /// The placeholders a template may use, without braces.

@@ -154,6 +154,9 @@ std::string pickup_job_id(std::string_view name, int64_t pickup_id) {
 
 namespace klynaa::protocol {
 
-bool is_fanout(std::string_view function) { return function == "updateWorkerLocation"; }
+bool is_fanout(std::string_view function) {
+  const auto* f = find_function(function);
+  return f != nullptr && f->fanout;
+}
 
 }  // namespace klynaa::protocol

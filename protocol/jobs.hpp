@@ -69,8 +69,9 @@ std::string pickup_job_id(std::string_view name, int64_t pickup_id);
 namespace klynaa::protocol {
 
 /// Whether a function runs on every node hosting its actor kind rather than on
-/// one (contract §2: `updateWorkerLocation` is applied by every geo actor). Its
-/// job counts once, when all of them have applied it.
+/// one (its function_spec::fanout in schema.cpp: updateWorkerLocation, applied
+/// by every geo actor; docs/cluster-protocol.md, "Fan-out jobs"). Its job counts
+/// once, when all of them have applied it.
 bool is_fanout(std::string_view function);
 
 }  // namespace klynaa::protocol

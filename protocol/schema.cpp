@@ -3,6 +3,8 @@
 // checks them in: keep it that way when adding fields.
 #include "protocol/schema.hpp"
 
+#include <algorithm>
+
 namespace klynaa::protocol {
 
 namespace {
@@ -43,9 +45,7 @@ std::vector<function_spec> make_functions() {
            {"report_id", field_kind::id, false, {},
             "the report's id (required for daily_report, instead of pickup_id)", daily_report},
            {"notification_type", field_kind::choice, true,
-            {"pickup_requested", "pickup_accepted", "pickup_delivered", "escrow_released",
-             "pickup_disputed", "daily_report"},
-            "which template to send", {}},
+            {notification_types().begin(), notification_types().end()}, "which template to send", {}},
            {"user_type", field_kind::choice, true, {"customer", "worker", "admin"},
             "who receives it: the pickup's customer or worker, or the admins", {}},
            {"user_id", field_kind::id, false, {},
@@ -78,7 +78,8 @@ std::vector<function_spec> make_functions() {
            lng_field("the worker's longitude, -180 to 180"),
            available_field(),
        },
-       "update a worker's location and availability in every geo index"},
+       "update a worker's location and availability in every geo index",
+       /*fanout=*/true},
       {"generateDailyReport",
        "scheduler",
        {
@@ -99,7 +100,9 @@ std::vector<function_spec> make_functions() {
            {"older_than_days", field_kind::count, false, {},
             "delete data older than this many days (default 90)", {}},
        },
-       "ask Django to delete old data and prune the broker's finished jobs"},
+       "ask Django to delete old data and prune the broker's finished jobs",
+       /*fanout=*/false,
+       /*prunes_store=*/true},
   };
 }
 
@@ -250,7 +253,14 @@ std::string_view actor_of(std::string_view function) {
 }
 
 const std::vector<std::string_view>& actor_kinds() {
-  static const std::vector<std::string_view> kinds{"notifier", "escrow", "geo", "scheduler"};
+  // In the order the function table first names them: notifier, escrow, geo, scheduler.
+  static const std::vector<std::string_view> kinds = [] {
+    std::vector<std::string_view> out;
+    for (const auto& f : functions())
+      if (std::find(out.begin(), out.end(), f.actor) == out.end())
+        out.push_back(f.actor);
+    return out;
+  }();
   return kinds;
 }
 
@@ -260,6 +270,19 @@ std::vector<std::string_view> functions_of(std::string_view actor) {
     if (f.actor == actor)
       out.push_back(f.name);
   return out;
+}
+
+std::string_view prune_function() {
+  for (const auto& f : functions())
+    if (f.prunes_store)
+      return f.name;
+  return {};
+}
+
+const std::vector<std::string_view>& notification_types() {
+  static const std::vector<std::string_view> types{"pickup_requested", "pickup_accepted", "pickup_delivered",
+                                                   "escrow_released",  "pickup_disputed", "daily_report"};
+  return types;
 }
 
 std::string_view help_of(error_code c) {

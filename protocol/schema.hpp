@@ -60,13 +60,19 @@ bool is_required(const field_spec& spec, const nlohmann::json& data);
 struct function_spec {
   std::string_view name;                ///< e.g. "processEscrowRelease"
   std::string_view actor;               ///< "notifier", "escrow", "geo" or "scheduler"
-  std::vector<field_spec> fields;       ///< in the contract's table order (= check order)
+  std::vector<field_spec> fields;       ///< in the docs' table order (= check order)
   std::string_view help;                ///< one line
+  /// Runs on every node hosting its kind, not on one (docs/cluster-protocol.md,
+  /// "Fan-out jobs"): updateWorkerLocation.
+  bool fanout = false;
+  /// Its success makes the broker prune its own finished jobs
+  /// (docs/events-and-functions.md, cleanupData): cleanupData.
+  bool prunes_store = false;
 };
 
 struct event_spec {
   std::string_view name;                ///< e.g. "pickup.delivered"
-  std::vector<field_spec> fields;       ///< in the contract's table order (= check order)
+  std::vector<field_spec> fields;       ///< in the docs' table order (= check order)
   std::vector<std::string_view> jobs;   ///< functions of the jobs it creates, in job-id order
   std::string_view creates;             ///< the jobs it creates, one line for help and docs
   std::string_view help;                ///< one line
@@ -102,6 +108,15 @@ const std::vector<std::string_view>& actor_kinds();
 
 /// The functions that actor kind `actor` runs (empty for an unknown kind).
 std::vector<std::string_view> functions_of(std::string_view actor);
+
+/// The function whose success makes the broker prune its store (the one with
+/// `prunes_store`): "cleanupData".
+std::string_view prune_function();
+
+/// The values of sendPickupNotification's `notification_type`, in the docs'
+/// order: the choices of that field, the types [notifications.templates.TYPE]
+/// may name, the types the notifier has a text for.
+const std::vector<std::string_view>& notification_types();
 
 /// The help line of an error code.
 std::string_view help_of(error_code c);

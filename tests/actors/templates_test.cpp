@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 using klynaa::actors::fill_template;
 using klynaa::actors::notification_types;
 using klynaa::actors::templates;
@@ -17,6 +19,14 @@ TEST_CASE("every notification type has a default title and body") {
   }
   CHECK(notification_types().size() == 6);
   CHECK_FALSE(t.render("pickup_exploded", {}));
+}
+
+TEST_CASE("the default texts are exactly one per notification type of the schema") {
+  std::vector<std::string> with_text;
+  for (const auto& [type, text] : templates::defaults()) with_text.push_back(type);
+  std::vector<std::string> types(notification_types());
+  std::sort(types.begin(), types.end());
+  CHECK(with_text == types);  // std::map: sorted
 }
 
 TEST_CASE("the defaults render with their placeholders filled") {

@@ -255,3 +255,9 @@ TEST_CASE("once-per-key job ids are #name-key, and child ids count past 2^31") {
   CHECK(pickup_job_id("escrow-released", 9007199254740993) == "#escrow-released-9007199254740993");
   CHECK(child_job_id("evt-1", int64_t{1} << 32) == "evt-1#4294967296");
 }
+
+TEST_CASE("only updateWorkerLocation fans out") {
+  CHECK(is_fanout("updateWorkerLocation"));
+  for (auto f : {"sendPickupNotification", "processEscrowRelease", "notifyNearbyWorkers", "cleanupData", "nothing", ""})
+    CHECK_FALSE(is_fanout(f));
+}

@@ -2,6 +2,7 @@
 // the table that drifts from the contract fails a test.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -213,6 +214,27 @@ TEST_CASE("every function belongs to one of the four actor kinds") {
   CHECK(functions_of("geo") ==
         std::vector<std::string_view>{"notifyNearbyWorkers", "updateWorkerLocation"});
   CHECK(functions_of("nobody").empty());
+}
+
+TEST_CASE("the notification types are the choices of notification_type") {
+  CHECK(notification_types() == std::vector<std::string_view>{"pickup_requested", "pickup_accepted",
+                                                              "pickup_delivered", "escrow_released",
+                                                              "pickup_disputed", "daily_report"});
+  const auto& fields = find_function("sendPickupNotification")->fields;
+  auto type = std::find_if(fields.begin(), fields.end(), [](const field_spec& f) { return f.name == "notification_type"; });
+  REQUIRE(type != fields.end());
+  CHECK(type->choices == notification_types());
+}
+
+TEST_CASE("cleanupData is the one function the broker prunes for, updateWorkerLocation the one fan-out") {
+  CHECK(prune_function() == "cleanupData");
+  std::vector<std::string_view> pruning, fanout;
+  for (const auto& f : functions()) {
+    if (f.prunes_store) pruning.push_back(f.name);
+    if (f.fanout) fanout.push_back(f.name);
+  }
+  CHECK(pruning == std::vector<std::string_view>{"cleanupData"});
+  CHECK(fanout == std::vector<std::string_view>{"updateWorkerLocation"});
 }
 
 TEST_CASE("is_required flips pickup_id and report_id for daily_report") {
