@@ -1,6 +1,6 @@
-// Configuration: one TOML file (contract §8) plus environment overrides. Every key
+// Configuration: one TOML file (docs/configuration.md) plus environment overrides. Every key
 // has a default, so an empty file (or none) is a valid config. Keys are declared
-// once, in the table in config.cpp, which the parser, `klynaa config --help`-style
+// once, in the table in config_table.cpp, which the parser, `klynaa config --help`-style
 // texts and docs/configuration.md all follow.
 //
 // Parsing is pure: the caller reads the file and passes its text and the
