@@ -130,6 +130,30 @@ job_result notifier_handler::run_checked(const nodes::job& j) {
 
   template_values values;
   json data{{"notification_type", r.notification_type}};
+  fill_values(r, pickup, values, data);
+  auto text = texts_->render(r.notification_type, values);
+  if (!text) return invalid_data("notification_type", "has no template");  // parse() checked it
+
+  std::vector<push> pushes;
+  for (int64_t user : *users) {
+    if (auto failed = collect_pushes(j, r, user, *text, data, pushes)) return *failed;
+  }
+  auto results = send_guarded(pushes);
+  tally t;
+  for (size_t i = 0; i < pushes.size(); ++i) {
+    // A provider that answered fewer results than pushes has a bug; what it
+    // did not answer for counts as a transient failure rather than a crash.
+    record(j, pushes[i],
+           i < results.size() ? results[i]
+                              : push_result::fail(push_result::status::transient,
+                                                  "The push provider gave no result for this push."),
+           t);
+  }
+  return result_of(t, *users);
+}
+
+void notifier_handler::fill_values(const request& r, const std::optional<pickup_info>& pickup,
+                                   template_values& values, json& data) {
   if (r.pickup_id) {
     values["pickup_id"] = std::to_string(*r.pickup_id);
     data["pickup_id"] = *r.pickup_id;
@@ -143,13 +167,9 @@ job_result notifier_handler::run_checked(const nodes::job& j) {
   }
   values["reason"] = r.reason && !r.reason->empty() ? *r.reason : "no reason given";
   if (r.reason) data["reason"] = *r.reason;
-  auto text = texts_->render(r.notification_type, values);
-  if (!text) return invalid_data("notification_type", "has no template");  // parse() checked it
+}
 
-  std::vector<push> pushes;
-  for (int64_t user : *users) {
-    if (auto failed = collect_pushes(j, r, user, *text, data, pushes)) return *failed;
-  }
+std::vector<push_result> notifier_handler::send_guarded(const std::vector<push>& pushes) {
   // One batch for the whole job: the provider sends its pushes concurrently,
   // unless its circuit breaker is open (actors/breaker.hpp). The `log` provider
   // writes a file and has none.
@@ -165,30 +185,23 @@ job_result notifier_handler::run_checked(const nodes::job& j) {
       r.retry_after_ms = std::max<int64_t>(retry_in_ms, 100);
       results.push_back(std::move(r));
     }
-  } else {
-    results = provider_->send_all(pushes);
-    if (guarded) {
-      bool any_ok = false, any_failure = false;
-      for (auto& r : results) {
-        if (r.circuit_open) continue;  // not sent (a Retry-After pause): no news of the provider
-        if (r.kind == push_result::status::transient) any_failure = true;
-        else any_ok = true;
-      }
-      // One batch is one call for the breaker: down when nothing got through.
-      if (any_ok || any_failure) breaker_for(provider_->name()).record(any_failure && !any_ok);
+    return results;
+  }
+  results = provider_->send_all(pushes);
+  if (guarded) {
+    bool any_ok = false, any_failure = false;
+    for (auto& r : results) {
+      if (r.circuit_open) continue;  // not sent (a Retry-After pause): no news of the provider
+      if (r.kind == push_result::status::transient) any_failure = true;
+      else any_ok = true;
     }
+    // One batch is one call for the breaker: down when nothing got through.
+    if (any_ok || any_failure) breaker_for(provider_->name()).record(any_failure && !any_ok);
   }
-  tally t;
-  for (size_t i = 0; i < pushes.size(); ++i) {
-    // A provider that answered fewer results than pushes has a bug; what it
-    // did not answer for counts as a transient failure rather than a crash.
-    record(j, pushes[i],
-           i < results.size() ? results[i]
-                              : push_result::fail(push_result::status::transient,
-                                                  "The push provider gave no result for this push."),
-           t);
-  }
+  return results;
+}
 
+job_result notifier_handler::result_of(const tally& t, const std::vector<int64_t>& users) const {
   int attempted = t.sent + t.failed + t.invalid_tokens;
   if (attempted > 0 && t.sent == 0 && t.failed_circuit > 0 && t.failed_circuit == t.failed) {
     job_result f = job_result::deferred(0, "No push was sent: the " + std::string(provider_->name()) +
@@ -212,7 +225,7 @@ job_result notifier_handler::run_checked(const nodes::job& j) {
   return job_result::success({{"sent", t.sent},
                               {"failed", t.failed},
                               {"invalid_tokens", t.invalid_tokens},
-                              {"recipients", *users}});
+                              {"recipients", users}});
 }
 
 api_result<std::vector<int64_t>> notifier_handler::recipients(

@@ -90,6 +90,15 @@ class notifier_handler : public nodes::job_handler {
                                                   std::vector<push>& pushes);
   /// Counts `res`, the outcome of `p`, in `t`; deletes an invalid token in Django.
   void record(const nodes::job& j, const push& p, const push_result& res, tally& t);
+  /// The template values and push data of `r` (pickup_id or report_id, amount, reason).
+  static void fill_values(const request& r, const std::optional<pickup_info>& pickup,
+                          template_values& values, nlohmann::json& data);
+  /// Sends `pushes` in one batch through the provider's circuit breaker (none for
+  /// "log"): all answered "not sent" while it is open; one result per push.
+  std::vector<push_result> send_guarded(const std::vector<push>& pushes);
+  /// The job's result from its pushes' tally: deferred when only the breaker
+  /// held them back, transient or permanent when none was delivered, else ok.
+  nodes::job_result result_of(const tally& t, const std::vector<int64_t>& users) const;
 
   std::unique_ptr<django_client> django_;
   std::unique_ptr<push_provider> provider_;
