@@ -32,7 +32,7 @@ std::optional<int64_t> positive_id(const json& v) {
   return i > 0 ? std::optional<int64_t>(i) : std::nullopt;
 }
 
-/// A finite number in [lo, hi] (integers accepted, contract §2).
+/// A finite number in [lo, hi] (integers accepted, docs/events-and-functions.md).
 std::optional<double> number_in(const json& v, double lo, double hi) {
   if (!v.is_number()) return std::nullopt;
   double d = v.get<double>();

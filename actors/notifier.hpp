@@ -39,7 +39,7 @@
 // Failures:
 //  - any Django call failing transiently (incl. a 2xx with a bad body) →
 //    transient, at once: pushes already sent go out again on the retry (pushes are
-//    at least once, docs/ingress-protocol.md, "Delivery guarantee"), under the same job_id;
+//    at least once, docs/cluster-protocol.md, "Known weaknesses"), under the same job_id;
 //  - a Django 4xx other than the 404s above → permanent;
 //  - pushes were attempted, none was delivered and at least one failed
 //    transiently → transient (a retry can deliver it), with the largest

@@ -1,5 +1,6 @@
-// Title and body of each push, per notification_type: the documented templates,
-// overridable in config (docs/events-and-functions.md, "sendPickupNotification").
+// Title and body of each push, per notification_type (docs/events-and-functions.md,
+// "sendPickupNotification": a documented template per notification_type,
+// overridable in config).
 //
 // The defaults:
 //

@@ -20,14 +20,14 @@ namespace klynaa::nodes {
 struct job {
   std::string id;        ///< e.g. "evt-1#1", "#escrow-released-7"
   std::string function;  ///< e.g. "processEscrowRelease"
-  nlohmann::json data;   ///< the function's data (docs/events-and-functions.md, "Functions")
+  nlohmann::json data;   ///< the function's data (docs/events-and-functions.md)
   int attempt = 1;       ///< from 1
   int64_t ts_ms = 0;     ///< when the originating event happened (ms since epoch)
   std::string node;      ///< name of the node running it (for logs)
 };
 
-/// A job created by a job: `{parent}#{n}` or `#{name}-{pickup_id}`
-/// (docs/events-and-functions.md, "Job ids and ordering").
+/// A job created by a job (docs/events-and-functions.md, "Job ids and ordering":
+/// `{parent}#{n}` or `#{name}-{pickup_id}`, built by protocol/jobs.hpp).
 /// The broker stores it in the same transaction that records the parent's success
 /// and drops it silently when a job with that id already exists.
 struct child_job {

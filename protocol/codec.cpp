@@ -1,5 +1,5 @@
-// The ingress codec (message.hpp): decoding and validating request frames in the
-// check order of contract §1, and encoding replies and client-side requests.
+// The ingress codec (message.hpp): request frames decoded and validated in the
+// order of docs/ingress-protocol.md, "Checks, in order"; replies and requests encoded.
 // Every msgpack-cxx and nlohmann call that can throw is fenced in here: no
 // exception leaves this file except std::bad_alloc from the encoders.
 #include <algorithm>
@@ -18,7 +18,7 @@ namespace {
 
 using msgpack::object;
 
-constexpr size_t max_depth = 32;                   // contract §1: top-level map is depth 1
+constexpr size_t max_depth = 32;                   // top-level map = depth 1 (docs/ingress-protocol.md)
 constexpr size_t max_id_chars = 128;
 constexpr int64_t max_ts_ms = 253402300799999;     // 9999-12-31T23:59:59.999Z
 constexpr int64_t max_timeout_ms = 86400000;       // 24 h: an invoke waits at most a day
@@ -103,7 +103,7 @@ std::string_view kind_of(const object& o) {
   }
 }
 
-// Frames and size, then msgpack decoding (contract §1, first two checks).
+// Frames and size, then msgpack decoding (the first two "Checks, in order").
 const object& unpack_request(const void* data, size_t size, const decode_limits& limits,
                              msgpack::object_handle& handle) {
   if (size > limits.max_bytes)
@@ -271,7 +271,8 @@ int64_t read_timeout(const top_level& top) {
   return static_cast<int64_t>(o->via.u64);
 }
 
-// The echo rule of contract §1: the first "id" key's value when it is a string.
+// The echo rule (docs/ingress-protocol.md, "Checks, in order"): the first "id"
+// key's value when it is a string.
 std::optional<std::string> echo_id(const object& root) {
   for (uint32_t i = 0; i < root.via.map.size; ++i) {
     const auto& kv = root.via.map.ptr[i];

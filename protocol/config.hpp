@@ -19,7 +19,8 @@
 
 namespace klynaa::protocol {
 
-/// Retry policy of one function (contract §3): exponential backoff with full
+/// Retry policy of one function (docs/events-and-functions.md, "Failures and
+/// retries"): exponential backoff with full
 /// jitter, base_delay_ms doubling up to max_delay_ms, at most max_attempts attempts.
 struct retry_policy {
   int64_t max_attempts = 8;
@@ -27,11 +28,11 @@ struct retry_policy {
   int64_t max_delay_ms = 3600000;
 };
 
-/// One `[[schedule]]` entry (contract §3 Schedules).
+/// One `[[schedule]]` entry (docs/configuration.md, "Schedules").
 struct schedule_entry {
   std::string name;
   std::string cron;      ///< 5 fields, Vixie cron
-  std::string function;  ///< a function name of contract §2
+  std::string function;  ///< a function name of docs/events-and-functions.md
   nlohmann::json data = nlohmann::json::object();
   std::string timezone = "UTC";  ///< IANA name
 };
@@ -161,7 +162,7 @@ struct config {
 
   std::vector<schedule_entry> schedules;  ///< [[schedule]]
 
-  /// Provider credentials from the environment (contract §6).
+  /// Provider credentials from the environment (docs/configuration.md, "Environment").
   std::map<std::string, std::string> env;
 
   /// The retry policy of `function`: [retry.function] keys over [retry].
@@ -171,11 +172,11 @@ struct config {
   retry_policy retry_for(std::string_view function) const;
 
   /// The schedules to run: every [[schedule]] entry, plus default_schedules()
-  /// for each function that no entry names (contract §3 Schedules).
+  /// for each function that no entry names (docs/configuration.md, "Schedules").
   std::vector<schedule_entry> effective_schedules() const;
 };
 
-/// The built-in schedules of contract §3: "daily-report" (generateDailyReport,
+/// The built-in schedules (docs/configuration.md, "Schedules"): "daily-report" (generateDailyReport,
 /// `0 6 * * *`), "weekly-analytics" (generateWeeklyAnalytics, `0 7 * * 1`) and
 /// "cleanup" (cleanupData, `0 3 * * *`), all UTC with empty data.
 std::vector<schedule_entry> default_schedules();
@@ -202,8 +203,8 @@ struct config_error {
 };
 
 /// Parses TOML `text` read from `source` (a file name, used in messages; "" for
-/// the embedded defaults), then applies the environment overrides of contract §5
-/// and §6 (DJANGO_API_URL, DJANGO_API_KEY, NOTIFICATION_SERVICE,
+/// the embedded defaults), then applies the environment overrides of docs/configuration.md,
+/// "Environment" (DJANGO_API_URL, DJANGO_API_KEY, NOTIFICATION_SERVICE,
 /// GOOGLE_APPLICATION_CREDENTIALS, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 /// AWS_REGION, and KLYNAA_<SECTION>_<KEY> for any key, e.g. KLYNAA_INGRESS_BIND).
 /// Unknown keys, wrong types, invalid values and FIREBASE_SERVER_KEY are errors.

@@ -1,4 +1,5 @@
-// Job derivation of contract §2 (see jobs.hpp): one small function per event.
+// Job derivation of docs/events-and-functions.md, "Events" (see jobs.hpp): one
+// small function per event.
 #include "protocol/jobs.hpp"
 
 #include "protocol/schema.hpp"

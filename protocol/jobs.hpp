@@ -1,7 +1,8 @@
-// Job derivation (contract §2): which jobs an accepted request creates, their
-// deterministic ids, data, ordering keys and due times. Pure functions of the
-// request, so a duplicate derives the same jobs; the broker stores them in the
-// same transaction that accepts the request. No I/O, thread-safe.
+// Job derivation (docs/events-and-functions.md, "Events"): which jobs an
+// accepted request creates, their deterministic ids, data, ordering keys and due
+// times. Pure functions of the request, so a duplicate derives the same jobs;
+// the broker stores them in the same transaction that accepts the request. No
+// I/O, thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -18,8 +19,8 @@ namespace klynaa::protocol {
 
 /// One job to create.
 struct job_spec {
-  std::string id;            ///< `{request id}#{n}`, n from 1 in the contract's order
-  std::string function;      ///< a function name of contract §2
+  std::string id;            ///< `{request id}#{n}`, n from 1 in the docs' order
+  std::string function;      ///< a function of docs/events-and-functions.md, "Functions"
   nlohmann::json data;       ///< the function's data (already valid for it)
   std::string ordering_key;  ///< ordering_key_of(data): "pickup:7", "worker:3" or ""
   int64_t due_ms = 0;        ///< 0 = now; else ms since the epoch when it becomes runnable
@@ -35,7 +36,7 @@ struct derivation {
   std::optional<int64_t> closes_pickup;
 };
 
-/// The jobs of an accepted request `r` (contract §2, "jobs it creates"):
+/// The jobs of an accepted request `r` (docs/events-and-functions.md, "Events", "jobs it creates"):
 /// - invoke, or publish of a function name: one job `{id}#1` of that function with
 ///   the request's data;
 /// - publish of an event: the event's jobs, numbered `{id}#1`, `{id}#2`, ...;

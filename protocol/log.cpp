@@ -6,7 +6,7 @@
 // The default sink (standard error) hands each line to a writer thread that
 // writes whatever has accumulated with one write(2): under load many lines per
 // system call, and a line is out within about a millisecond. A job logs two lines
-// (start and end, contract §7); before this, formatting through Boost.Log
+// (start and end, docs/operations.md, "Watching it"); before this, formatting through Boost.Log
 // attributes and one flushed write per line cost half of a job's CPU
 // (docs/performance.md). The buffer is bounded (writers wait when stderr does
 // not drain), flushed at exit and by log::flush(); only a process killed with

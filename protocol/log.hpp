@@ -1,4 +1,4 @@
-// Structured logging (contract §7): one JSON object a line on standard error,
+// Structured logging (docs/operations.md, "Watching it"): one JSON object a line on standard error,
 //   {"ts":"2026-11-27T22:17:54.123Z","level":"info","component":"broker","msg":"listening","endpoint":"tcp://..."}
 // `ts`, `level`, `component` and `msg` come first, in that order; the extra
 // fields follow (job_id, function, attempt, node, duration_ms, outcome, error, ...).
@@ -114,7 +114,8 @@ std::string format_line(int64_t unix_ms, level l, std::string_view component, st
 int64_t now_ms() noexcept;
 
 /// ISO 8601 UTC with milliseconds: 0 -> "1970-01-01T00:00:00.000Z". Also used
-/// by the outbox (contract §6). Works for times before 1970.
+/// by the log provider's outbox (docs/events-and-functions.md, "Push
+/// providers"). Works for times before 1970.
 std::string iso8601_utc_ms(int64_t unix_ms);
 
 /// What may be logged of a secret (API key, token): its first 4 characters and

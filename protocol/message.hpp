@@ -1,4 +1,4 @@
-// Ingress requests and replies (contract §1) as C++ values, and the codec that
+// Ingress requests and replies (docs/ingress-protocol.md) as C++ values, and the codec that
 // turns msgpack frames into validated requests and replies into frames.
 // Spec: docs/ingress-protocol.md. No I/O.
 #pragma once
@@ -16,7 +16,7 @@ namespace klynaa::protocol {
 
 enum class op { publish, invoke, ping };
 
-/// A request that passed every check of contract §1 and §2.
+/// A request that passed every check of docs/ingress-protocol.md, "Checks, in order".
 struct request {
   op operation = op::publish;
   std::string id;                 ///< empty for ping
@@ -26,7 +26,7 @@ struct request {
   int64_t timeout_ms = 30000;     ///< invoke only
 };
 
-/// Rejection codes of contract §1, in no particular order.
+/// Rejection codes (docs/ingress-protocol.md, "Reply"), in no particular order.
 enum class error_code {
   malformed,
   unsupported_version,
@@ -81,7 +81,8 @@ struct decode_limits {
   size_t max_bytes = 1048576;  ///< frames larger than this are `too_large`
 };
 
-/// Decodes and validates one request frame in the check order of contract §1:
+/// Decodes and validates one request frame in the order of
+/// docs/ingress-protocol.md, "Checks, in order":
 /// size, msgpack decoding (depth > 32 is malformed), v, op, id, type, then the
 /// data fields in the order of §2's tables. `now_ms` is the default `ts`.
 /// Never throws.
@@ -91,7 +92,8 @@ decoded decode_request(const void* data, size_t size, int64_t now_ms, const deco
 reply rejection(std::optional<std::string> id, error_code code, std::string message,
                 std::string field = {});
 
-/// Encodes a reply as one msgpack frame (keys as in contract §1; absent parts omitted).
+/// Encodes a reply as one msgpack frame (keys as in docs/ingress-protocol.md,
+/// "Reply"; absent parts omitted).
 std::string encode_reply(const reply& r);
 
 /// Client side: encodes a request (for the CLI, tests and benchmarks).

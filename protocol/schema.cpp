@@ -1,5 +1,6 @@
-// The table of contract §2 (and the rejection codes of §1). Field order in each
-// entry is the order of the contract's tables, which is the order validation
+// The table of docs/events-and-functions.md (and the rejection codes of
+// docs/ingress-protocol.md). Field order in each entry is the order of the docs'
+// tables, which is the order validation
 // checks them in: keep it that way when adding fields.
 #include "protocol/schema.hpp"
 

@@ -1,7 +1,7 @@
-// The one table of what the job system accepts (contract §2): event types,
+// The one table of what the job system accepts (docs/events-and-functions.md): event types,
 // functions, their data fields, which actor kind runs each function, which jobs
-// each event creates, and the rejection codes of contract §1 (§1 of
-// docs/ingress-protocol.md). Validation (validate.hpp), the CLI's help texts and
+// each event creates, and the rejection codes of docs/ingress-protocol.md
+// ("Reply"). Validation (validate.hpp), the CLI's help texts and
 // the docs all read this table, so a field is declared exactly once.
 //
 // Everything here is immutable static data, built on first use (thread-safe, C++11
@@ -83,13 +83,14 @@ struct error_code_spec {
   std::string_view help;  ///< when a request gets it and what to do about it
 };
 
-/// The seven functions of contract §2, in the contract's order.
+/// The seven functions of docs/events-and-functions.md, "Functions", in its order.
 const std::vector<function_spec>& functions();
 
-/// The six event types of contract §2, in the contract's order.
+/// The six event types of docs/events-and-functions.md, "Events", in its order.
 const std::vector<event_spec>& events();
 
-/// Every rejection code of contract §1, in the order of enum error_code.
+/// Every rejection code (docs/events-and-functions.md, "Rejection codes"), in the
+/// order of enum error_code.
 const std::vector<error_code_spec>& error_codes();
 
 /// The function or event of that name; nullptr when there is none.
@@ -103,7 +104,8 @@ const std::vector<field_spec>* fields_of(std::string_view type);
 /// "scheduler"), or "" when it is not a function name.
 std::string_view actor_of(std::string_view function);
 
-/// The four actor kinds, in the order of contract §5's `--actors` flag.
+/// The four actor kinds, in the order the function table first names them (the
+/// order `--actors` lists them in, docs/operations.md, "Roles").
 const std::vector<std::string_view>& actor_kinds();
 
 /// The functions that actor kind `actor` runs (empty for an unknown kind).

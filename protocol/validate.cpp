@@ -1,4 +1,4 @@
-// Field rules of contract §2, one small check per field kind (see validate.hpp).
+// Field rules of docs/events-and-functions.md, one small check per field kind (see validate.hpp).
 #include "protocol/validate.hpp"
 
 #include <cmath>

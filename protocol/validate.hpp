@@ -1,4 +1,4 @@
-// Validation of a request's `data` against the table in schema.hpp (contract §2):
+// Validation of a request's `data` against the table in schema.hpp (docs/events-and-functions.md):
 // the field rules, checked in the table's order, first failure wins. The ingress
 // codec (codec.cpp) calls the msgpack form on the frame as it arrived, so an
 // integer sent as a float (7.0) is told apart; the CLI can call the JSON form to

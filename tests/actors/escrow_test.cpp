@@ -1,5 +1,4 @@
-// processEscrowRelease (docs/events-and-functions.md, "processEscrowRelease") against
-// a fake Django.
+// processEscrowRelease (docs/events-and-functions.md) against a fake Django.
 #include "actors/escrow.hpp"
 
 #include <catch2/catch.hpp>

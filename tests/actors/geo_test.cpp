@@ -1,5 +1,4 @@
-// The geo actor (docs/events-and-functions.md, "notifyNearbyWorkers and
-// updateWorkerLocation (geo)"): notifyNearbyWorkers and updateWorkerLocation
+// The geo actor (docs/events-and-functions.md): notifyNearbyWorkers and updateWorkerLocation
 // through geo_handler, the loader against a fake Django, the shared index of a
 // node's handlers, and the "geo" actor kind of make_actor_kinds.
 #include "actors/geo.hpp"

@@ -1,5 +1,4 @@
-// sendPickupNotification (docs/events-and-functions.md, "sendPickupNotification")
-// against a fake Django and a recording
+// sendPickupNotification (docs/events-and-functions.md) against a fake Django and a recording
 // push provider: recipients per user_type, tokens, invalid tokens, failures.
 #include "actors/notifier.hpp"
 

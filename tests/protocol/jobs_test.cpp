@@ -1,4 +1,4 @@
-// Job derivation of contract §2: the jobs of every event and function, their ids,
+// Job derivation of docs/events-and-functions.md: the jobs of every event and function, their ids,
 // data, ordering keys, due times, and the pickups that confirmations close.
 #include <catch2/catch.hpp>
 

@@ -1,4 +1,4 @@
-// Tests of protocol/log: JSON lines on standard error (contract §7).
+// Tests of protocol/log: JSON lines on standard error (docs/operations.md, "Watching it").
 #include "protocol/log.hpp"
 
 #include <catch2/catch.hpp>

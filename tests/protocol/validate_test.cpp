@@ -1,4 +1,4 @@
-// Field validation of contract §2: every field rule of every event and function,
+// Field validation of docs/events-and-functions.md: every field rule of every event and function,
 // driven by the schema table, plus hand-written cases for each rule's edges.
 #include <catch2/catch.hpp>
 
