@@ -50,12 +50,11 @@ std::string json_text(const nlohmann::json& j) {
 }
 
 push_result from_job_result(const nodes::job_result& c, std::string extra = "") {
-  push_result r = push_result::fail(c.kind == nodes::outcome::transient
-                                        ? push_result::status::transient
-                                        : push_result::status::permanent,
+  const bool later = c.kind == nodes::outcome::transient || c.kind == nodes::outcome::deferred;
+  push_result r = push_result::fail(later ? push_result::status::transient : push_result::status::permanent,
                                     c.message + extra, c.http_status);
   r.retry_after_ms = c.retry_after_ms;
-  r.circuit_open = c.error_code == "circuit_open";  // not sent (Retry-After pause): no attempt spent
+  r.circuit_open = c.kind == nodes::outcome::deferred;  // not sent (Retry-After pause): no attempt spent
   return r;
 }
 
@@ -381,7 +380,7 @@ google_token_source::fetched google_token_source::fetch(int64_t now) {
             now + expires_in * 1000};
   }
   nodes::job_result c = classify(r, "POST to the OAuth2 token endpoint");
-  if (c.kind == nodes::outcome::transient) return {{"", from_job_result(c)}};
+  if (c.kind != nodes::outcome::permanent) return {{"", from_job_result(c)}};  // transient or deferred
   // A refusal: name OAuth's error code and description, never echo the body whole.
   std::string why;
   if (!body.is_discarded() && body.is_object()) {

@@ -1,5 +1,5 @@
-// libcurl behind http_session and http_multi, and the HTTP → job outcome rules of
-// contract §3.
+// libcurl behind http_session and http_multi, and the HTTP → job outcome rules
+// (docs/events-and-functions.md, "Failures and retries").
 //
 // Each request starts with curl_easy_reset: it clears every option of the last
 // request (so a POST body or custom method never leaks into the next one) but
@@ -454,11 +454,9 @@ nodes::job_result classify(const http_response& r, std::string_view what) {
     return ok;
   }
   if (r.circuit_open_ms >= 0) {
-    job_result j = job_result::failure(outcome::transient, "circuit_open",
-                                       std::string(what) + " was not called: its circuit breaker is open after "
-                                                           "repeated failures; the job waits without using an attempt.");
-    j.retry_after_ms = std::max<int64_t>(r.circuit_open_ms, 100);
-    return j;
+    return job_result::deferred(std::max<int64_t>(r.circuit_open_ms, 100),
+                                std::string(what) + " was not called: its circuit breaker is open after "
+                                                    "repeated failures; the job waits without using an attempt.");
   }
   if (r.status == 0) {
     std::string code = r.timed_out ? "timeout" : "connect";

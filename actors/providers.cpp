@@ -25,9 +25,7 @@ push_result from_job_result(const nodes::job_result& c) {
   push_result r = push_result::fail(later ? push_result::status::transient : push_result::status::permanent,
                                     c.message, c.http_status);
   r.retry_after_ms = c.retry_after_ms;
-  // Not sent (Retry-After pause): no attempt spent. (http.cpp's classify marks it transient with
-  // this code today; job_result::deferred carries the same code.)
-  r.circuit_open = c.error_code == protocol::cluster::circuit_open_code;
+  r.circuit_open = c.kind == nodes::outcome::deferred;  // not sent (Retry-After pause): no attempt spent
   return r;
 }
 

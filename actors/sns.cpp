@@ -186,14 +186,13 @@ push_result classify_sns(const http_response& r) {
                 "SNS answered HTTP " + std::to_string(r.status) + detail + "; it will be retried.",
                 r.status);
   nodes::job_result c = classify(r, "SNS Publish");
-  push_result out = push_result::fail(c.kind == nodes::outcome::transient
-                                          ? push_result::status::transient
-                                          : push_result::status::permanent,
+  const bool later = c.kind == nodes::outcome::transient || c.kind == nodes::outcome::deferred;
+  push_result out = push_result::fail(later ? push_result::status::transient : push_result::status::permanent,
                                       c.message + detail, c.http_status);
   if (r.status == 403)
     out.error += " Check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.";
   out.retry_after_ms = c.retry_after_ms;
-  out.circuit_open = c.error_code == "circuit_open";  // not sent (Retry-After pause): no attempt spent
+  out.circuit_open = c.kind == nodes::outcome::deferred;  // not sent (Retry-After pause): no attempt spent
   return out;
 }
 

@@ -2,14 +2,14 @@
 
 #include <algorithm>
 
+#include "protocol/backoff.hpp"
+
 namespace klynaa::broker {
 
 int64_t backoff_delay(const protocol::retry_policy& p, int64_t attempts, int64_t retry_after_ms,
                       std::mt19937_64& rng) {
   // Full jitter (AWS architecture blog): uniform in [0, min(max, base * 2^(n-1))].
-  int64_t cap = p.base_delay_ms;
-  for (int64_t i = 1; i < attempts && cap < p.max_delay_ms; ++i) cap *= 2;
-  cap = std::min(cap, p.max_delay_ms);
+  const int64_t cap = protocol::capped_doubling(p.base_delay_ms, p.max_delay_ms, attempts - 1);
   std::uniform_int_distribution<int64_t> dist(0, std::max<int64_t>(0, cap));
   int64_t d = dist(rng);
   // The downstream's own wait is not ours to shorten: max_delay_ms bounds the

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "protocol/backoff.hpp"
 #include "protocol/jobs.hpp"
 #include "protocol/schema.hpp"
 #include "protocol/log.hpp"
@@ -149,7 +150,7 @@ void broker_core::impl::fail_commit(open_batch& ob, const store_error& err) {
   // tight loop; log the first failure and then every 20th.
   ++commit_failures;
   last_commit_error = err.message;
-  next_commit_ms = now_ms() + std::min<int64_t>(2000, int64_t{100} << std::min<int64_t>(commit_failures - 1, 5));
+  next_commit_ms = now_ms() + protocol::capped_doubling(100, 2000, commit_failures - 1);
   if (commit_failures == 1 || commit_failures % 20 == 0)
     log::error(component, "store commit failed; requests of the batch are rejected",
                {{"error", err.message}, {"requests", ob.reqs.size()}, {"failed_commits", commit_failures}});

@@ -60,7 +60,7 @@ completion breaker_open(const live_job& j, const cl::done& d, int64_t now) {
 completion failed(const live_job& j, const cl::done& d, const protocol::retry_policy& policy, int64_t now,
                   std::mt19937_64& rng) {
   const int64_t spent = j.attempts - j.attempt_base;  // the budget counts from the last replay
-  const bool permanent = d.outcome == "permanent";
+  const bool permanent = cl::outcome_of(d) == cl::outcome::permanent;
   const bool exhausted = !permanent && spent >= policy.max_attempts;
   completion c;
   c.error_json = failure_json(permanent ? "permanent" : (exhausted ? "exhausted" : "transient"), d.error_code,
@@ -91,8 +91,15 @@ completion failed(const live_job& j, const cl::done& d, const protocol::retry_po
 
 completion complete_job(const live_job& j, const cl::done& d, const protocol::retry_policy& policy, int64_t now,
                         std::mt19937_64& rng) {
-  if (d.outcome == "ok") return succeeded(j, d, now);
-  if (d.outcome == "transient" && d.error_code == "circuit_open") return breaker_open(j, d, now);
+  switch (cl::outcome_of(d)) {
+    case cl::outcome::ok:
+      return succeeded(j, d, now);
+    case cl::outcome::deferred:
+      return breaker_open(j, d, now);
+    case cl::outcome::transient:
+    case cl::outcome::permanent:
+      break;
+  }
   return failed(j, d, policy, now, rng);
 }
 

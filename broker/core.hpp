@@ -10,7 +10,7 @@
 // Nothing is acknowledged, and no job runs, before the commit that holds it.
 //
 // The loop only wires the sockets to the broker's parts (core_impl.hpp lists
-// them; docs/design-broker.md draws them).
+// them; docs/design.md, "The broker's parts", draws them).
 #pragma once
 
 #include <atomic>

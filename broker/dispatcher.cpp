@@ -154,7 +154,8 @@ cl::done fanout_result(const live_job& j, int64_t now) {
   cl::done all;
   all.job_id = j.id;
   all.lease = j.lease;
-  all.outcome = r.fanout_error.empty() ? "ok" : (r.fanout_permanent ? "permanent" : "transient");
+  cl::set_outcome(all, r.fanout_error.empty() ? cl::outcome::ok
+                                               : (r.fanout_permanent ? cl::outcome::permanent : cl::outcome::transient));
   all.error_code = r.fanout_error.empty() ? "" : "fanout";
   all.error_message = r.fanout_error;
   all.result_json = "{}";
@@ -167,9 +168,10 @@ cl::done fanout_result(const live_job& j, int64_t now) {
 void dispatcher::fanout_done(const std::string& identity, live_job& j, const cl::done& d, int64_t now) {
   auto& r = j.run();
   r.fanout_wait.erase(identity);
-  if (d.outcome != "ok" && !r.fanout_permanent) {
-    r.fanout_error = d.error_message.empty() ? d.outcome : d.error_message;
-    r.fanout_permanent = d.outcome == "permanent";
+  const cl::outcome o = cl::outcome_of(d);
+  if (o != cl::outcome::ok && !r.fanout_permanent) {
+    r.fanout_error = d.error_message.empty() ? cl::to_string(o) : d.error_message;
+    r.fanout_permanent = o == cl::outcome::permanent;
   }
   if (!r.fanout_todo.empty() || !r.fanout_wait.empty()) return;
   auto all = fanout_result(j, now);
@@ -192,7 +194,7 @@ void dispatcher::fanout_forget_node(const std::string& identity, int64_t now) {
       cl::done none;  // the last node left: what the others said stands
       none.job_id = j->id;
       none.lease = j->lease;
-      none.outcome = "ok";
+      cl::set_outcome(none, cl::outcome::ok);
       fanout_done(identity, *j, none, now);
     }
   }

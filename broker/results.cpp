@@ -3,6 +3,7 @@
 #include "broker/core_impl.hpp"
 
 #include "protocol/log.hpp"
+#include "protocol/schema.hpp"
 
 namespace klynaa::broker {
 
@@ -29,7 +30,7 @@ void broker_core::impl::job_done(live_job& j, const protocol::cluster::done& d, 
         current.b.children.push_back(std::move(child));
       }
       auto& u = record(j, job_state::done, c.history, "", c.result_json, d.duration_ms);
-      if (function == "cleanupData") start_prune(u, *c.note, now);  // its waiters hear once pruned
+      if (function == protocol::prune_function()) start_prune(u, *c.note, now);  // its waiters hear once pruned
       queue.finish(id, job_state::done);
       break;
     }
@@ -60,7 +61,7 @@ void broker_core::impl::job_done(live_job& j, const protocol::cluster::done& d, 
   }
   ++counters.outcomes[function][c.counted];
   if (c.observe_duration) counters.durations[function].observe(static_cast<double>(d.duration_ms) / 1000.0);
-  if (c.note && !(c.what == v::done && function == "cleanupData")) current.finished.push_back(std::move(*c.note));
+  if (c.note && !(c.what == v::done && function == protocol::prune_function())) current.finished.push_back(std::move(*c.note));
 }
 
 void broker_core::impl::job_lost(live_job& j, const std::string& why, int64_t now) {
