@@ -273,6 +273,8 @@ struct http_multi::impl {
   std::vector<CURL*> idle;  // easy handles between transfers, reused
 
   /// One request in flight: what its callbacks and finish() need.
+  struct batch;  // one perform() call
+
   struct active {
     size_t index = 0;  // into the batch
     CURL* easy = nullptr;
@@ -330,6 +332,91 @@ http_response http_multi::request(std::string_view method, const std::string& ur
   return std::move(perform(one).front());
 }
 
+/// One perform() call on the multi handle: the requests, their answers and the
+/// transfers in flight.
+struct http_multi::impl::batch {
+  impl& self;
+  const http_options& opts;
+  size_t max_connections;
+  const std::vector<http_request>& requests;
+  std::vector<http_response>& out;  // never resized: transfers point into it
+  std::map<CURL*, std::unique_ptr<active>> running;
+  size_t next = 0;
+
+  /// Starts requests until max_connections are in flight. A request starts only
+  /// now, so its timeout never includes time spent waiting for a free slot.
+  void start_more() {
+    while (next < requests.size() && running.size() < max_connections) {
+      size_t i = next++;
+      const http_request& req = requests[i];
+      CURL* e = self.take_easy();
+      if (e == nullptr) {
+        out[i].error = no_handle_error;
+        continue;
+      }
+      auto a = std::make_unique<active>();
+      a->index = i;
+      a->easy = e;
+      a->t = transfer{&out[i], opts.max_body_bytes};
+      a->headers = prepare(e, opts, req.method, req.url, req.headers, req.body, a->t, a->error);
+      CURLMcode mc = curl_multi_add_handle(self.multi, e);
+      if (mc != CURLM_OK) {
+        out[i].error = std::string("libcurl could not start the request: ") + curl_multi_strerror(mc);
+        curl_slist_free_all(a->headers);
+        self.idle.push_back(e);
+        continue;
+      }
+      running.emplace(e, std::move(a));
+    }
+  }
+
+  /// A failing multi handle (out of memory, a libcurl bug): every request not
+  /// answered yet gets the error, none is left attached.
+  void abandon(CURLMcode mc) {
+    std::string error = std::string("libcurl failed: ") + curl_multi_strerror(mc);
+    for (auto& [easy, a] : running) {
+      out[a->index] = http_response{};
+      out[a->index].error = error;
+      self.release(*a);
+    }
+    running.clear();
+    for (; next < requests.size(); ++next) out[next].error = error;
+  }
+
+  /// Reads the finished transfers into `out` and frees their handles.
+  void collect_done() {
+    int left = 0;
+    while (CURLMsg* msg = curl_multi_info_read(self.multi, &left)) {
+      if (msg->msg != CURLMSG_DONE) continue;
+      CURL* e = msg->easy_handle;
+      CURLcode rc = msg->data.result;  // read before release: msg dies with the removal
+      auto it = running.find(e);
+      if (it == running.end()) continue;
+      active& a = *it->second;
+      finish(e, rc, opts, a.t, a.error, out[a.index]);
+      self.release(a);
+      running.erase(it);
+    }
+  }
+
+  /// Drives the transfers until every request has its answer.
+  void run() {
+    start_more();
+    while (!running.empty()) {
+      int still_running = 0;
+      CURLMcode mc = curl_multi_perform(self.multi, &still_running);
+      if (mc != CURLM_OK) return abandon(mc);
+      collect_done();
+      start_more();
+      if (running.empty()) break;
+      // Wakes on socket activity or libcurl's next timeout (each request has its
+      // own CURLOPT_TIMEOUT_MS, so the loop ends); at most 1 s per turn.
+      mc = curl_multi_poll(self.multi, nullptr, 0, 1000, nullptr);
+      if (mc != CURLM_OK) return abandon(mc);
+    }
+  }
+};
+
 std::vector<http_response> http_multi::perform(const std::vector<http_request>& requests) {
   if (auto answers = on_job_fiber(opts_, requests)) return std::move(*answers);
   std::vector<http_response> out(requests.size());  // never resized: transfers point into it
@@ -338,80 +425,8 @@ std::vector<http_response> http_multi::perform(const std::vector<http_request>& 
     for (auto& r : out) r.error = no_handle_error;
     return out;
   }
-  CURLM* m = impl_->multi;
-  std::map<CURL*, std::unique_ptr<impl::active>> running;
-  size_t next = 0;
-
-  // Starts requests until max_connections_ are in flight. A request starts only
-  // now, so its timeout never includes time spent waiting for a free slot.
-  auto start_more = [&] {
-    while (next < requests.size() && running.size() < static_cast<size_t>(max_connections_)) {
-      size_t i = next++;
-      const http_request& req = requests[i];
-      CURL* e = impl_->take_easy();
-      if (e == nullptr) {
-        out[i].error = no_handle_error;
-        continue;
-      }
-      auto a = std::make_unique<impl::active>();
-      a->index = i;
-      a->easy = e;
-      a->t = transfer{&out[i], opts_.max_body_bytes};
-      a->headers = prepare(e, opts_, req.method, req.url, req.headers, req.body, a->t, a->error);
-      CURLMcode mc = curl_multi_add_handle(m, e);
-      if (mc != CURLM_OK) {
-        out[i].error = std::string("libcurl could not start the request: ") + curl_multi_strerror(mc);
-        curl_slist_free_all(a->headers);
-        impl_->idle.push_back(e);
-        continue;
-      }
-      running.emplace(e, std::move(a));
-    }
-  };
-
-  // A failing multi handle (out of memory, a libcurl bug): every request not
-  // answered yet gets the error, none is left attached.
-  auto abandon = [&](CURLMcode mc) {
-    std::string error = std::string("libcurl failed: ") + curl_multi_strerror(mc);
-    for (auto& [easy, a] : running) {
-      out[a->index] = http_response{};
-      out[a->index].error = error;
-      impl_->release(*a);
-    }
-    running.clear();
-    for (; next < requests.size(); ++next) out[next].error = error;
-  };
-
-  start_more();
-  while (!running.empty()) {
-    int still_running = 0;
-    CURLMcode mc = curl_multi_perform(m, &still_running);
-    if (mc != CURLM_OK) {
-      abandon(mc);
-      break;
-    }
-    int left = 0;
-    while (CURLMsg* msg = curl_multi_info_read(m, &left)) {
-      if (msg->msg != CURLMSG_DONE) continue;
-      CURL* e = msg->easy_handle;
-      CURLcode rc = msg->data.result;  // read before release: msg dies with the removal
-      auto it = running.find(e);
-      if (it == running.end()) continue;
-      impl::active& a = *it->second;
-      finish(e, rc, opts_, a.t, a.error, out[a.index]);
-      impl_->release(a);
-      running.erase(it);
-    }
-    start_more();
-    if (running.empty()) break;
-    // Wakes on socket activity or libcurl's next timeout (each request has its
-    // own CURLOPT_TIMEOUT_MS, so the loop ends); at most 1 s per turn.
-    mc = curl_multi_poll(m, nullptr, 0, 1000, nullptr);
-    if (mc != CURLM_OK) {
-      abandon(mc);
-      break;
-    }
-  }
+  impl::batch b{*impl_, opts_, static_cast<size_t>(max_connections_), requests, out, {}, 0};
+  b.run();
   return out;
 }
 
