@@ -1,0 +1,200 @@
+// The SQL of the PostgreSQL store (pg_store.cpp explains the design): the
+// schema, created once under an advisory lock, and the statements prepared on
+// every connection. The tables mirror sqlite_store.cpp's.
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "broker/pg_store_impl.hpp"
+
+namespace klynaa::broker::pg_detail {
+
+// Any constant: serialises first-time schema creation between brokers.
+const char* const init_lock = "SELECT pg_advisory_xact_lock(7236982611093125)";
+
+const char* const schema_sql = R"sql(
+CREATE TABLE IF NOT EXISTS klynaa.meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS klynaa.requests(
+  id TEXT PRIMARY KEY, op INTEGER NOT NULL, type TEXT NOT NULL, ts_ms BIGINT NOT NULL,
+  accepted_ms BIGINT NOT NULL, jobs JSONB NOT NULL);
+CREATE TABLE IF NOT EXISTS klynaa.jobs(
+  id TEXT PRIMARY KEY, request_id TEXT NOT NULL, function TEXT NOT NULL, data TEXT NOT NULL,
+  okey TEXT NOT NULL, seq BIGINT NOT NULL, state INTEGER NOT NULL, due_ms BIGINT NOT NULL,
+  attempts BIGINT NOT NULL, ts_ms BIGINT NOT NULL, created_ms BIGINT NOT NULL,
+  updated_ms BIGINT NOT NULL, auto_release BOOLEAN NOT NULL,
+  last_error TEXT NOT NULL DEFAULT '', result TEXT NOT NULL DEFAULT '',
+  attempt_base BIGINT NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON klynaa.jobs(seq) WHERE state < 3;
+CREATE INDEX IF NOT EXISTS jobs_dead ON klynaa.jobs(updated_ms) WHERE state = 4;
+CREATE INDEX IF NOT EXISTS jobs_finished ON klynaa.jobs(updated_ms) WHERE state IN (3, 5);
+CREATE INDEX IF NOT EXISTS requests_accepted ON klynaa.requests(accepted_ms);
+CREATE INDEX IF NOT EXISTS jobs_auto_release ON klynaa.jobs(okey) WHERE auto_release AND state < 3;
+CREATE TABLE IF NOT EXISTS klynaa.closed_pickups(pickup_id BIGINT PRIMARY KEY, closed_ms BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS klynaa.attempts(
+  job_id TEXT NOT NULL, attempt BIGINT NOT NULL, node TEXT NOT NULL, outcome TEXT NOT NULL,
+  error TEXT NOT NULL, duration_ms BIGINT NOT NULL, at_ms BIGINT NOT NULL,
+  PRIMARY KEY(job_id, attempt));
+CREATE TABLE IF NOT EXISTS klynaa.lease(
+  name TEXT PRIMARY KEY, holder TEXT, token BIGINT NOT NULL DEFAULT 0, expires_at TIMESTAMPTZ);
+CREATE UNIQUE INDEX IF NOT EXISTS lease_token ON klynaa.lease(name, token);
+CREATE OR REPLACE FUNCTION klynaa.check_fence(p_token BIGINT, p_holder TEXT) RETURNS void
+LANGUAGE plpgsql AS $fence$
+BEGIN
+  -- A KEY SHARE lock holds off a takeover (an UPDATE of the token, a key
+  -- column: the lease_token index) until this commit ends, but not a renewal (an
+  -- UPDATE of expires_at only), which must never wait for a commit's fsync.
+  PERFORM 1 FROM klynaa.lease WHERE name = 'broker' AND token = p_token AND holder = p_holder
+    FOR KEY SHARE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'fenced: the lease is held by another broker' USING ERRCODE = 'KLF01';
+  END IF;
+END
+$fence$;
+)sql";
+
+namespace {
+
+constexpr const char* job_columns =
+    "j.id, j.request_id, j.function, j.data, j.okey, j.seq, j.state, j.due_ms, j.attempts, "
+    "j.ts_ms, j.created_ms, j.updated_ms, j.auto_release, j.last_error, j.result, j.attempt_base";
+
+// The statements, prepared on every connection. Parameters are sent as text and
+// cast in the SQL.
+const std::vector<std::pair<const char*, std::string>> all_statements = {
+    // The jobs a request stored, as stored now (a duplicate's `existing`). Sent
+    // before apply_request, so it finds only a request accepted earlier.
+    {"request_jobs",
+     std::string("SELECT ") + job_columns +
+         " FROM jsonb_array_elements_text((SELECT jobs FROM klynaa.requests WHERE id = $1::text))"
+         " WITH ORDINALITY AS u(id, n) JOIN klynaa.jobs j ON j.id = u.id ORDER BY u.n"},
+    // One request: sqlite_store's apply_request in one statement. Returns the
+    // first request's op and job ids (null unless a duplicate), the ordinals in
+    // $8 of the jobs inserted, and the auto-releases cancelled.
+    {"apply_request", R"sql(
+WITH dup AS (SELECT op, jobs FROM klynaa.requests WHERE id = $1::text),
+cancel AS (
+  UPDATE klynaa.jobs SET state = 5, updated_ms = $7::bigint
+   WHERE $6::bigint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dup)
+     AND okey = 'pickup:' || $6::bigint AND auto_release AND state < 3 AND state <> 1
+  RETURNING id),
+closing AS (
+  INSERT INTO klynaa.closed_pickups(pickup_id, closed_ms)
+  SELECT $6::bigint, $7::bigint WHERE $6::bigint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dup)
+  ON CONFLICT DO NOTHING),
+cand AS (
+  SELECT e.n, e.j FROM jsonb_array_elements($8::jsonb) WITH ORDINALITY AS e(j, n)
+   WHERE NOT EXISTS (SELECT 1 FROM dup)
+     AND NOT ((e.j->>'pickup') IS NOT NULL AND
+              ((e.j->>'pickup')::bigint IS NOT DISTINCT FROM $6::bigint OR
+               EXISTS (SELECT 1 FROM klynaa.closed_pickups p
+                        WHERE p.pickup_id = (e.j->>'pickup')::bigint)))),
+ins AS (
+  INSERT INTO klynaa.jobs(id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms,
+                          created_ms, updated_ms, auto_release, last_error, result, attempt_base)
+  SELECT j->>'id', j->>'request_id', j->>'function', j->>'data', j->>'okey', (j->>'seq')::bigint,
+         (j->>'state')::int, (j->>'due_ms')::bigint, (j->>'attempts')::bigint,
+         (j->>'ts_ms')::bigint, (j->>'created_ms')::bigint, $7::bigint,
+         (j->>'auto_release')::boolean, j->>'last_error', j->>'result',
+         (j->>'attempt_base')::bigint
+    FROM cand ORDER BY n
+  ON CONFLICT (id) DO NOTHING
+  RETURNING id),
+created AS (SELECT i.id, (SELECT min(c.n) FROM cand c WHERE c.j->>'id' = i.id) AS n FROM ins i),
+req AS (
+  INSERT INTO klynaa.requests(id, op, type, ts_ms, accepted_ms, jobs)
+  SELECT $1::text, $2::int, $3::text, $4::bigint, $5::bigint,
+         COALESCE((SELECT jsonb_agg(id ORDER BY n) FROM created), '[]'::jsonb)
+   WHERE NOT EXISTS (SELECT 1 FROM dup))
+SELECT (SELECT op FROM dup), (SELECT jobs::text FROM dup),
+       COALESCE((SELECT jsonb_agg(n ORDER BY n) FROM created), '[]'::jsonb)::text,
+       COALESCE((SELECT jsonb_agg(id ORDER BY id) FROM cancel), '[]'::jsonb)::text
+)sql"},
+    {"update_job",
+     "UPDATE klynaa.jobs SET state = $2::int, attempts = $3::bigint, due_ms = $4::bigint, "
+     "seq = $5::bigint, last_error = $6::text, result = $7::text, updated_ms = $8::bigint "
+     "WHERE id = $1::text"},
+    {"insert_attempt",
+     "INSERT INTO klynaa.attempts(job_id, attempt, node, outcome, error, duration_ms, at_ms) "
+     "VALUES($1::text, $2::bigint, $3::text, $4::text, $5::text, $6::bigint, $7::bigint) "
+     "ON CONFLICT (job_id, attempt) DO UPDATE SET node = EXCLUDED.node, outcome = EXCLUDED.outcome, "
+     "error = EXCLUDED.error, duration_ms = EXCLUDED.duration_ms, at_ms = EXCLUDED.at_ms"},
+    {"insert_job",
+     "INSERT INTO klynaa.jobs(id, request_id, function, data, okey, seq, state, due_ms, attempts, "
+     "ts_ms, created_ms, updated_ms, auto_release, last_error, result, attempt_base) "
+     "VALUES($1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint, $7::int, $8::bigint, "
+     "$9::bigint, $10::bigint, $11::bigint, $12::bigint, $13::boolean, $14::text, $15::text, "
+     "$16::bigint) ON CONFLICT (id) DO NOTHING"},
+    // Retention, one chunk: finished jobs with their history, then (next
+    // statement, so it sees them gone) old requests none of whose jobs is left.
+    {"prune_jobs", R"sql(
+WITH victims AS (SELECT id FROM klynaa.jobs WHERE state IN (3, 5) AND updated_ms < $1::bigint
+                  ORDER BY updated_ms LIMIT $2::bigint),
+gone_attempts AS (DELETE FROM klynaa.attempts WHERE job_id IN (SELECT id FROM victims)),
+gone AS (DELETE FROM klynaa.jobs WHERE id IN (SELECT id FROM victims) RETURNING 1)
+SELECT count(*) FROM gone
+)sql"},
+    {"prune_requests", R"sql(
+WITH gone AS (
+  DELETE FROM klynaa.requests WHERE id IN (
+    SELECT r.id FROM klynaa.requests r WHERE r.accepted_ms < $1::bigint AND NOT EXISTS (
+      SELECT 1 FROM jsonb_array_elements_text(r.jobs) e(id) JOIN klynaa.jobs j ON j.id = e.id)
+    ORDER BY r.accepted_ms LIMIT $2::bigint)
+  RETURNING 1)
+SELECT count(*) FROM gone
+)sql"},
+    // Dead-letter replay: $1 the ids (a JSON array) or null for the oldest $2.
+    {"replay", std::string(R"sql(
+WITH d AS (SELECT id, seq FROM klynaa.jobs
+            WHERE state = 4 AND ($1::jsonb IS NULL OR id IN (SELECT jsonb_array_elements_text($1::jsonb)))
+            ORDER BY seq, id LIMIT $2::bigint),
+n AS (SELECT id, $3::bigint + row_number() OVER (ORDER BY seq, id) - 1 AS new_seq FROM d),
+j AS (UPDATE klynaa.jobs x SET state = 0, seq = n.new_seq, due_ms = $4::bigint,
+                               updated_ms = $4::bigint, attempt_base = x.attempts
+        FROM n WHERE x.id = n.id AND x.state = 4 RETURNING x.*)
+SELECT )sql") + job_columns + " FROM j ORDER BY j.seq"},
+    {"dead_left", "SELECT EXISTS (SELECT 1 FROM klynaa.jobs WHERE state = 4)"},
+    {"purge", R"sql(
+WITH d AS (SELECT id FROM klynaa.jobs
+            WHERE state = 4 AND ($1::jsonb IS NULL OR id IN (SELECT jsonb_array_elements_text($1::jsonb)))),
+gone_attempts AS (DELETE FROM klynaa.attempts WHERE job_id IN (SELECT id FROM d)),
+gone AS (DELETE FROM klynaa.jobs WHERE id IN (SELECT id FROM d) AND state = 4
+         RETURNING id, updated_ms)
+SELECT id FROM gone ORDER BY updated_ms, id
+)sql"},
+    {"probe",
+     "INSERT INTO klynaa.meta(key, value) VALUES('last_probe', $1::text) "
+     "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"},
+    {"fence", "SELECT klynaa.check_fence($1::bigint, $2::text)"},
+    // Renewal by the holder: expires_at only (no key column), so it takes a
+    // lock that fenced commits do not hold it off with (check_fence).
+    {"renew_lease",
+     "UPDATE klynaa.lease SET expires_at = now() + $2::bigint * interval '1 millisecond' "
+     "WHERE name = 'broker' AND holder = $1::text RETURNING token"},
+    {"lease", R"sql(
+INSERT INTO klynaa.lease AS l (name, holder, token, expires_at)
+VALUES ('broker', $1::text, 1, now() + $2::bigint * interval '1 millisecond')
+ON CONFLICT (name) DO UPDATE
+   SET token = CASE WHEN l.holder = EXCLUDED.holder THEN l.token ELSE l.token + 1 END,
+       holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+ WHERE l.holder = EXCLUDED.holder OR l.expires_at IS NULL OR l.expires_at <= now()
+RETURNING token
+)sql"},
+    {"lease_holder", "SELECT COALESCE(holder, ''), token FROM klynaa.lease WHERE name = 'broker'"},
+    {"release_lease",
+     "UPDATE klynaa.lease SET expires_at = now() WHERE name = 'broker' AND holder = $1::text AND token = $2::bigint"},
+    {"find_job", std::string("SELECT ") + job_columns + " FROM klynaa.jobs j WHERE j.id = $1::text"},
+    {"load", std::string("SELECT ") + job_columns + " FROM klynaa.jobs j WHERE j.state < 3 ORDER BY j.seq"},
+    {"max_seq", "SELECT COALESCE(MAX(seq), 0) FROM klynaa.jobs"},
+    {"list_jobs", std::string("SELECT ") + job_columns +
+                      " FROM klynaa.jobs j WHERE j.state = $1::int ORDER BY j.updated_ms DESC LIMIT $2::bigint"},
+    {"history",
+     "SELECT attempt, node, outcome, error, duration_ms, at_ms FROM klynaa.attempts "
+     "WHERE job_id = $1::text ORDER BY attempt"},
+    {"count", "SELECT function, state, COUNT(*) FROM klynaa.jobs GROUP BY function, state"},
+};
+
+}  // namespace
+
+const std::vector<std::pair<const char*, std::string>>& statements() { return all_statements; }
+
+}  // namespace klynaa::broker::pg_detail
