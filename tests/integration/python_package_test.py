@@ -72,7 +72,8 @@ class VersionTest(unittest.TestCase):
     def test_pyproject_declares_the_module_and_its_dependencies(self):
         p = pyproject()
         self.assertEqual(p["project"]["name"], "klynaa-client")
-        self.assertEqual(p["tool"]["setuptools"]["py-modules"], ["klynaa_client"])
+        self.assertEqual(p["tool"]["setuptools"]["py-modules"],
+                         ["klynaa_client", "klynaa_client_base", "klynaa_client_core", "klynaa_client_curve"])
         deps = [re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0].lower() for d in p["project"]["dependencies"]]
         self.assertEqual(sorted(deps), ["msgpack", "pyzmq"])
         self.assertEqual(p["build-system"]["build-backend"], "setuptools.build_meta")
@@ -215,7 +216,9 @@ class InstalledPackageTest(unittest.TestCase):
             import json, sys
             import klynaa_client
             from klynaa_client import Client
-            assert "/clients/python/" not in klynaa_client.__file__, klynaa_client.__file__
+            import klynaa_client_base, klynaa_client_core, klynaa_client_curve
+            for m in (klynaa_client, klynaa_client_base, klynaa_client_core, klynaa_client_curve):
+                assert "/clients/python/" not in m.__file__, m.__file__
             ingress, eid, data = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
             with Client(ingress, timeout_s=10) as c:
                 first = c.publish("worker.location", data, id=eid)
