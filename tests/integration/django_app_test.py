@@ -7,7 +7,8 @@ python3-django, python3-zmq, python3-msgpack; only 127.0.0.1 is used)
 
 It starts examples/django/serve.py on a free port with a temporary DB and a
 fake ingress (a ZeroMQ ROUTER this test binds, answering `accepted`), then
-checks every route of docs/events-and-functions.md, "The Django API", with and without the API key, the escrow
+checks every route of the API the jobs call (examples/django/README.md, "The
+contract API") with and without the API key, the escrow
 rules (idempotency, 409s, 404, concurrency), analytics pagination, reports
 and cleanup, fault injection, the demo actions' events, the outbox, the
 management commands and the client's retry/failover behaviour.
@@ -16,210 +17,29 @@ import concurrent.futures
 import http.client
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 import urllib.parse
 
-import msgpack
-import zmq
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-DJANGO_DIR = os.path.join(ROOT, "examples", "django")
-sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import django_app_support as support  # noqa: E402
+from django_app_support import (API_KEY, DJANGO_DIR, ISO_RE, PICKUP_KEYS, PY, call, new_pickup,  # noqa: E402
+                                set_faults, state, two_decimals)
 from klynaa_client import Client, KlynaaUnavailable  # noqa: E402
+from testutil import free_port  # noqa: E402  (on sys.path through the support module)
 
-sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
-from testutil import free_port  # noqa: E402
-
-PY = "/usr/bin/python3"
-API_KEY = "test-key-123"
-AUTH = {"Authorization": "Api-Key " + API_KEY}
-ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-PICKUP_KEYS = {"id", "status", "customer_id", "worker_id", "lat", "lng", "price", "currency", "created_at",
-               "accepted_at", "delivered_at"}
-
-
-class FakeIngress:
-    """A ROUTER socket answering like the broker: publish -> accepted, ping -> pong."""
-
-    def __init__(self):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.endpoint = "tcp://127.0.0.1:%d" % self.port
-        self.requests = []        # decoded request maps, in arrival order
-        self.frames = []          # frame counts (without the identity)
-        self.seen = {}            # id -> jobs (dedup like the broker)
-        self.drop_next = 0        # swallow this many requests without answering
-        self.silent = False       # answer nothing
-        self.lock = threading.Lock()
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        while not self._stop.is_set():
-            if not dict(poller.poll(50)):
-                continue
-            frames = self.sock.recv_multipart()
-            ident, rest = frames[0], frames[1:]
-            delim = len(rest) >= 2 and rest[0] == b""
-            try:
-                req = msgpack.unpackb(rest[-1], raw=False)
-            except Exception:
-                req = None
-            with self.lock:
-                self.requests.append(req)
-                self.frames.append(len(rest))
-                if self.silent or self.drop_next > 0:
-                    self.drop_next = max(0, self.drop_next - 1)
-                    continue
-                rid = req.get("id") if isinstance(req, dict) else None
-                op = req.get("op", "publish") if isinstance(req, dict) else None
-                if op == "ping":
-                    reply = {"v": 1, "id": rid, "status": "pong"}
-                elif op == "invoke":
-                    reply = {"v": 1, "id": rid, "status": "ok", "result": {"echo": req.get("data")}}
-                elif rid in self.seen:
-                    reply = {"v": 1, "id": rid, "status": "duplicate", "jobs": self.seen[rid]}
-                else:
-                    self.seen[rid] = [rid + "#1"]
-                    reply = {"v": 1, "id": rid, "status": "accepted", "jobs": self.seen[rid]}
-            out = [ident] + ([b""] if delim else []) + [msgpack.packb(reply, use_bin_type=True)]
-            self.sock.send_multipart(out)
-
-    def published(self, type_=None):
-        with self.lock:
-            return [r for r in self.requests
-                    if isinstance(r, dict) and r.get("op", "publish") == "publish"
-                    and (type_ is None or r.get("type") == type_)]
-
-    def close(self):
-        self._stop.set()
-        self.thread.join(2)
-        self.sock.close(0)
-        self.ctx.term()
-
-
-class Server:
-    def __init__(self, ingress, page_size=3):
-        self.tmp = tempfile.mkdtemp(prefix="klynaa-django-test-")
-        self.port = free_port()
-        env = dict(os.environ, KLYNAA_DEMO_DB=self.tmp, DJANGO_API_KEY=API_KEY, KLYNAA_INGRESS=ingress,
-                   KLYNAA_DEMO_PAGE_SIZE=str(page_size), KLYNAA_INGRESS_TIMEOUT_S="0.7",
-                   KLYNAA_INGRESS_RETRIES="1")
-        self.env = env
-        self.log = open(os.path.join(self.tmp, "server.log"), "wb")
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen([PY, os.path.join(DJANGO_DIR, "serve.py"), "127.0.0.1:%d" % self.port,
-                                      "--seed", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=self.log)
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("READY"):
-            self.stop()
-            raise RuntimeError("server did not start: %r\n%s" % (line, self.server_log()))
-        self.startup_s = time.monotonic() - t0
-
-    def server_log(self):
-        try:
-            with open(os.path.join(self.tmp, "server.log"), "rb") as f:
-                return f.read().decode("utf-8", "replace")[-4000:]
-        except OSError:
-            return ""
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc.stdout.close()
-        self.log.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-INGRESS = None
-SERVER = None
-
-
-def setUpModule():
-    global INGRESS, SERVER
-    INGRESS = FakeIngress()
-    SERVER = Server(INGRESS.endpoint)
-
-
-def tearDownModule():
-    if SERVER:
-        SERVER.stop()
-    if INGRESS:
-        INGRESS.close()
-
-
-def call(method, path, body=None, headers=None, auth=True, conn=None, raw=False):
-    """-> (status, parsed JSON or None, response headers dict, raw body)."""
-    h = {"Accept": "application/json"}
-    if auth:
-        h.update(AUTH)
-    h.update(headers or {})
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        h["Content-Type"] = "application/json"
-    own = conn is None
-    c = conn or http.client.HTTPConnection("127.0.0.1", SERVER.port, timeout=10)
-    try:
-        c.request(method, path, body=data, headers=h)
-        r = c.getresponse()
-        payload = r.read()
-        hdrs = {k.lower(): v for k, v in r.getheaders()}
-    finally:
-        if own:
-            c.close()
-    parsed = None
-    if payload and hdrs.get("content-type", "").startswith("application/json"):
-        parsed = json.loads(payload)
-    return r.status, parsed, hdrs, payload
-
-
-def state():
-    st, body, _, _ = call("GET", "/api/demo/state/", auth=False)
-    assert st == 200
-    return body
-
-
-def set_faults(**kw):
-    st, body, _, _ = call("POST", "/api/demo/faults/", kw, auth=False)
-    assert st == 200, body
-    return body
-
-
-def new_pickup(**kw):
-    body = {"customer_id": 101, "lat": 6.5244, "lng": 3.3792, "price": 1234.5, "publish": False}
-    body.update(kw)
-    st, b, _, _ = call("POST", "/api/demo/pickups/", body, auth=False)
-    assert st == 201, (st, b)
-    return b["pickup"]
-
-
-def two_decimals(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(round(x, 2) - x) < 1e-9
+# The module fixture: the fake ingress and the reference app, shared by every test.
+setUpModule = support.set_up_module
+tearDownModule = support.tear_down_module
 
 
 class ContractApiTest(unittest.TestCase):
     def test_startup_fast(self):
-        self.assertLess(SERVER.startup_s, 5.0)
+        self.assertLess(support.SERVER.startup_s, 5.0)
 
     def test_every_route_requires_api_key(self):
         p = new_pickup(status="delivered", worker_id=201)
@@ -308,7 +128,7 @@ class ContractApiTest(unittest.TestCase):
         self.assertEqual(b["error"], "not_found")
 
     def test_keep_alive(self):
-        c = http.client.HTTPConnection("127.0.0.1", SERVER.port, timeout=10)
+        c = http.client.HTTPConnection("127.0.0.1", support.SERVER.port, timeout=10)
         try:
             for auth, want in ((True, 200), (False, 401), (True, 200)):
                 st, _, h, _ = call("GET", "/api/users/admins/", auth=auth, conn=c)
@@ -511,7 +331,7 @@ class DemoEventsTest(unittest.TestCase):
         self.assertEqual(ev["type"], type_)
         self.assertEqual(reply["status"], "accepted", reply)
         self.assertEqual(reply["jobs"], [ev["id"] + "#1"])
-        sent = [r for r in INGRESS.published(type_) if r["id"] == ev["id"]]
+        sent = [r for r in support.INGRESS.published(type_) if r["id"] == ev["id"]]
         self.assertEqual(len(sent), 1)
         r = sent[0]
         self.assertEqual(r["v"], 1)
@@ -540,10 +360,10 @@ class DemoEventsTest(unittest.TestCase):
         self.assertEqual(b["pickup"]["status"], "confirmed")
         self.check_event(b, "pickup.confirmed", {"pickup_id": pid, "customer_id": 102})
         # invalid transition: nothing published
-        n = len(INGRESS.published())
+        n = len(support.INGRESS.published())
         st, b, _, _ = call("POST", "/api/demo/pickups/%d/deliver/" % pid, auth=False)
         self.assertEqual((st, b["error"]), (409, "invalid_transition"))
-        self.assertEqual(len(INGRESS.published()), n)
+        self.assertEqual(len(support.INGRESS.published()), n)
         st, b, _, _ = call("POST", "/api/demo/pickups/999999/accept/", {"worker_id": 1}, auth=False)
         self.assertEqual(st, 404)
         outbox = [e for e in state()["outbox"] if e["data"].get("pickup_id") == pid]
@@ -570,18 +390,18 @@ class DemoEventsTest(unittest.TestCase):
         self.assertEqual((st, b["field"]), (400, "lat"))
 
     def test_outbox_when_ingress_silent(self):
-        with INGRESS.lock:
-            INGRESS.silent = True
+        with support.INGRESS.lock:
+            support.INGRESS.silent = True
         try:
             st, b, _, _ = call("POST", "/api/demo/pickups/", {"customer_id": 103, "lat": 6.5, "lng": 3.3},
                                auth=False)
         finally:
-            with INGRESS.lock:
-                INGRESS.silent = False
+            with support.INGRESS.lock:
+                support.INGRESS.silent = False
         self.assertEqual(st, 201)  # the domain change committed anyway
         self.assertEqual(b["ingress"]["status"], "unavailable")
         ev_id = b["event"]["id"]
-        sent = [r for r in INGRESS.published() if r["id"] == ev_id]
+        sent = [r for r in support.INGRESS.published() if r["id"] == ev_id]
         self.assertEqual(len(sent), 2)  # first try + one resend, same id
         pend = [e for e in state()["outbox"] if e["id"] == ev_id]
         self.assertEqual(pend[0]["status"], "pending")
@@ -593,7 +413,7 @@ class DemoEventsTest(unittest.TestCase):
 
 class ClientTest(unittest.TestCase):
     def test_ping_publish_invoke_duplicate(self):
-        with Client(INGRESS.endpoint, timeout_s=2) as c:
+        with Client(support.INGRESS.endpoint, timeout_s=2) as c:
             self.assertEqual(c.ping()["status"], "pong")
             r = c.publish("pickup.confirmed", {"pickup_id": 1, "customer_id": 2}, id="client-test-1", ts=1234)
             self.assertEqual(r, {"v": 1, "id": "client-test-1", "status": "accepted",
@@ -604,22 +424,22 @@ class ClientTest(unittest.TestCase):
             self.assertEqual(r, {"echo": {"older_than_days": 1}})  # invoke returns the result
             auto = c.publish("pickup.confirmed", {"pickup_id": 1, "customer_id": 2})
             self.assertRegex(auto["id"], r"^[0-9a-f]{32}$")
-        req = [r for r in INGRESS.published() if r["id"] == "client-test-1"][0]
+        req = [r for r in support.INGRESS.published() if r["id"] == "client-test-1"][0]
         self.assertEqual(req["ts"], 1234)
-        self.assertEqual(INGRESS.frames[-1], 2)  # empty delimiter + one msgpack frame
+        self.assertEqual(support.INGRESS.frames[-1], 2)  # empty delimiter + one msgpack frame
 
     def test_resend_same_id_after_timeout(self):
-        with INGRESS.lock:
-            INGRESS.drop_next = 1
-        with Client(INGRESS.endpoint, timeout_s=0.5, retries=2) as c:
+        with support.INGRESS.lock:
+            support.INGRESS.drop_next = 1
+        with Client(support.INGRESS.endpoint, timeout_s=0.5, retries=2) as c:
             r = c.publish("worker.location", {"worker_id": 9, "lat": 1, "lng": 2, "available": True},
                           id="client-retry-1")
         self.assertEqual(r["status"], "accepted")
-        self.assertEqual(len([x for x in INGRESS.published() if x["id"] == "client-retry-1"]), 2)
+        self.assertEqual(len([x for x in support.INGRESS.published() if x["id"] == "client-retry-1"]), 2)
 
     def test_failover_to_second_endpoint(self):
         dead = "tcp://127.0.0.1:%d" % free_port()
-        with Client(dead + "," + INGRESS.endpoint, timeout_s=0.4) as c:
+        with Client(dead + "," + support.INGRESS.endpoint, timeout_s=0.4) as c:
             self.assertEqual(c.ping()["status"], "pong")
             # later requests stick to the endpoint that answered
             t0 = time.monotonic()
@@ -640,16 +460,16 @@ class ManagementCommandsTest(unittest.TestCase):
     def test_fresh_db_seed_and_walkthrough(self):
         tmp = tempfile.mkdtemp(prefix="klynaa-django-cmd-")
         try:
-            env = dict(SERVER.env, KLYNAA_DEMO_DB=tmp)
+            env = dict(support.SERVER.env, KLYNAA_DEMO_DB=tmp)
             manage = os.path.join(DJANGO_DIR, "manage.py")
             out = subprocess.run([PY, manage, "seed"], env=env, capture_output=True, timeout=30)
             self.assertEqual(out.returncode, 0, out.stderr.decode())
             self.assertIn(b"seeded", out.stdout)
             self.assertTrue(os.path.exists(os.path.join(tmp, "db.sqlite3")))
-            before = len(INGRESS.published())
+            before = len(support.INGRESS.published())
             out = subprocess.run([PY, manage, "demo_walkthrough"], env=env, capture_output=True, timeout=30)
             self.assertEqual(out.returncode, 0, out.stderr.decode())
-            types = [r["type"] for r in INGRESS.published()[before:]]
+            types = [r["type"] for r in support.INGRESS.published()[before:]]
             self.assertEqual(types, ["worker.location", "pickup.created", "pickup.accepted", "pickup.delivered",
                                      "pickup.confirmed"])
             self.assertIn(b"is now confirmed", out.stdout)

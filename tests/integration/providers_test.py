@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The `firebase` and `sns` push providers end to end, against local fakes that
 verify what they receive with independent libraries (docs/events-and-functions.md,
-"Push providers" and "Failures and retries"; docs/configuration.md).
+"Push providers" and "Failures and retries"; docs/configuration.md, [notifications]).
 
     /usr/bin/python3 tests/integration/providers_test.py [--klynaa PATH] [unittest args]
 
@@ -25,302 +25,38 @@ invokes sendPickupNotification with the Python client, then checks:
 * requests signed with a wrong key or secret, sent by the test directly, are
   refused by the fake (so the fakes really check);
 * `klynaa run` configured with a wrong key or secret has its requests refused;
-  the job fails permanently (dead letter, per docs/events-and-functions.md, "Failures and retries": a 4xx
-  that is not 408/429),
+  the job fails permanently (dead letter: a 4xx that is not 408/429 is permanent,
+  docs/events-and-functions.md, "Failures and retries"),
   no token is deleted, and klynaa keeps serving and stops cleanly (exit 0, no
   sanitizer report).
 """
 import http.client
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import urllib.parse
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "fakes"))
-
-import jwt  # noqa: E402
+sys.path.insert(0, HERE)
+import providers_support as support  # noqa: E402  (puts clients/python and tests/fakes on sys.path)
 import botocore.session  # noqa: E402
+import jwt  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from botocore.exceptions import ClientError  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-
 from fcm_fake import FCM_SCOPE, FcmFake  # noqa: E402
-from klynaa_client import Client  # noqa: E402
+from providers_support import (AWS_ACCESS_KEY, AWS_REGION, AWS_SECRET, AWS_SESSION_TOKEN,  # noqa: E402
+                               CLIENT_EMAIL, PROJECT, PY, ROOT, WORKER, Klynaa, clean_env, endpoint_arn,
+                               klynaa_config, pdeathsig)
 from sns_fake import SnsFake  # noqa: E402
 
-PY = "/usr/bin/python3"
-KLYNAA = os.environ.get("KLYNAA_BIN", os.path.join(ROOT, "build", "klynaa"))
-API_KEY = "providers-test-key"
-CLIENT_EMAIL = "klynaa-jobs@klynaa-fake.iam.gserviceaccount.com"
-PROJECT = "klynaa-fake"
-AWS_REGION = "eu-west-1"
-AWS_ACCESS_KEY = "AKIDKLYNAAFAKE0001"
-AWS_SECRET = "klynaa/fake+secret/0123456789abcdefABCDEF"
-AWS_SESSION_TOKEN = "klynaa-fake-session-token/+=="
-WORKER = 201  # seeded by serve.py --seed
-WAIT_S = 60   # the longest any one wait in this file may take
-
-# Variables of the environment that would change what klynaa or botocore does.
-SCRUB_PREFIXES = ("KLYNAA_", "AWS_", "GOOGLE_", "FIREBASE_", "DJANGO_", "NOTIFICATION_", "BOTO_")
-SCRUB = {"http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"}
-
-
-def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUB_PREFIXES) and k not in SCRUB}
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    env.update(extra)
-    return env
-
-
-def pdeathsig():
-    """A prefix that kills the child when this process dies, even by SIGKILL (ctest's timeout)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
-
-
-def wait_until(cond, timeout=WAIT_S, what="condition"):
-    end = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(0.1)
-
-
-def rsa_key():
-    """-> (private PEM PKCS#8, as in Google's key files; public PEM)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
-def endpoint_arn(platform, n):
-    return "arn:aws:sns:%s:123456789012:endpoint/%s/klynaa-%s/%s" % (
-        AWS_REGION, platform, platform.lower(), uuid.UUID(int=n))
-
-
-# ---- what this module starts, all torn down by cleanup()
-
-TMP = None
-DJANGO = None
-KEYS = {}
-_KLYNAAS = []
-
-
-class Django:
-    def __init__(self, tmp):
-        self.dir = os.path.join(tmp, "django")
-        os.makedirs(self.dir)
-        self.log = open(os.path.join(self.dir, "server.log"), "wb")
-        env = clean_env(KLYNAA_DEMO_DB=self.dir, DJANGO_API_KEY=API_KEY,
-                        KLYNAA_INGRESS="tcp://127.0.0.1:9",  # the test publishes, not Django
-                        KLYNAA_INGRESS_TIMEOUT_S="0.5", KLYNAA_INGRESS_RETRIES="0")
-        self.proc = subprocess.Popen(pdeathsig() + [PY, os.path.join(ROOT, "examples", "django", "serve.py"),
-                                                    "127.0.0.1:0", "--seed", "--quiet"],
-                                     env=env, stdout=subprocess.PIPE, stderr=self.log)
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("READY http://127.0.0.1:"):
-            self.stop()
-            raise RuntimeError("Django did not start: %r\n%s" % (line, self.server_log()))
-        self.url = line.split()[1]
-        self.port = int(self.url.rsplit(":", 1)[1])
-
-    def server_log(self):
-        with open(os.path.join(self.dir, "server.log"), "rb") as f:
-            return f.read().decode("utf-8", "replace")[-4000:]
-
-    def call(self, method, path, body=None, auth=True):
-        h = {"Accept": "application/json"}
-        if auth:
-            h["Authorization"] = "Api-Key " + API_KEY
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            h["Content-Type"] = "application/json"
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            c.request(method, path, body=data, headers=h)
-            r = c.getresponse()
-            raw = r.read()
-        finally:
-            c.close()
-        return r.status, (json.loads(raw) if raw else None)
-
-    def add_token(self, user_id, token, platform):
-        st, b = self.call("POST", "/api/demo/tokens/", {"user_id": user_id, "token": token, "platform": platform},
-                          auth=False)
-        assert st == 201, (st, b)
-
-    def tokens(self, user_id):
-        st, b = self.call("GET", "/api/users/%d/tokens/" % user_id)
-        assert st == 200, (st, b)
-        return {t["token"] for t in b["tokens"]}
-
-    def accepted_pickup(self, customer_id):
-        st, b = self.call("POST", "/api/demo/pickups/", {"customer_id": customer_id, "lat": 6.5244, "lng": 3.3792,
-                                                         "price": 2500, "status": "accepted", "worker_id": WORKER,
-                                                         "publish": False}, auth=False)
-        assert st == 201, (st, b)
-        return b["pickup"]["id"]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc.stdout.close()
-        self.log.close()
-
-
-class Klynaa:
-    """`klynaa run` on ephemeral ports with its own data dir and config file."""
-
-    def __init__(self, name, config, env):
-        self.dir = tempfile.mkdtemp(prefix=name + "-", dir=TMP)
-        self.data = os.path.join(self.dir, "data")
-        self.config = os.path.join(self.dir, "klynaa.toml")
-        with open(self.config, "w") as f:
-            f.write(config)
-        self.log_path = os.path.join(self.dir, "klynaa.log")
-        self.log = open(self.log_path, "wb")
-        self.exit_code = None
-        _KLYNAAS.append(self)
-        self.proc = subprocess.Popen(pdeathsig() + [KLYNAA, "run", "--config", self.config, "--data-dir", self.data,
-                                                    "--ingress", "tcp://127.0.0.1:*"],
-                                     env=clean_env(**env), stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-
-        def bound():
-            if self.proc.poll() is not None:
-                raise AssertionError("klynaa exited with %s:\n%s" % (self.proc.returncode, self.output()))
-            try:
-                with open(os.path.join(self.data, "broker.json")) as f:
-                    j = json.load(f)
-            except (OSError, ValueError):
-                return None
-            return j if j.get("pid") == self.proc.pid else None
-
-        self.endpoints = wait_until(bound, what="klynaa to write broker.json")
-        self.ingress = self.endpoints["ingress"]
-        self.admin = self.endpoints["admin"]
-
-    def output(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def stats(self):
-        host, port = self.admin.rsplit(":", 1)
-        c = http.client.HTTPConnection(host, int(port), timeout=5)
-        try:
-            c.request("GET", "/stats")
-            return json.loads(c.getresponse().read())
-        finally:
-            c.close()
-
-    def function(self, name):
-        return self.stats().get("functions", {}).get(name, {})
-
-    def wait_outcome(self, function, outcome, n=1):
-        """Waits until `n` jobs of `function` ended with `outcome` and none is left unfinished."""
-        def done():
-            f = self.function(function)
-            unfinished = sum(f.get(k, 0) for k in ("ready", "running", "retry_wait"))
-            return f if f.get("outcomes", {}).get(outcome, 0) >= n and unfinished == 0 else None
-        return wait_until(done, what="%d %s job(s) of %s" % (n, outcome, function))
-
-    def client(self):
-        return Client(self.ingress, timeout_s=10, retries=1)
-
-    def stop(self):
-        """SIGTERM; returns the exit code (SIGKILL after 20 s: then 128+9)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        if self.exit_code is None:
-            rc = self.proc.returncode
-            self.exit_code = 128 - rc if rc < 0 else rc
-        return self.exit_code
-
-
-def klynaa_config(service, **notifications):
-    lines = ["[django]", 'url = "%s"' % DJANGO.url, 'api_key = "%s"' % API_KEY, "timeout_ms = 5000",
-             "[admin]", 'bind = "127.0.0.1:0"',
-             "[notifications]", 'service = "%s"' % service]
-    lines += ['%s = "%s"' % kv for kv in notifications.items()]
-    lines += ["[retry]", "max_attempts = 3", "base_delay_ms = 200", "max_delay_ms = 1000",
-              "[shutdown]", "grace_seconds = 5",
-              "[log]", 'level = "info"',
-              # No scheduled job may add pushes of its own (the daily report notifies
-              # the admins): nothing missed fires at start, and the schedules name a
-              # minute that does not come during a test (midnight of February 29).
-              "[scheduler]", "misfire_grace_seconds = 0"]
-    for function in ("generateDailyReport", "generateWeeklyAnalytics", "cleanupData"):
-        lines += ["[[schedule]]", 'name = "quiet-%s"' % function, 'cron = "0 0 29 2 *"',
-                  'function = "%s"' % function]
-    return "\n".join(lines) + "\n"
-
-
-def cleanup():
-    for k in _KLYNAAS:
-        try:
-            k.stop()
-        except Exception:
-            pass
-    global DJANGO
-    if DJANGO:
-        DJANGO.stop()
-        DJANGO = None
-    if TMP:
-        shutil.rmtree(TMP, ignore_errors=True)
-
-
-def setUpModule():
-    global TMP, DJANGO
-    if not os.access(KLYNAA, os.X_OK):
-        raise unittest.SkipTest("%s missing: build first (scripts/build.sh) or pass --klynaa PATH" % KLYNAA)
-    TMP = tempfile.mkdtemp(prefix="klynaa-providers-test-")
-    try:
-        DJANGO = Django(TMP)
-        KEYS["good"] = rsa_key()
-        KEYS["wrong"] = rsa_key()
-    except BaseException:
-        cleanup()
-        raise
-
-
-def tearDownModule():
-    cleanup()
-
-
-def on_sigterm(signum, frame):
-    cleanup()
-    os._exit(128 + signum)
-
+# The module fixture: the reference Django app and the RSA keys, shared by every test.
+setUpModule = support.set_up_module
+tearDownModule = support.tear_down_module
 
 class ProviderCase(unittest.TestCase):
     """Shared checks of a klynaa run: stops it and checks the exit and the log."""
@@ -343,15 +79,15 @@ class ProviderCase(unittest.TestCase):
 class FirebaseTest(ProviderCase):
     @classmethod
     def setUpClass(cls):
-        private, public = KEYS["good"]
+        private, public = support.KEYS["good"]
         cls.fake = FcmFake(public, CLIENT_EMAIL, PROJECT).start()
         cls.addClassCleanup(cls.fake.stop)
 
     def service_account(self, key):
-        path = os.path.join(TMP, "service-account-%s.json" % key)
+        path = os.path.join(support.TMP, "service-account-%s.json" % key)
         with open(path, "w") as f:
             json.dump({"type": "service_account", "project_id": PROJECT, "private_key_id": "fake-" + key,
-                       "private_key": KEYS[key][0], "client_email": CLIENT_EMAIL,
+                       "private_key": support.KEYS[key][0], "client_email": CLIENT_EMAIL,
                        "token_uri": "https://oauth2.googleapis.com/token"}, f)
         return path
 
@@ -367,14 +103,14 @@ class FirebaseTest(ProviderCase):
         customer, other = 9101, 9111
         good = ["fcm-9101-android-%s" % uuid.uuid4().hex, "fcm-9101-ios-%s" % uuid.uuid4().hex]
         dead = "fcm-9101-dead-%s:APA91b_x" % uuid.uuid4().hex
-        DJANGO.add_token(customer, good[0], "android")
-        DJANGO.add_token(customer, good[1], "ios")
-        DJANGO.add_token(customer, dead, "android")
+        support.DJANGO.add_token(customer, good[0], "android")
+        support.DJANGO.add_token(customer, good[1], "ios")
+        support.DJANGO.add_token(customer, dead, "android")
         other_good, other_dead = "fcm-9111-ok-%s" % uuid.uuid4().hex, "fcm-9111-dead-%s" % uuid.uuid4().hex
-        DJANGO.add_token(other, other_good, "android")
-        DJANGO.add_token(other, other_dead, "ios")
+        support.DJANGO.add_token(other, other_good, "android")
+        support.DJANGO.add_token(other, other_dead, "ios")
         self.fake.add_unregistered(dead, other_dead)
-        pickup = DJANGO.accepted_pickup(customer)
+        pickup = support.DJANGO.accepted_pickup(customer)
         before = len(self.fake.received())
 
         k = self.start_klynaa("good")
@@ -401,7 +137,7 @@ class FirebaseTest(ProviderCase):
             else:
                 self.assertEqual((s["accepted"], s["status"]), (True, 200), s)
         # The UNREGISTERED token is gone from Django; the others stay.
-        self.assertEqual(DJANGO.tokens(customer), set(good))
+        self.assertEqual(support.DJANGO.tokens(customer), set(good))
 
         # The access token is revoked: the next send gets 401, klynaa fetches a new
         # token and sends again (firebase.hpp). invoke: the job's result counts the
@@ -413,7 +149,7 @@ class FirebaseTest(ProviderCase):
                                                     "user_type": "customer", "user_id": other},
                          id="fcm-invoke-%d" % pickup, timeout_ms=30000)
         self.assertEqual(r, {"sent": 1, "failed": 0, "invalid_tokens": 1, "recipients": [other]})
-        self.assertEqual(DJANGO.tokens(other), {other_good})
+        self.assertEqual(support.DJANGO.tokens(other), {other_good})
 
         # One access token, fetched once with a verified assertion, served every send
         # of the first job (3 pushes, sent together). The second job's two pushes go
@@ -452,18 +188,18 @@ class FirebaseTest(ProviderCase):
             return self.post(self.fake.token_url, body, {"Content-Type": "application/x-www-form-urlencoded"})
 
         cases = [
-            ("signed with another key", jwt.encode(claims, KEYS["wrong"][0], algorithm="RS256"),
+            ("signed with another key", jwt.encode(claims, support.KEYS["wrong"][0], algorithm="RS256"),
              "invalid_grant", "Invalid JWT Signature."),
             ("another audience", jwt.encode(dict(claims, aud="https://oauth2.googleapis.com/token"),
-                                            KEYS["good"][0], algorithm="RS256"), "invalid_grant", None),
+                                            support.KEYS["good"][0], algorithm="RS256"), "invalid_grant", None),
             ("another issuer", jwt.encode(dict(claims, iss="someone@else.iam.gserviceaccount.com"),
-                                          KEYS["good"][0], algorithm="RS256"), "invalid_grant", None),
-            ("expired", jwt.encode(dict(claims, iat=now - 7200, exp=now - 3600), KEYS["good"][0], algorithm="RS256"),
+                                          support.KEYS["good"][0], algorithm="RS256"), "invalid_grant", None),
+            ("expired", jwt.encode(dict(claims, iat=now - 7200, exp=now - 3600), support.KEYS["good"][0], algorithm="RS256"),
              "invalid_grant", None),
-            ("a two-hour lifetime", jwt.encode(dict(claims, exp=now + 7200), KEYS["good"][0], algorithm="RS256"),
+            ("a two-hour lifetime", jwt.encode(dict(claims, exp=now + 7200), support.KEYS["good"][0], algorithm="RS256"),
              "invalid_grant", None),
             ("another scope", jwt.encode(dict(claims, scope="https://www.googleapis.com/auth/devstorage.read_only"),
-                                         KEYS["good"][0], algorithm="RS256"), "invalid_scope", None),
+                                         support.KEYS["good"][0], algorithm="RS256"), "invalid_scope", None),
             ("HS256 instead of RS256",
              jwt.encode(claims, "not-the-rsa-key", algorithm="HS256"), "invalid_grant", None),
         ]
@@ -477,7 +213,7 @@ class FirebaseTest(ProviderCase):
                 self.assertEqual((last["endpoint"], last["accepted"], last["error"]), ("token", False, error))
 
         # A correctly signed assertion gets a token; that token sends; a forged one does not.
-        status, body = token_request(jwt.encode(claims, KEYS["good"][0], algorithm="RS256"))
+        status, body = token_request(jwt.encode(claims, support.KEYS["good"][0], algorithm="RS256"))
         self.assertEqual(status, 200, body)
         send_url = "%s/v1/projects/%s/messages:send" % (self.fake.url, PROJECT)
         message = json.dumps({"message": {"token": "fcm-direct", "notification": {"title": "t", "body": "b"},
@@ -500,9 +236,9 @@ class FirebaseTest(ProviderCase):
     def test_klynaa_with_wrong_key_is_refused_and_the_job_dies(self):
         customer = 9102
         token = "fcm-9102-%s" % uuid.uuid4().hex
-        DJANGO.add_token(customer, token, "android")
+        support.DJANGO.add_token(customer, token, "android")
         self.fake.add_unregistered(token)  # were it sent, it would be deleted: it must not be
-        pickup = DJANGO.accepted_pickup(customer)
+        pickup = support.DJANGO.accepted_pickup(customer)
         before = len(self.fake.received())
 
         k = self.start_klynaa("wrong")
@@ -518,11 +254,11 @@ class FirebaseTest(ProviderCase):
         for r in mine:  # only token requests, each refused for its signature
             self.assertEqual((r["endpoint"], r["accepted"], r["status"], r["error"], r["reason"]),
                              ("token", False, 400, "invalid_grant", "Invalid JWT Signature."), r)
-        self.assertEqual(DJANGO.tokens(customer), {token})
+        self.assertEqual(support.DJANGO.tokens(customer), {token})
         self.assertGreaterEqual(k.stats()["dead_letters"], 1)
         out = k.output()
         self.assertIn("refused the service account", out)
-        self.assertNotIn(KEYS["wrong"][0].splitlines()[1], out)  # the key never reaches the log
+        self.assertNotIn(support.KEYS["wrong"][0].splitlines()[1], out)  # the key never reaches the log
         self.assert_serving(k)
         self.stop_klynaa(k)
 
@@ -572,14 +308,14 @@ class SnsTest(ProviderCase):
         customer, other = 9201, 9211
         good = [endpoint_arn("GCM", 92011), endpoint_arn("APNS", 92012)]
         dead = endpoint_arn("GCM", 92013)
-        DJANGO.add_token(customer, good[0], "android")
-        DJANGO.add_token(customer, good[1], "ios")
-        DJANGO.add_token(customer, dead, "android")
+        support.DJANGO.add_token(customer, good[0], "android")
+        support.DJANGO.add_token(customer, good[1], "ios")
+        support.DJANGO.add_token(customer, dead, "android")
         other_good, other_dead = endpoint_arn("GCM", 92111), endpoint_arn("APNS", 92112)
-        DJANGO.add_token(other, other_good, "android")
-        DJANGO.add_token(other, other_dead, "ios")
+        support.DJANGO.add_token(other, other_good, "android")
+        support.DJANGO.add_token(other, other_dead, "ios")
         self.fake.add_disabled(dead, other_dead)
-        pickup = DJANGO.accepted_pickup(customer)
+        pickup = support.DJANGO.accepted_pickup(customer)
         before = len(self.fake.received())
 
         k = self.start_klynaa(AWS_SECRET)
@@ -610,14 +346,14 @@ class SnsTest(ProviderCase):
             else:
                 self.assertEqual((p["accepted"], p["status"]), (True, 200), p)
         # The disabled endpoint's token is gone from Django (its ARN has "/" in it); the others stay.
-        self.assertEqual(DJANGO.tokens(customer), set(good))
+        self.assertEqual(support.DJANGO.tokens(customer), set(good))
 
         with k.client() as c:
             r = c.invoke("sendPickupNotification", {"pickup_id": pickup, "notification_type": "pickup_delivered",
                                                     "user_type": "customer", "user_id": other},
                          id="sns-invoke-%d" % pickup, timeout_ms=30000)
         self.assertEqual(r, {"sent": 1, "failed": 0, "invalid_tokens": 1, "recipients": [other]})
-        self.assertEqual(DJANGO.tokens(other), {other_good})
+        self.assertEqual(support.DJANGO.tokens(other), {other_good})
 
         mine = self.fake.received()[before:]
         self.assertEqual(len(mine), 5)
@@ -678,9 +414,9 @@ class SnsTest(ProviderCase):
     def test_klynaa_with_wrong_secret_is_refused_and_the_job_dies(self):
         customer = 9202
         token = endpoint_arn("GCM", 92021)
-        DJANGO.add_token(customer, token, "android")
+        support.DJANGO.add_token(customer, token, "android")
         self.fake.add_disabled(token)  # were it accepted, it would be deleted: it must not be
-        pickup = DJANGO.accepted_pickup(customer)
+        pickup = support.DJANGO.accepted_pickup(customer)
         before = len(self.fake.received())
 
         k = self.start_klynaa("not-the-" + AWS_SECRET)
@@ -696,7 +432,7 @@ class SnsTest(ProviderCase):
         self.assertEqual((mine[0]["accepted"], mine[0]["status"], mine[0]["error"]),
                          (False, 403, "SignatureDoesNotMatch"))
         self.assertEqual(mine[0]["access_key"], AWS_ACCESS_KEY)
-        self.assertEqual(DJANGO.tokens(customer), {token})
+        self.assertEqual(support.DJANGO.tokens(customer), {token})
         self.assertGreaterEqual(k.stats()["dead_letters"], 1)
         out = k.output()
         self.assertIn("SignatureDoesNotMatch", out)
@@ -737,9 +473,9 @@ class FakesRunStandaloneTest(unittest.TestCase):
                 p.stderr.close()
 
     def test_fcm_fake(self):
-        path = os.path.join(TMP, "standalone-sa.json")
+        path = os.path.join(support.TMP, "standalone-sa.json")
         with open(path, "w") as f:
-            json.dump({"type": "service_account", "project_id": PROJECT, "private_key": KEYS["good"][0],
+            json.dump({"type": "service_account", "project_id": PROJECT, "private_key": support.KEYS["good"][0],
                        "client_email": CLIENT_EMAIL}, f)
         self.run_fake([os.path.join(ROOT, "tests", "fakes", "fcm_fake.py"), "--service-account", path])
 
@@ -751,7 +487,7 @@ class FakesRunStandaloneTest(unittest.TestCase):
 if __name__ == "__main__":
     if "--klynaa" in sys.argv:
         i = sys.argv.index("--klynaa")
-        KLYNAA = os.path.abspath(sys.argv[i + 1])
+        support.KLYNAA = os.path.abspath(sys.argv[i + 1])
         del sys.argv[i:i + 2]
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, support.on_sigterm)
     unittest.main(verbosity=2)
