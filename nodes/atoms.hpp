@@ -1,6 +1,7 @@
 // The message tags of the node's actors (CAF 0.17 atoms: at most 10 characters).
 // Messages between the node's actors carry cluster-protocol frames as
 // std::string (protocol/cluster.hpp), so no custom type needs registering.
+// The typed handles of the actors (handles.hpp) check these shapes at compile time.
 //
 //   I/O thread -> gateway : (frame_atom, frame)                 a frame from the broker
 //   gateway    -> pool    : (run_atom, lease, job_id, frame)    run this JOB

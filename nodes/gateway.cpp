@@ -7,7 +7,7 @@
 
 #include <caf/actor_cast.hpp>
 #include <caf/actor_system.hpp>
-#include <caf/event_based_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
@@ -24,7 +24,7 @@ namespace klynaa::nodes {
 
 namespace cl = protocol::cluster;
 
-using gateway_ptr = caf::stateful_actor<gateway_state>*;
+using gateway_ptr = gateway_actor::stateful_pointer<gateway_state>;
 using clock = gateway_state::clock;
 using std::chrono::milliseconds;
 
@@ -460,9 +460,9 @@ void on_withdraw(gateway_ptr self, const std::string& kind, const std::string& r
   }
 }
 
-caf::response_promise on_stop(gateway_ptr self, int64_t grace_ms) {
+caf::typed_response_promise<caf::ok_atom> on_stop(gateway_ptr self, int64_t grace_ms) {
   auto& st = self->state;
-  auto rp = self->make_response_promise();
+  auto rp = self->make_response_promise<caf::ok_atom>();
   if (st.lf != gateway_state::life::running) {
     rp.deliver(caf::ok_atom::value);
     return rp;
@@ -548,7 +548,7 @@ void init(gateway_ptr self, gateway_config cfg) {
   st.push->connect(st.cfg.out_endpoint);
   for (const auto& k : st.cfg.kinds) {
     st.capacity += k.workers + k.prefetch;
-    auto pool = self->spawn(pool_actor, caf::actor_cast<caf::actor>(self), pool_config{st.cfg.node, k, st.cfg.busy});
+    auto pool = self->spawn(pool_impl, caf::actor_cast<gateway_actor>(self), pool_config{st.cfg.node, k, st.cfg.busy});
     st.pools.push_back(pool);
     for (const auto& f : k.functions)
       st.pool_of[f] = pool;
@@ -561,7 +561,7 @@ void init(gateway_ptr self, gateway_config cfg) {
 
 }  // namespace
 
-caf::behavior gateway_actor(gateway_ptr self, gateway_config cfg) {
+gateway_actor::behavior_type gateway_impl(gateway_ptr self, gateway_config cfg) {
   init(self, std::move(cfg));
   return {
       [self](frame_atom, std::string& frame) { on_frame(self, std::move(frame)); },
@@ -578,8 +578,8 @@ caf::behavior gateway_actor(gateway_ptr self, gateway_config cfg) {
   };
 }
 
-caf::actor spawn_gateway(caf::actor_system& sys, gateway_config cfg) {
-  return sys.spawn(gateway_actor, std::move(cfg));
+gateway_actor spawn_gateway(caf::actor_system& sys, gateway_config cfg) {
+  return sys.spawn(gateway_impl, std::move(cfg));
 }
 
 }  // namespace klynaa::nodes

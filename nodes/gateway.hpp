@@ -15,7 +15,7 @@
 // Outgoing frames go through a PUSH socket it owns (an event-based actor runs
 // on one thread at a time) to the I/O thread's PULL, which sends them.
 //
-// Messages:
+// Messages (its typed handle, gateway_actor in handles.hpp, lists them):
 //   (frame_atom, frame)            a frame from the broker (the I/O thread)
 //   (done_atom, lease, frame, code) a DONE from a pool, with its outcome_code() (wire.hpp)
 //   (handback_atom, lease, job_id) a queued job a draining pool did not run
@@ -37,11 +37,11 @@
 #include <string>
 #include <vector>
 
-#include <caf/actor.hpp>
 #include <caf/fwd.hpp>
-#include <caf/response_promise.hpp>
+#include <caf/typed_response_promise.hpp>
 #include <zmq.hpp>
 
+#include "nodes/handles.hpp"
 #include "nodes/job.hpp"
 
 namespace klynaa::nodes {
@@ -95,11 +95,11 @@ struct gateway_state {
   int64_t ready_wait_ms = 0;   ///< when the next READY is due after last_ready
   std::vector<std::string> endpoints;  ///< broker_endpoint split; the I/O thread's order
   size_t endpoint_index = 0;           ///< the one the I/O thread is connected to
-  std::map<std::string, caf::actor> pool_of;  ///< function -> pool of its kind
-  std::vector<caf::actor> pools;
+  std::map<std::string, pool_actor> pool_of;  ///< function -> pool of its kind
+  std::vector<pool_actor> pools;
   std::map<int64_t, held_job> held;           ///< lease -> job, queued or running
   std::vector<std::string> handed_back;       ///< job ids for the BYE
-  caf::response_promise stop_promise;
+  caf::typed_response_promise<caf::ok_atom> stop_promise;
   std::map<std::string, counts> jobs_by_function;  ///< for node_stats
   std::map<std::string, std::string> withdrawn;    ///< kind -> why its pool gave up
   std::set<std::string> withdrawn_functions;       ///< functions of those kinds
@@ -113,10 +113,10 @@ struct gateway_state {
   ~gateway_state();
 };
 
-caf::behavior gateway_actor(caf::stateful_actor<gateway_state>* self, gateway_config cfg);
+gateway_actor::behavior_type gateway_impl(gateway_actor::stateful_pointer<gateway_state> self, gateway_config cfg);
 
 /// Spawns a gateway in `sys` (so that callers need not include the actor
 /// implementation headers).
-caf::actor spawn_gateway(caf::actor_system& sys, gateway_config cfg);
+gateway_actor spawn_gateway(caf::actor_system& sys, gateway_config cfg);
 
 }  // namespace klynaa::nodes

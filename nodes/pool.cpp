@@ -7,7 +7,7 @@
 #include <algorithm>
 
 #include <caf/actor_cast.hpp>
-#include <caf/event_based_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
@@ -24,7 +24,7 @@ namespace klynaa::nodes {
 
 namespace cl = protocol::cluster;
 
-using pool_actor_ptr = caf::stateful_actor<pool_state>*;
+using pool_actor_ptr = pool_actor::stateful_pointer<pool_state>;
 using clock = pool_state::clock;
 
 pool_state::~pool_state() {
@@ -39,14 +39,14 @@ namespace {
 
 constexpr auto tick_interval = std::chrono::milliseconds{100};
 
-caf::actor spawn_worker(pool_actor_ptr self, pool_state::slot& s) {
+worker_actor spawn_worker(pool_actor_ptr self, pool_state::slot& s) {
   const auto& c = self->state.cfg;
   worker_config wc{c.node, c.spec.kind, c.spec.make_handler, c.busy};
   wc.fibers = c.spec.fibers;
   s.abandoned = wc.abandoned;
   if (!c.spec.blocking || c.spec.fibers)  // see actor_kind_spec::blocking and ::fibers
-    return self->spawn<caf::monitored>(worker_actor, std::move(wc));
-  return self->spawn<caf::detached + caf::monitored>(worker_actor, std::move(wc));
+    return self->spawn<caf::monitored>(worker_impl, std::move(wc));
+  return self->spawn<caf::detached + caf::monitored>(worker_impl, std::move(wc));
 }
 
 nlohmann::json fields(pool_actor_ptr self) {
@@ -212,7 +212,7 @@ void on_done(pool_actor_ptr self, int64_t lease, std::string done, bool dying, i
 void on_worker_down(pool_actor_ptr self, const caf::down_msg& msg) {
   auto& st = self->state;
   auto gone = std::find_if(st.abandoned.begin(), st.abandoned.end(),
-                           [&](const caf::actor& a) { return a.address() == msg.source; });
+                           [&](const worker_actor& a) { return a.address() == msg.source; });
   if (gone != st.abandoned.end()) {  // an abandoned worker's call returned at last
     st.abandoned.erase(gone);
     return;
@@ -258,7 +258,7 @@ void on_tick(pool_actor_ptr self) {
       fail_running(self, s, "timeout",
                    "the job ran longer than node.job_timeout_seconds (" + std::to_string(lim.job_timeout_ms / 1000) +
                        " s); it was abandoned and will be retried");
-      self->demonitor(s.worker);
+      self->demonitor(s.worker.address());
       self->monitor(s.worker);  // keep watching it, as an abandoned worker
       st.abandoned.push_back(s.worker);
       if (s.abandoned)
@@ -288,7 +288,7 @@ void on_drain(pool_actor_ptr self) {
 
 }  // namespace
 
-caf::behavior pool_actor(pool_actor_ptr self, caf::actor gateway, pool_config cfg) {
+pool_actor::behavior_type pool_impl(pool_actor_ptr self, gateway_actor gateway, pool_config cfg) {
   auto& st = self->state;
   st.gateway = std::move(gateway);
   st.cfg = std::move(cfg);

@@ -19,7 +19,7 @@
 //     escalate instead of looping: the pool stops taking jobs, hands its queue
 //     back and tells the gateway, which withdraws the kind from the broker.
 //
-// Messages:
+// Messages (its typed handle, pool_actor in handles.hpp, lists them):
 //   (run_atom, lease, job_id, job frame)  queue this job (from the gateway);
 //       while draining or withdrawn it is handed back at once.
 //   (done_atom, lease, done frame, dying, outcome code) from a worker: forwarded
@@ -44,9 +44,9 @@
 #include <string>
 #include <vector>
 
-#include <caf/actor.hpp>
 #include <caf/fwd.hpp>
 
+#include "nodes/handles.hpp"
 #include "nodes/job.hpp"
 
 namespace klynaa::nodes {
@@ -67,7 +67,7 @@ struct pool_state {
     std::string frame;
   };
   struct slot {
-    caf::actor worker;  ///< invalid while it waits to be restarted
+    worker_actor worker;  ///< invalid while it waits to be restarted
     bool busy = false;
     bool dying = false;  ///< reported its last job and exits: takes no other
     int64_t lease = 0;
@@ -82,17 +82,18 @@ struct pool_state {
   };
 
   pool_config cfg;
-  caf::actor gateway;
+  gateway_actor gateway;
   std::vector<slot> slots;
   std::deque<pending> queue;
   std::deque<clock::time_point> restarts;  ///< within the restart window
-  std::vector<caf::actor> abandoned;       ///< timed-out workers still blocked in a handler
+  std::vector<worker_actor> abandoned;     ///< timed-out workers still blocked in a handler
   bool draining = false;
   bool withdrawn = false;
 
   ~pool_state();
 };
 
-caf::behavior pool_actor(caf::stateful_actor<pool_state>* self, caf::actor gateway, pool_config cfg);
+pool_actor::behavior_type pool_impl(pool_actor::stateful_pointer<pool_state> self, gateway_actor gateway,
+                                    pool_config cfg);
 
 }  // namespace klynaa::nodes

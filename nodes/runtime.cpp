@@ -93,7 +93,7 @@ struct node_runtime::impl {
   node_options opts;
   std::shared_ptr<std::atomic<int>> busy = std::make_shared<std::atomic<int>>(0);
   std::unique_ptr<system_box> box;
-  caf::actor gateway;  // read by the I/O thread between io->start() and io->stop()
+  gateway_actor gateway;  // read by the I/O thread between io->start() and io->stop()
   std::unique_ptr<io_thread> io;
   bool started = false;
   bool stopped = false;

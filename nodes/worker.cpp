@@ -7,7 +7,7 @@
 #include <thread>
 
 #include <caf/actor_cast.hpp>
-#include <caf/event_based_actor.hpp>
+#include <caf/typed_event_based_actor.hpp>
 #include <caf/sec.hpp>
 #include <caf/stateful_actor.hpp>
 
@@ -53,9 +53,9 @@ job_result call_handler(job_handler* handler, const job& j, std::atomic<int>& bu
   }
 }
 
-// A job's two lines (docs/operations.md, "Watching it") are rendered without
-// building a JSON object:
-// they are most of what a microsecond job costs its worker (docs/performance.md).
+// A job's two lines (docs/operations.md, "Watching it": Logs) are rendered
+// without building a JSON object: they are most of what a microsecond job costs
+// its worker (docs/performance.md).
 log::fields_text job_fields(const cl::job& wire, const worker_config& cfg) {
   log::fields_text f;
   f.add("job_id", wire.job_id).add("function", wire.function).add("attempt", wire.attempt).add("node", cfg.node);
@@ -117,7 +117,7 @@ std::unique_ptr<job_handler> make_handler(const worker_config& cfg) {
   return nullptr;
 }
 
-using worker_ptr = caf::stateful_actor<worker_state>*;
+using worker_ptr = worker_actor::stateful_pointer<worker_state>;
 
 /// Runs the job's fiber until it waits or ends; once it ends, reports the DONE.
 void step(worker_ptr self) {
@@ -139,7 +139,7 @@ void step(worker_ptr self) {
 /// Starts one job on a fresh fiber.
 void start_on_fiber(worker_ptr self, int64_t lease, const std::string& frame) {
   auto& st = self->state;
-  st.pool = caf::actor_cast<caf::actor>(self->current_sender());
+  st.pool = caf::actor_cast<pool_actor>(self->current_sender());
   st.lease = lease;
   st.done.clear();
   st.threw = false;
@@ -147,7 +147,7 @@ void start_on_fiber(worker_ptr self, int64_t lease, const std::string& frame) {
   st.job = job_fiber_context{};
   caf::actor_addr me = self->address();  // weak: a waiting request must not keep the worker alive
   st.job.post_resume = [me] {
-    if (auto h = caf::actor_cast<caf::actor>(me))
+    if (auto h = caf::actor_cast<worker_actor>(me))
       caf::anon_send(h, resume_atom::value);
   };
   try {
@@ -200,7 +200,7 @@ worker_state::~worker_state() {
   fib.reset();
 }
 
-caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_config cfg) {
+worker_actor::behavior_type worker_impl(worker_ptr self, worker_config cfg) {
   // One handler per worker, destroyed with the worker's state when it exits.
   self->state.handler = make_handler(cfg);
   self->state.cfg = std::move(cfg);
@@ -217,7 +217,7 @@ caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_confi
         int64_t code = unknown_outcome;
         auto done = run_one(st.handler.get(), st.cfg, frame, threw, code);
         // `threw` tells the pool this worker is about to exit: no next job for it.
-        self->send(caf::actor_cast<caf::actor>(self->current_sender()), done_atom::value, lease, std::move(done),
+        self->send(caf::actor_cast<pool_actor>(self->current_sender()), done_atom::value, lease, std::move(done),
                    threw, code);
         if (threw)  // the job is reported; now die, to be restarted afresh
           self->quit(caf::make_error(caf::sec::runtime_error, "the job handler threw"));

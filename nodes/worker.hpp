@@ -7,7 +7,7 @@
 //     yields, the worker returns to CAF, and a resume message continues it;
 //   - neither: on the scheduler's threads, for handlers that never wait (geo).
 //
-// Messages:
+// Messages (its typed handle, worker_actor in handles.hpp, lists them):
 //   (run_atom, lease, job frame) -> sends (done_atom, lease, done frame, dying, outcome code) to the
 //     sender. A handler that throws is a transient failure with the exception's
 //     text, after which the worker exits (its pool restarts it with a fresh
@@ -16,7 +16,7 @@
 // A fiber worker that exits while its job waits (abandoned past the job's time
 // limit, or the node stopping) cancels what the job waits for and lets the
 // handler run to its end before it goes; the late result is dropped.
-// It logs a line at each job's start and end (docs/operations.md, "Watching it").
+// It logs a line at each job's start and end (docs/operations.md, "Watching it": Logs).
 #pragma once
 
 #include <atomic>
@@ -24,9 +24,9 @@
 #include <memory>
 #include <string>
 
-#include <caf/actor.hpp>
 #include <caf/fwd.hpp>
 
+#include "nodes/handles.hpp"
 #include "nodes/job.hpp"
 #include "nodes/suspend.hpp"
 
@@ -54,7 +54,7 @@ struct worker_state {
 
   // fibers: the job in progress, from run to done
   job_fiber_context job;
-  caf::actor pool;       ///< who gets the DONE
+  pool_actor pool;       ///< who gets the DONE
   int64_t lease = 0;
   std::string done;      ///< the DONE frame, once the handler returned
   bool threw = false;
@@ -70,6 +70,6 @@ struct worker_state {
 /// The worker's behavior (spawned by its pool). Always answers a run
 /// with a done; the done frame is empty only if the job frame could not be
 /// decoded (a bug), and the pool then reports the job itself.
-caf::behavior worker_actor(caf::stateful_actor<worker_state>* self, worker_config cfg);
+worker_actor::behavior_type worker_impl(worker_actor::stateful_pointer<worker_state> self, worker_config cfg);
 
 }  // namespace klynaa::nodes
