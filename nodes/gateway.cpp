@@ -53,7 +53,7 @@ void push_frame(gateway_ptr self, const std::string& frame) {
   auto& st = self->state;
   if (!st.push->send(zmq::buffer(frame), zmq::send_flags::dontwait))
     log::error("node", "could not queue a frame for the broker", node_field(self));
-  st.last_tx = clock::now();
+  st.last_tx = self->clock().now();
 }
 
 /// Sends the queued DONEs: several as one BATCH to a broker that takes them,
@@ -173,7 +173,7 @@ void send_ready(gateway_ptr self) {
   st.withheld = free_slots - r.credit;
   st.extra_credit = 0;
   st.unused_credit = r.credit;
-  st.last_ready = clock::now();
+  st.last_ready = self->clock().now();
   // Backoff: register_retry_ms, doubling up to register_retry_max_ms, so that an
   // unreachable or wrong endpoint costs one line and one frame per interval.
   // With several brokers each one gets register_retry_ms in turn instead: a
@@ -211,7 +211,7 @@ void send_stats(gateway_ptr self) {
     } catch (...) {  // stats are best effort; never let them take the gateway down
     }
   }
-  st.last_stats = clock::now();
+  st.last_stats = self->clock().now();
   send_msg(self, cl::node_stats{stats.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)});
 }
 
@@ -294,7 +294,7 @@ void on_broker_bye(gateway_ptr self, const cl::bye& b) {
     if (b.reason != "standby")
       log::info("node", "the broker is shutting down", node_field(self));
     next_broker(self, b.reason == "standby" ? "standby" : "bye");
-    st.last_ready = clock::now();
+    st.last_ready = self->clock().now();
     st.ready_wait_ms = st.cfg.register_retry_ms;
     return;
   }
@@ -306,7 +306,7 @@ void on_broker_bye(gateway_ptr self, const cl::bye& b) {
     log::info("node", "the broker is shutting down; registering again", node_field(self));
   if (st.lf == gateway_state::life::running) {
     if (b.reason == "standby") {  // ask again later, not in a loop
-      st.last_ready = clock::now();
+      st.last_ready = self->clock().now();
       st.ready_wait_ms = st.cfg.register_retry_max_ms;
     } else {
       send_ready(self);  // waits in the DEALER until the broker is back
@@ -316,7 +316,7 @@ void on_broker_bye(gateway_ptr self, const cl::bye& b) {
 
 void on_frame(gateway_ptr self, std::string frame, bool in_batch = false) {
   auto& st = self->state;
-  st.last_rx = clock::now();  // any message proves the broker alive
+  st.last_rx = self->clock().now();  // any message proves the broker alive
   std::string error;
   auto msg = cl::decode(frame.data(), frame.size(), &error);
   if (!msg) {
@@ -470,7 +470,7 @@ caf::typed_response_promise<caf::ok_atom> on_stop(gateway_ptr self, int64_t grac
   log::info("node", "stopping: taking no new jobs",
             {{"node", st.cfg.node}, {"held", st.held.size()}, {"grace_ms", grace_ms}});
   st.lf = gateway_state::life::stopping;
-  st.stop_deadline = clock::now() + milliseconds{std::max<int64_t>(0, grace_ms)};
+  st.stop_deadline = self->clock().now() + milliseconds{std::max<int64_t>(0, grace_ms)};
   st.stop_promise = rp;
   for (auto& p : st.pools)
     self->send(p, drain_atom::value);
@@ -502,7 +502,7 @@ void on_tick(gateway_ptr self) {
   using session = gateway_state::session;
   if (st.lf == life::stopped)
     return;  // no further tick: nothing pending when the gateway exits
-  auto now = clock::now();
+  auto now = self->clock().now();
   if (st.lf == life::stopping && now >= st.stop_deadline) {
     finish_stop(self);
     return;
@@ -553,7 +553,7 @@ void init(gateway_ptr self, gateway_config cfg) {
     for (const auto& f : k.functions)
       st.pool_of[f] = pool;
   }
-  auto now = clock::now();
+  auto now = self->clock().now();
   st.last_rx = st.last_tx = st.last_stats = now;
   send_ready(self);
   self->delayed_send(self, milliseconds{tick_ms(st)}, tick_atom::value);

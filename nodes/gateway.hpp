@@ -66,6 +66,8 @@ struct gateway_config {
 };
 
 struct gateway_state {
+  /// Its times come from the actor system's clock (self->clock().now()): the
+  /// steady clock, or the deterministic one of CAF's test coordinator in tests.
   using clock = std::chrono::steady_clock;
   static inline const char* name = "gateway";
 

@@ -82,7 +82,7 @@ void dispatch(pool_actor_ptr self) {
       s.lease = p.lease;
       s.job_id = std::move(p.job_id);
       s.frame = std::move(p.frame);
-      s.started = clock::now();
+      s.started = self->clock().now();
     }
   }
 }
@@ -96,8 +96,8 @@ void requeue_next(pool_state& st, pool_state::slot& s) {
   }
 }
 
-/// The slot's next job becomes the one it runs (its worker starts it now).
-void start_next(pool_state::slot& s) {
+/// The slot's next job becomes the one it runs (its worker starts it `now`).
+void start_next(pool_state::slot& s, clock::time_point now) {
   s.busy = false;
   s.frame.clear();
   if (s.next.empty())
@@ -108,7 +108,7 @@ void start_next(pool_state::slot& s) {
   s.lease = p.lease;
   s.job_id = std::move(p.job_id);
   s.frame = std::move(p.frame);
-  s.started = pool_state::clock::now();
+  s.started = now;
 }
 
 pool_state::slot* slot_of(pool_actor_ptr self, const caf::actor_addr& worker) {
@@ -204,7 +204,7 @@ void on_done(pool_actor_ptr self, int64_t lease, std::string done, bool dying, i
   s->dying = dying;
   if (dying)  // it exits after this: what waits in its mailbox goes to the others
     requeue_next(self->state, *s);
-  start_next(*s);
+  start_next(*s, self->clock().now());
   self->send(self->state.gateway, done_atom::value, lease, std::move(done), code);
   dispatch(self);
 }
@@ -226,7 +226,7 @@ void on_worker_down(pool_actor_ptr self, const caf::down_msg& msg) {
   s->dying = false;
   if (st.draining || st.withdrawn)
     return;
-  auto now = clock::now();
+  auto now = self->clock().now();
   if (!note_restart(self, now))
     return;
   auto delay = restart_delay(st);
@@ -241,7 +241,7 @@ void on_worker_down(pool_actor_ptr self, const caf::down_msg& msg) {
 /// Restarts due, and jobs past their time limit.
 void on_tick(pool_actor_ptr self) {
   auto& st = self->state;
-  auto now = clock::now();
+  auto now = self->clock().now();
   const auto& lim = st.cfg.spec.limits;
   for (auto& s : st.slots) {
     if (st.withdrawn)

@@ -58,6 +58,8 @@ struct pool_config {
 };
 
 struct pool_state {
+  /// Its times come from the actor system's clock (self->clock().now()): the
+  /// steady clock, or the deterministic one of CAF's test coordinator in tests.
   using clock = std::chrono::steady_clock;
   static inline const char* name = "pool";
 

@@ -36,51 +36,6 @@ int thread_count() {
   return -1;
 }
 
-/// Jobs of a fiber kind that suspend (nodes/suspend.hpp) until the test wakes
-/// them: each wait registers its wake function here, and records whether it
-/// was cancelled.
-struct parked_jobs {
-  std::mutex m;
-  std::vector<std::function<void()>> wakes;
-  std::atomic<int> cancelled{0};
-  std::set<std::thread::id> threads;
-
-  size_t waiting() {
-    std::lock_guard<std::mutex> lock{m};
-    return wakes.size();
-  }
-  void wake_all() {
-    std::vector<std::function<void()>> all;
-    {
-      std::lock_guard<std::mutex> lock{m};
-      all.swap(wakes);
-    }
-    for (auto& w : all) w();
-  }
-};
-
-nodes::actor_kind_spec parking_kind(std::shared_ptr<parked_jobs> p, int workers) {
-  auto kind = kind_of("k", {"f"}, workers, [p](const nodes::job& j) {
-    {
-      std::lock_guard<std::mutex> lock{p->m};
-      p->threads.insert(std::this_thread::get_id());
-    }
-    bool waited = nodes::suspend_job([&](std::function<void()> wake) {
-      std::lock_guard<std::mutex> lock{p->m};
-      p->wakes.push_back(wake);
-      return std::function<void()>([p, wake] {
-        ++p->cancelled;
-        wake();  // what a cancelled HTTP request does: its answer comes back at once
-      });
-    });
-    if (!waited) return nodes::job_result::failure(nodes::outcome::transient, "not_on_fiber", "no fiber");
-    return nodes::job_result::success({{"job", j.id}});
-  });
-  kind.fibers = true;
-  kind.blocking = false;
-  return kind;
-}
-
 }  // namespace
 
 TEST_CASE("a fiber kind holds 300 jobs waiting at once on the scheduler's threads and finishes each when woken") {
@@ -104,36 +59,6 @@ TEST_CASE("a fiber kind holds 300 jobs waiting at once on the scheduler's thread
   REQUIRE(broker.wait_until([&] { return broker.count<cl::done>() == 300; }, 20s));
   for (const auto& d : broker.all<cl::done>()) CHECK(d.outcome == "ok");
   CHECK(parked->cancelled == 0);
-  node.stop();
-}
-
-TEST_CASE("a fiber job past its time limit has its wait cancelled, fails as timeout once, and its slot serves the next job") {
-  zmq::context_t ctx;
-  fake_broker broker{ctx, unique_inproc()};
-  auto parked = std::make_shared<parked_jobs>();
-  auto kind = parking_kind(parked, 1);
-  kind.limits.job_timeout_ms = 300;
-  nodes::node_runtime node{ctx, options_for(broker, {kind})};
-  node.start();
-  await_registration(broker);
-  broker.send(job_of("stuck", "f", 1));
-  REQUIRE(broker.wait_until([&] { return has_done(broker, "stuck"); }, 5s));
-  CHECK(done_of(broker, "stuck")->error_code == "timeout");
-  REQUIRE(eventually([&] { return parked->cancelled.load() == 1; }, 5s));  // its wait was cancelled
-  {
-    std::lock_guard<std::mutex> lock{parked->m};
-    parked->wakes.clear();  // the stuck job's, called by the cancel already
-  }
-  broker.send(job_of("next", "f", 2));
-  REQUIRE(broker.wait_until([&] { return parked->waiting() >= 1; }, 5s));
-  parked->wake_all();
-  REQUIRE(broker.wait_until([&] { return has_done(broker, "next"); }, 5s));
-  CHECK(done_of(broker, "next")->outcome == "ok");
-  broker.pump_for(200ms);
-  int stuck = 0;
-  for (const auto& d : broker.all<cl::done>())
-    if (d.job_id == "stuck") ++stuck;
-  CHECK(stuck == 1);  // the late end of the abandoned job is dropped
   node.stop();
 }
 

@@ -25,28 +25,6 @@
 using namespace klynaa;
 using namespace klynaa::node_test;  // fake_broker, cl = protocol::cluster, chrono literals
 
-TEST_CASE("an unanswered node backs off: READY intervals double up to the ceiling, then stay there") {
-  zmq::context_t ctx;
-  fake_broker broker{ctx, unique_inproc()};
-  broker.auto_welcome = false;
-  auto o = options_for(broker, {kind_of("k", {"f"}, 1, ok_handler)});
-  o.register_retry_ms = 100;
-  o.register_retry_max_ms = 400;
-  nodes::node_runtime node{ctx, o};
-  node.start();
-  // READYs at about 0, 100, 300, 700, 1100, 1500 ms: 6 in 1.6 s (a fixed 100 ms
-  // interval would send 16; no backoff ceiling: 5 with ever longer gaps).
-  broker.pump_for(1650ms);
-  auto n = broker.count<cl::ready>();
-  CHECK(n >= 5);
-  CHECK(n <= 8);
-  // At the ceiling it keeps trying (never gives up): another two in 800 ms.
-  broker.pump_for(850ms);
-  CHECK(broker.count<cl::ready>() >= n + 1);
-  CHECK(broker.count<cl::ready>() <= n + 3);
-  node.stop();
-}
-
 TEST_CASE("a node registers with its kinds and the sum of its workers as credit") {
   zmq::context_t ctx;
   fake_broker broker{ctx, unique_inproc()};
@@ -58,100 +36,6 @@ TEST_CASE("a node registers with its kinds and the sum of its workers as credit"
   CHECK(r.node == "node-t");
   CHECK(r.kinds == std::vector<std::string>{"notifier", "escrow"});
   CHECK(r.credit == 5);
-  node.stop();
-}
-
-TEST_CASE("a node re-sends ready until the broker welcomes it") {
-  zmq::context_t ctx;
-  fake_broker broker{ctx, unique_inproc()};
-  broker.auto_welcome = false;
-  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 1, ok_handler)})};
-  node.start();
-  CHECK(broker.wait_until([&] { return broker.count<cl::ready>() >= 3; }, 5s));
-  broker.auto_welcome = true;
-  broker.send(cl::welcome{50, 30000});
-  broker.pump_for(50ms);  // a READY already under way does not count
-  auto readies = broker.count<cl::ready>();
-  broker.pump_for(300ms);
-  CHECK(broker.count<cl::ready>() == readies);
-  node.stop();
-}
-
-TEST_CASE("the node sends heartbeats at the interval the broker set in welcome") {
-  zmq::context_t ctx;
-  fake_broker broker{ctx, unique_inproc()};
-  broker.heartbeat_ms = 50;
-  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 1, ok_handler)})};
-  node.start();
-  await_registration(broker);
-  auto before = broker.count<cl::heartbeat>();
-  broker.pump_for(600ms);
-  auto sent = broker.count<cl::heartbeat>() - before;
-  CHECK(sent >= 5);    // about 10 expected; loose for loaded CI machines
-  CHECK(sent <= 14);
-  CHECK(broker.count<cl::ready>() == 1);  // our heartbeats kept the session alive
-  node.stop();
-}
-
-TEST_CASE("a node lists the leases of the jobs it holds, running or queued, in heartbeats every lease_ms / 3") {
-  zmq::context_t ctx;
-  fake_broker broker{ctx, unique_inproc()};
-  broker.lease_ms = 300;        // the node must renew at least every 100 ms
-  broker.heartbeat_ms = 10000;  // so only the renewals send heartbeats
-  auto g = std::make_shared<gate>();
-  auto kind = kind_of("k", {"f"}, 1, [g](const nodes::job& j) {
-    g->wait(10s);
-    return ok_handler(j);
-  });
-  kind.prefetch = 1;  // a second job waits in the node
-  nodes::node_runtime node{ctx, options_for(broker, {kind})};
-  node.start();
-  await_registration(broker);
-  broker.send(job_of("held-1", "f", 41));
-  broker.send(job_of("held-2", "f", 42));
-  REQUIRE(eventually([&] { return g->entered.load(); }, 5s));
-  const auto before = broker.count<cl::heartbeat>();
-  broker.pump_for(600ms);
-  std::vector<cl::heartbeat> renewals;
-  for (const auto& h : broker.all<cl::heartbeat>())
-    if (!h.leases.empty()) renewals.push_back(h);
-  CHECK(broker.count<cl::heartbeat>() - before >= 4);  // ~6 expected, loose for loaded machines
-  REQUIRE_FALSE(renewals.empty());
-  auto leases = renewals.back().leases;
-  std::sort(leases.begin(), leases.end());
-  CHECK(leases == std::vector<int64_t>{41, 42});
-  g->release();
-  REQUIRE(broker.wait_until([&] { return broker.count<cl::done>() == 2; }, 10s));
-  // nothing held: no more leases listed
-  const auto listed = renewals.size();
-  broker.pump_for(400ms);
-  size_t now_listed = 0;
-  for (const auto& h : broker.all<cl::heartbeat>())
-    if (!h.leases.empty()) ++now_listed;
-  CHECK(now_listed <= listed + 1);
-  node.stop();
-}
-
-TEST_CASE("a node re-registers when the broker goes silent for three heartbeats") {
-  zmq::context_t ctx;
-  fake_broker broker{ctx, unique_inproc()};
-  broker.heartbeat_ms = 50;
-  broker.heartbeats = false;  // the broker answers READY, then says nothing
-  nodes::node_runtime node{ctx, options_for(broker, {kind_of("k", {"f"}, 2, ok_handler)})};
-  node.start();
-  await_registration(broker);
-  auto t0 = std::chrono::steady_clock::now();
-  REQUIRE(broker.wait_until([&] { return broker.count<cl::ready>() >= 2; }, 5s));
-  CHECK(std::chrono::steady_clock::now() - t0 >= 100ms);  // not before ~3 heartbeats
-  CHECK(broker.all<cl::ready>()[1].credit == 2);
-  // The broker comes back: with its heartbeats the session stays up.
-  broker.heartbeats = true;
-  broker.pump_for(50ms);
-  auto readies = broker.count<cl::ready>();
-  broker.pump_for(400ms);
-  CHECK(broker.count<cl::ready>() == readies);
-  broker.send(job_of("j1", "f", 1));
-  CHECK(broker.wait_until([&] { return has_done(broker, "j1"); }, 5s));
   node.stop();
 }
 

@@ -139,40 +139,6 @@ TEST_CASE("a worker whose handler threw is restarted with a fresh handler, and o
   node.stop();
 }
 
-TEST_CASE("more restarts than max_restarts within the window withdraw the kind, and other kinds go on") {
-  zmq::context_t ctx;
-  fake_broker broker{ctx, unique_inproc()};
-  auto crashing = kind_of("k", {"f"}, 1, [](const nodes::job&) -> nodes::job_result {
-    throw std::runtime_error("poison");
-  });
-  crashing.limits.max_restarts = 2;
-  crashing.limits.restart_backoff_ms = 10;
-  auto o = options_for(broker, {crashing, kind_of("ok", {"g"}, 1, ok_handler)});
-  nodes::node_runtime node{ctx, o};
-  node.start();
-  await_registration(broker);
-  for (int i = 1; i <= 3; ++i) {
-    broker.send(job_of("p" + std::to_string(i), "f", i));
-    REQUIRE(broker.wait_until([&] { return has_done(broker, "p" + std::to_string(i)); }, 5s));
-  }
-  // The third death is one restart too many: the node withdraws "k".
-  REQUIRE(broker.wait_until([&] { return broker.count<cl::withdraw>() == 1; }, 5s));
-  auto w = broker.all<cl::withdraw>().front();
-  CHECK(w.kinds == std::vector<std::string>{"k"});
-  CHECK(w.credit == 1);
-  CHECK(w.reason.find("node.max_restarts") != std::string::npos);
-  // A job of the withdrawn kind the broker still sends comes straight back.
-  broker.send(job_of("late", "f", 10));
-  REQUIRE(broker.wait_until([&] { return broker.count<cl::withdraw>() == 2; }, 5s));
-  CHECK(broker.all<cl::withdraw>()[1].jobs == std::vector<std::string>{"late"});
-  CHECK(!has_done(broker, "late"));
-  // The other kind works on.
-  broker.send(job_of("g1", "g", 11));
-  CHECK(broker.wait_until([&] { return has_done(broker, "g1"); }, 5s));
-  CHECK(done_of(broker, "g1")->outcome == "ok");
-  node.stop();
-}
-
 TEST_CASE("a job past its time limit fails as timeout, its worker is replaced, its late result dropped") {
   zmq::context_t ctx;
   fake_broker broker{ctx, unique_inproc()};

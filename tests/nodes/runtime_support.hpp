@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +19,7 @@
 
 #include "fake_broker.hpp"
 #include "nodes/runtime.hpp"
+#include "nodes/suspend.hpp"
 
 namespace klynaa::node_test {
 
@@ -122,6 +124,51 @@ inline bool eventually(Pred p, std::chrono::milliseconds timeout) {
     std::this_thread::sleep_for(5ms);
   }
   return true;
+}
+
+/// Jobs of a fiber kind that suspend (nodes/suspend.hpp) until the test wakes
+/// them: each wait registers its wake function here, and records whether it
+/// was cancelled.
+struct parked_jobs {
+  std::mutex m;
+  std::vector<std::function<void()>> wakes;
+  std::atomic<int> cancelled{0};
+  std::set<std::thread::id> threads;
+
+  size_t waiting() {
+    std::lock_guard<std::mutex> lock{m};
+    return wakes.size();
+  }
+  void wake_all() {
+    std::vector<std::function<void()>> all;
+    {
+      std::lock_guard<std::mutex> lock{m};
+      all.swap(wakes);
+    }
+    for (auto& w : all) w();
+  }
+};
+
+inline nodes::actor_kind_spec parking_kind(std::shared_ptr<parked_jobs> p, int workers) {
+  auto kind = kind_of("k", {"f"}, workers, [p](const nodes::job& j) {
+    {
+      std::lock_guard<std::mutex> lock{p->m};
+      p->threads.insert(std::this_thread::get_id());
+    }
+    bool waited = nodes::suspend_job([&](std::function<void()> wake) {
+      std::lock_guard<std::mutex> lock{p->m};
+      p->wakes.push_back(wake);
+      return std::function<void()>([p, wake] {
+        ++p->cancelled;
+        wake();  // what a cancelled HTTP request does: its answer comes back at once
+      });
+    });
+    if (!waited) return nodes::job_result::failure(nodes::outcome::transient, "not_on_fiber", "no fiber");
+    return nodes::job_result::success({{"job", j.id}});
+  });
+  kind.fibers = true;
+  kind.blocking = false;
+  return kind;
 }
 
 }  // namespace klynaa::node_test
