@@ -125,11 +125,6 @@ curl_slist* prepare(CURL* c, const http_options& opts, std::string_view method,
   curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(opts.timeout_ms));
   curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-  // A 4 KiB receive buffer instead of libcurl's 16 KiB: every request in flight
-  // holds one, and the answers of Django and the providers are small (a
-  // larger one only takes more reads). With 12,000 requests held it took the
-  // node from 492 to 446 MB (docs/performance.md).
-  curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 4096L);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
   curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
