@@ -264,6 +264,63 @@ TEST_CASE("cluster CURVE: a listed node registers and runs jobs, unlisted and pl
   }
 }
 
+namespace {
+
+/// `config --check` reads the key files it names too.
+void check_config_check(keyring& k, temp_dir& d, const std::string& allow) {
+  {
+    write_file(d / "curve.toml", "[ingress]\ncurve = true\ncurve_secret_file = \"" + k["broker"].key_file +
+                                     "\"\ncurve_allow_file = \"" + k.dir / "bad.allow" + "\"\n");
+    auto [code, out] = run_cli({"config", "--check", "--config", d / "curve.toml"});
+    INFO(out);
+    CHECK(code == 2);
+    CHECK(out.find("[ingress] curve_allow_file") != std::string::npos);
+    CHECK(out.find("line 2") != std::string::npos);
+    write_file(d / "curve.toml", "[ingress]\ncurve = true\ncurve_secret_file = \"" + k["broker"].key_file +
+                                     "\"\ncurve_allow_file = \"" + allow + "\"\n");
+    auto [code2, out2] = run_cli({"config", "--check", "--config", d / "curve.toml"});
+    INFO(out2);
+    CHECK(code2 == 0);
+  }
+
+}
+
+/// A node and a client with bad CURVE settings exit 2 naming the key.
+void check_node_and_client_errors(keyring& k, temp_dir& d, const std::string& missing) {
+  auto node = [&](std::map<std::string, std::string> env) {
+    env["DJANGO_API_URL"] = "http://127.0.0.1:9";
+    return run_cli({"node", "--broker", "tcp://127.0.0.1:9", "--data-dir", d / "node", "--actors", "escrow"}, env);
+  };
+  {
+    auto [code, out] = node({{"KLYNAA_CLUSTER_CURVE", "true"}});
+    INFO(out);
+    CHECK(code == 2);
+    CHECK(out.find("curve_server_public_file") != std::string::npos);
+  }
+  {
+    auto [code, out] = node({{"KLYNAA_CLUSTER_CURVE_SERVER_PUBLIC_FILE", k["broker"].pub_file}});
+    INFO(out);
+    CHECK(code == 2);
+    CHECK(out.find("[cluster] curve_client_secret_file: not set") != std::string::npos);
+  }
+  {
+    auto [code, out] = node({{"KLYNAA_CLUSTER_CURVE_SERVER_PUBLIC_FILE", missing},
+                             {"KLYNAA_CLUSTER_CURVE_CLIENT_SECRET_FILE", k["node"].key_file}});
+    INFO(out);
+    CHECK(code == 2);
+    CHECK(out.find("[cluster] curve_server_public_file") != std::string::npos);
+    CHECK(out.find(missing) != std::string::npos);
+  }
+  {
+    auto [code, out] = run_cli({"publish", "worker.location", "--data", location_data, "--key", k["node"].key_file});
+    INFO(out);
+    CHECK(code == 2);
+    CHECK(out.find("--server-key (or [ingress] curve_server_public_file): not set") != std::string::npos);
+  }
+}
+
+}  // namespace
+
 TEST_CASE("bad CURVE settings exit 2 naming the key and the file", "[curve][cli]") {
   keyring k;
   k.make("broker");
@@ -307,49 +364,6 @@ TEST_CASE("bad CURVE settings exit 2 naming the key and the file", "[curve][cli]
     for (auto& e : c.expected) CHECK(out.find(e) != std::string::npos);
   }
 
-  {  // `config --check` reads the key files it names too
-    write_file(d / "curve.toml", "[ingress]\ncurve = true\ncurve_secret_file = \"" + k["broker"].key_file +
-                                     "\"\ncurve_allow_file = \"" + k.dir / "bad.allow" + "\"\n");
-    auto [code, out] = run_cli({"config", "--check", "--config", d / "curve.toml"});
-    INFO(out);
-    CHECK(code == 2);
-    CHECK(out.find("[ingress] curve_allow_file") != std::string::npos);
-    CHECK(out.find("line 2") != std::string::npos);
-    write_file(d / "curve.toml", "[ingress]\ncurve = true\ncurve_secret_file = \"" + k["broker"].key_file +
-                                     "\"\ncurve_allow_file = \"" + allow + "\"\n");
-    auto [code2, out2] = run_cli({"config", "--check", "--config", d / "curve.toml"});
-    INFO(out2);
-    CHECK(code2 == 0);
-  }
-
-  auto node = [&](std::map<std::string, std::string> env) {
-    env["DJANGO_API_URL"] = "http://127.0.0.1:9";
-    return run_cli({"node", "--broker", "tcp://127.0.0.1:9", "--data-dir", d / "node", "--actors", "escrow"}, env);
-  };
-  {
-    auto [code, out] = node({{"KLYNAA_CLUSTER_CURVE", "true"}});
-    INFO(out);
-    CHECK(code == 2);
-    CHECK(out.find("curve_server_public_file") != std::string::npos);
-  }
-  {
-    auto [code, out] = node({{"KLYNAA_CLUSTER_CURVE_SERVER_PUBLIC_FILE", k["broker"].pub_file}});
-    INFO(out);
-    CHECK(code == 2);
-    CHECK(out.find("[cluster] curve_client_secret_file: not set") != std::string::npos);
-  }
-  {
-    auto [code, out] = node({{"KLYNAA_CLUSTER_CURVE_SERVER_PUBLIC_FILE", missing},
-                             {"KLYNAA_CLUSTER_CURVE_CLIENT_SECRET_FILE", k["node"].key_file}});
-    INFO(out);
-    CHECK(code == 2);
-    CHECK(out.find("[cluster] curve_server_public_file") != std::string::npos);
-    CHECK(out.find(missing) != std::string::npos);
-  }
-  {
-    auto [code, out] = run_cli({"publish", "worker.location", "--data", location_data, "--key", k["node"].key_file});
-    INFO(out);
-    CHECK(code == 2);
-    CHECK(out.find("--server-key (or [ingress] curve_server_public_file): not set") != std::string::npos);
-  }
+  check_config_check(k, d, allow);
+  check_node_and_client_errors(k, d, missing);
 }

@@ -69,11 +69,11 @@ std::string role_of(const klynaa_server& b) {
 
 }  // namespace
 
-TEST_CASE("failover under load: kill -9 of the active broker with three nodes and Django", "[ha][postgres][faults]") {
-  auto& pg = pg_server::get();
-  const auto url = pg.url(pg.fresh_database());
-  django_app django;
-  std::map<std::string, std::string> env = {
+namespace {
+
+/// The environment of the failover test's brokers and nodes.
+std::map<std::string, std::string> failover_env(django_app& django, const std::string& url) {
+  return {
       {"DJANGO_API_URL", django.url()},
       {"DJANGO_API_KEY", "test-key"},
       {"KLYNAA_STORE_BACKEND", "postgres"},
@@ -86,6 +86,68 @@ TEST_CASE("failover under load: kill -9 of the active broker with three nodes an
       {"KLYNAA_CLUSTER_HEARTBEAT_MS", "200"},
       {"KLYNAA_CLUSTER_NODE_TIMEOUT_MS", "1500"},
   };
+}
+
+/// Django released each pickup's escrow exactly once.
+void check_escrow_once(django_app& django, const std::vector<int>& pickups) {
+  auto state = django.state();
+  std::map<int, int> releases, released_calls;
+  for (auto& r : state["escrow_releases"]) ++releases[r["pickup_id"].get<int>()];
+  for (auto& c : state["escrow_calls"])
+    if (c.value("status", "") == "released") ++released_calls[c["pickup_id"].get<int>()];
+  for (int id : pickups) {
+    INFO("pickup " << id);
+    CHECK(releases[id] == 1);
+    CHECK(released_calls[id] == 1);
+  }
+}
+
+/// The pushes the nodes wrote (their outbox files) against the jobs in the store.
+void check_pushes(const std::string& url, const temp_dir& nodes_dir, const std::vector<int>& pickups) {
+  // Every notification job that is done pushed (at least once: a job running
+  // on a node when its broker died runs again).
+  std::set<std::string> pushed;
+  for (int i = 1; i <= 3; ++i)
+    for (auto& l : outbox(nodes_dir / ("node-" + std::to_string(i))))
+      if (l.is_object()) pushed.insert(l.value("job_id", ""));
+  const auto notifications =
+      pg_column(url, "SELECT id FROM klynaa.jobs WHERE function = 'sendPickupNotification' AND state = 3");
+  CHECK(notifications.size() >= 60);  // accepted and delivered, per pickup
+  for (auto& id : notifications) {
+    INFO("notification job " << id);
+    CHECK(pushed.count(id) == 1);
+  }
+
+  // Per-pickup order held across the failover: the first push of each event
+  // comes after the first push of the one before it (a job re-run after the
+  // failover may push again, later; never earlier than its predecessor).
+  std::map<int, std::map<std::string, std::string>> first_push;  // pickup -> type -> earliest ts
+  for (int i = 1; i <= 3; ++i)
+    for (auto& l : outbox(nodes_dir / ("node-" + std::to_string(i)))) {
+      if (!l.is_object() || !l["data"].is_object()) continue;
+      const int id = l["data"].value("pickup_id", 0);
+      auto& t = first_push[id][l.value("notification_type", "")];
+      const auto ts = l.value("ts", "");
+      if (t.empty() || ts < t) t = ts;  // ISO 8601 UTC with ms: text order is time order
+    }
+  for (int id : pickups) {
+    INFO("pickup " << id);
+    auto& t = first_push[id];
+    REQUIRE(!t["pickup_accepted"].empty());
+    REQUIRE(!t["pickup_delivered"].empty());
+    CHECK(t["pickup_accepted"] <= t["pickup_delivered"]);
+    if (!t["escrow_released"].empty()) CHECK(t["pickup_delivered"] <= t["escrow_released"]);
+  }
+
+}
+
+}  // namespace
+
+TEST_CASE("failover under load: kill -9 of the active broker with three nodes and Django", "[ha][postgres][faults]") {
+  auto& pg = pg_server::get();
+  const auto url = pg.url(pg.fresh_database());
+  django_app django;
+  const auto env = failover_env(django, url);
   auto env_a = env, env_b = env;
   env_a["KLYNAA_STORE_BROKER_NAME"] = "broker-a";
   env_b["KLYNAA_STORE_BROKER_NAME"] = "broker-b";
@@ -152,52 +214,8 @@ TEST_CASE("failover under load: kill -9 of the active broker with three nodes an
   const auto jobs = pg_count(url, "SELECT count(*) FROM klynaa.jobs");
   CHECK(jobs >= static_cast<int64_t>(burst_.events.size()));
 
-  // Django released each pickup's escrow exactly once.
-  auto state = django.state();
-  std::map<int, int> releases, released_calls;
-  for (auto& r : state["escrow_releases"]) ++releases[r["pickup_id"].get<int>()];
-  for (auto& c : state["escrow_calls"])
-    if (c.value("status", "") == "released") ++released_calls[c["pickup_id"].get<int>()];
-  for (int id : burst_.pickups) {
-    INFO("pickup " << id);
-    CHECK(releases[id] == 1);
-    CHECK(released_calls[id] == 1);
-  }
-
-  // Every notification job that is done pushed (at least once: a job running
-  // on a node when its broker died runs again).
-  std::set<std::string> pushed;
-  for (int i = 1; i <= 3; ++i)
-    for (auto& l : outbox(nodes_dir / ("node-" + std::to_string(i))))
-      if (l.is_object()) pushed.insert(l.value("job_id", ""));
-  const auto notifications =
-      pg_column(url, "SELECT id FROM klynaa.jobs WHERE function = 'sendPickupNotification' AND state = 3");
-  CHECK(notifications.size() >= 60);  // accepted and delivered, per pickup
-  for (auto& id : notifications) {
-    INFO("notification job " << id);
-    CHECK(pushed.count(id) == 1);
-  }
-
-  // Per-pickup order held across the failover: the first push of each event
-  // comes after the first push of the one before it (a job re-run after the
-  // failover may push again, later; never earlier than its predecessor).
-  std::map<int, std::map<std::string, std::string>> first_push;  // pickup -> type -> earliest ts
-  for (int i = 1; i <= 3; ++i)
-    for (auto& l : outbox(nodes_dir / ("node-" + std::to_string(i)))) {
-      if (!l.is_object() || !l["data"].is_object()) continue;
-      const int id = l["data"].value("pickup_id", 0);
-      auto& t = first_push[id][l.value("notification_type", "")];
-      const auto ts = l.value("ts", "");
-      if (t.empty() || ts < t) t = ts;  // ISO 8601 UTC with ms: text order is time order
-    }
-  for (int id : burst_.pickups) {
-    INFO("pickup " << id);
-    auto& t = first_push[id];
-    REQUIRE(!t["pickup_accepted"].empty());
-    REQUIRE(!t["pickup_delivered"].empty());
-    CHECK(t["pickup_accepted"] <= t["pickup_delivered"]);
-    if (!t["escrow_released"].empty()) CHECK(t["pickup_delivered"] <= t["escrow_released"]);
-  }
+  check_escrow_once(django, burst_.pickups);
+  check_pushes(url, nodes_dir, burst_.pickups);
 
   std::cout << "FIGURES failover " << json{{"failover_ms", failover_ms}, {"events", burst_.events.size()},
                                            {"jobs", jobs}, {"accepted_before_kill", first.size() + second.size()}}.dump()

@@ -12,6 +12,46 @@ using namespace klynaa::test::faults;
 // throws for one pickup on every attempt. The worker is restarted each time, the
 // job goes to the dead-letter queue after retry.max_attempts with the exception
 // as its last error, and the other jobs complete meanwhile.
+namespace {
+
+/// The dead job: 4 attempts, each the handler's exception, visible in `dlq
+/// show`. Returns how many attempts its history holds.
+size_t check_dlq_show(klynaa_server& broker, const std::string& job, int poison) {
+  auto [code, out] = run_cli({"dlq", "show", job, "--json", "--admin", broker.endpoints()["admin"].get<std::string>()});
+  INFO(out);
+  REQUIRE(code == 0);
+  auto shown = json::parse(out.substr(out.find('{')));
+  CHECK(shown["function"] == "processEscrowRelease");
+  CHECK(shown["last_error"]["code"] == "exception");
+  CHECK(shown["last_error"]["message"].get<std::string>().find("poison pickup " + std::to_string(poison)) !=
+        std::string::npos);
+  REQUIRE(shown["history"].size() == 4);
+  for (size_t i = 0; i < 4; ++i) {
+    INFO("attempt " << i + 1);
+    CHECK(shown["history"][i]["outcome"] == (i < 3 ? "retry" : "dead"));
+    CHECK(shown["history"][i]["node"] == "poison-a");
+  }
+  return shown["history"].size();
+}
+
+/// The others were released once each; the poison pickup never reached Django.
+void check_released_but(django_app& django, const std::vector<int>& pickups, int poison) {
+  auto state = django.state();
+  std::map<int, int> released, calls;
+  for (auto& c : state["escrow_calls"]) {
+    ++calls[c["pickup_id"].get<int>()];
+    if (c["status"] == "released") ++released[c["pickup_id"].get<int>()];
+  }
+  CHECK(calls[poison] == 0);
+  for (int id : pickups)
+    if (id != poison) {
+      INFO("pickup " << id);
+      CHECK(released[id] == 1);
+    }
+}
+
+}  // namespace
+
 TEST_CASE("faults: a poison job crashes its worker every time: restarted, then dead-lettered", "[faults][poison]") {
   const auto t0 = clock_type::now();
   django_app django;  // see run_harness
@@ -50,21 +90,7 @@ TEST_CASE("faults: a poison job crashes its worker every time: restarted, then d
     return st.unfinished() == 0;
   }, 30000ms, poll_every));
 
-  // The dead job: 4 attempts, each the handler's exception, visible in `dlq show`.
-  auto [code, out] = run_cli({"dlq", "show", job, "--json", "--admin", broker.endpoints()["admin"].get<std::string>()});
-  INFO(out);
-  REQUIRE(code == 0);
-  auto shown = json::parse(out.substr(out.find('{')));
-  CHECK(shown["function"] == "processEscrowRelease");
-  CHECK(shown["last_error"]["code"] == "exception");
-  CHECK(shown["last_error"]["message"].get<std::string>().find("poison pickup " + std::to_string(poison)) !=
-        std::string::npos);
-  REQUIRE(shown["history"].size() == 4);
-  for (size_t i = 0; i < 4; ++i) {
-    INFO("attempt " << i + 1);
-    CHECK(shown["history"][i]["outcome"] == (i < 3 ? "retry" : "dead"));
-    CHECK(shown["history"][i]["node"] == "poison-a");
-  }
+  const size_t attempts = check_dlq_show(broker, job, poison);
   CHECK(wait_for([&] { return broker_stats(broker).value("dead_letters", -1) == 1; }, 5000ms));
 
   // Other jobs charged a failed attempt by the crash (see "worker_died" in
@@ -76,19 +102,8 @@ TEST_CASE("faults: a poison job crashes its worker every time: restarted, then d
       if (a.job_id != job && a.error.is_object() && a.error.value("code", "") == "worker_died") ++charged;
   }
 
-  // The others were released once each; the poison pickup never reached Django.
-  auto state = django.state();
-  std::map<int, int> released, calls;
-  for (auto& c : state["escrow_calls"]) {
-    ++calls[c["pickup_id"].get<int>()];
-    if (c["status"] == "released") ++released[c["pickup_id"].get<int>()];
-  }
-  CHECK(calls[poison] == 0);
-  for (int id : pickups)
-    if (id != poison) {
-      INFO("pickup " << id);
-      CHECK(released[id] == 1);
-    }
+
+  check_released_but(django, pickups, poison);
 
   // Supervision: the worker died and was restarted after each crash (with a
   // doubling backoff: 100, 200, 400, 800 ms); the kind was not withdrawn
@@ -102,7 +117,7 @@ TEST_CASE("faults: a poison job crashes its worker every time: restarted, then d
   CHECK(s["nodes"][0]["withdrawn"].empty());
   stop_cleanly(node, "poison node");
   std::cout << "FIGURES poison-dlq "
-            << json{{"seconds", std::round(seconds_since(t0) * 10) / 10}, {"attempts", shown["history"].size()},
+            << json{{"seconds", std::round(seconds_since(t0) * 10) / 10}, {"attempts", attempts},
                     {"restarts", count_of(log, "worker died; restarting it after a backoff")},
                     {"other_jobs_charged_worker_died", charged}}.dump()
             << std::endl;
