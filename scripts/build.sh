@@ -33,6 +33,11 @@ case "$kind" in
     exit 2 ;;
 esac
 flags+=(-DKLYNAA_WERROR=ON)
+# build/ is the Release tree users run (README): a sanitizer build never goes there.
+if [ "$kind" = asan ] && [ "$(basename "$BUILD_DIR")" = build ]; then
+  echo "build: build/ holds the Release binary users run; the sanitizer tree is build-asan/ (unset BUILD_DIR)" >&2
+  exit 2
+fi
 JOBS=${JOBS:-$(nproc)}
 
 for tool in cmake ninja; do
