@@ -89,7 +89,8 @@ struct encoder {
     pack_kv(pk, "batch", m.batch);
   }
   void operator()(const job& m) const {
-    pk.pack_map(7);
+    const bool task = !m.task_url.empty();
+    pk.pack_map(task ? 9 : 7);
     pack_kv(pk, "t", std::string{"job"});
     pack_kv(pk, "job_id", m.job_id);
     pack_kv(pk, "function", m.function);
@@ -97,6 +98,10 @@ struct encoder {
     pack_kv(pk, "attempt", m.attempt);
     pack_kv(pk, "lease", m.lease);
     pack_kv(pk, "ts_ms", m.ts_ms);
+    if (task) {
+      pack_kv(pk, "url", m.task_url);
+      pack_kv(pk, "timeout_ms", m.task_timeout_ms);
+    }
   }
   void operator()(const done& m) const {
     pk.pack_map(12);
@@ -312,7 +317,8 @@ bool read_welcome(map_reader& r, welcome& m) {
 
 bool read_job(map_reader& r, job& m) {
   return r.str("job_id", m.job_id) && r.str("function", m.function) && r.str("data_json", m.data_json)
-         && r.int64("attempt", m.attempt) && r.int64("lease", m.lease) && r.int64("ts_ms", m.ts_ms, false);
+         && r.int64("attempt", m.attempt) && r.int64("lease", m.lease) && r.int64("ts_ms", m.ts_ms, false)
+         && r.str("url", m.task_url, false) && r.int64("timeout_ms", m.task_timeout_ms, false);
 }
 
 bool read_child(const msgpack::object& o, size_t index, std::string* error, child& c) {

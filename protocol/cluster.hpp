@@ -42,6 +42,11 @@ struct job {
   int64_t attempt = 1;
   int64_t lease = 0;
   int64_t ts_ms = 0;      ///< the originating event's time
+  /// A task's job (docs/tasks.md): the path on Django's API the node POSTs to,
+  /// and how long one attempt may take. Empty for the built-in functions; on the
+  /// wire as `url` and `timeout_ms`, present only for a task.
+  std::string task_url;
+  int64_t task_timeout_ms = 0;
 };
 
 /// A job created by a job (see nodes/job.hpp child_job).

@@ -71,6 +71,18 @@ TEST_CASE("job survives a round trip") {
   CHECK(back.attempt == 3);
   CHECK(back.lease == 42);
   CHECK(back.ts_ms == 1700000000123);
+  CHECK(back.task_url.empty());
+  CHECK(back.task_timeout_ms == 0);
+}
+
+TEST_CASE("a task's job carries its url and timeout") {
+  cl::job j{"rcpt-1#1", "sendReceiptEmail", R"({"pickup_id":7})", 1, 5, 0};
+  j.task_url = "/api/tasks/send-receipt/";
+  j.task_timeout_ms = 30000;
+  auto back = std::get<cl::job>(round_trip(j));
+  CHECK(back.function == "sendReceiptEmail");
+  CHECK(back.task_url == "/api/tasks/send-receipt/");
+  CHECK(back.task_timeout_ms == 30000);
 }
 
 TEST_CASE("done survives a round trip with its children") {
