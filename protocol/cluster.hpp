@@ -45,7 +45,7 @@ struct job {
   /// A task's job (docs/tasks.md): the path on Django's API the node POSTs to,
   /// and how long one attempt may take. Empty for the built-in functions; on the
   /// wire as `url` and `timeout_ms`, present only for a task.
-  std::string task_url;
+  std::string task_url{};
   int64_t task_timeout_ms = 0;
 };
 
