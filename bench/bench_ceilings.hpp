@@ -8,9 +8,11 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/bench_options.hpp"
-#include "bench/histogram.hpp"
+#include "protocol/histogram.hpp"
 
 namespace klynaa::bench {
+
+using protocol::histogram;
 
 /// write(4 KiB) + fdatasync latencies, in ns, on a file in `dir` (removed
 /// afterwards); empty when `samples` is 0. Exits 1 when the file cannot be written.

@@ -13,9 +13,11 @@
 #include <zmq.hpp>
 
 #include "bench/bench_options.hpp"
-#include "bench/histogram.hpp"
+#include "protocol/histogram.hpp"
 
 namespace klynaa::bench {
+
+using protocol::histogram;
 
 /// What every connection of a run shares: the options, the run's id prefix, the
 /// waited function, the ZeroMQ context, and the start line (every thread waits

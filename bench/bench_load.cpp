@@ -340,7 +340,11 @@ int run_load(options& o) {
   }
   sampler.stop();
   f.rss_peak_seen = sampler.peak();
-  std::cout << figures_json(o, function, f).dump() << std::endl;
+  json out = figures_json(o, function, f);
+  // The broker's own split of an ack (broker/ack_timeline.hpp), since its start.
+  if (!o.admin.empty())
+    if (auto st = admin_client(o.admin).stats()) out["broker_ack_timeline_us"] = st->value("ack_timeline", json());
+  std::cout << out.dump() << std::endl;
   return finish(o, 0, "");
 }
 

@@ -25,13 +25,13 @@
 
 #include <nghttp2/nghttp2.h>
 
-#include "bench/histogram.hpp"
+#include "protocol/histogram.hpp"
 #include "bench/upstream_options.hpp"
 #include "bench/upstream_routes.hpp"
 
 namespace klynaa::upstream {
 
-using klynaa::bench::histogram;
+using klynaa::protocol::histogram;
 
 constexpr size_t max_buffered_bytes = 4 * 1024 * 1024;  // unread input behind a pending answer
 constexpr size_t max_out_bytes = 1024 * 1024;           // HTTP/2: serialise no further above this

@@ -72,6 +72,7 @@ void broker_core::impl::maybe_submit() {
   if (current.empty()) return;
   committing = std::move(current);
   current = open_batch{};
+  committing->submitted_us = steady_us();
   writer->submit(committing->b);  // by reference: it stays for the replies and a retry
   ++batch_gen;  // record() no longer merges into the batch that left
 }
@@ -82,6 +83,7 @@ void broker_core::impl::on_commit() {
   }
   auto r = writer->take();
   if (!r || !committing) return;
+  commit_points = {0, committing->submitted_us, r->start_us, r->end_us, steady_us(), 0};
   open_batch ob = std::move(*committing);
   committing.reset();
   auto& totals = counters.store;
@@ -113,6 +115,10 @@ void broker_core::impl::answer_request(const pending_request& p, const request_o
   rep.status = protocol::reply_status::accepted;
   rep.jobs = o.job_ids;
   send_reply(p.client, rep);
+  ack_points at = commit_points;
+  at.received = p.received_us;
+  at.sent = steady_us();
+  timeline.observe(at);
 }
 
 void broker_core::impl::apply_commit(open_batch& ob, const commit_outcome& out) {

@@ -262,6 +262,7 @@ void broker_core::impl::publish_stats(int64_t now) {
   s.disk_free_mb = disk_free_mb;
   s.store = counters.store;
   s.cluster_link = nodes.link();
+  s.ack_stages = timeline.summary(steady_us());
   std::lock_guard<std::mutex> lk(snapshot_mu);
   snapshot = std::move(s);
 }

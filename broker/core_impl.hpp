@@ -20,6 +20,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "broker/ack_timeline.hpp"
 #include "broker/admission.hpp"
 #include "broker/completion.hpp"
 #include "broker/core.hpp"
@@ -47,6 +48,7 @@ struct pending_request {
   protocol::op op = protocol::op::publish;
   int64_t timeout_ms = 0;
   bool internal = false;  ///< a schedule firing: nobody waits for a reply
+  int64_t received_us = 0;  ///< ack_timeline: when the loop read it
 };
 
 /// Retention pruning started by a successful cleanupData
@@ -79,6 +81,7 @@ struct open_batch {
   std::shared_ptr<dlq_request> dlq;  ///< the dead-letter command this batch carries
   std::vector<pending_request> reqs;    ///< parallel to b.requests
   std::vector<finished_note> finished;
+  int64_t submitted_us = 0;  ///< ack_timeline: when the writer got it
   bool empty() const { return b.empty() && finished.empty(); }
 };
 
@@ -172,6 +175,8 @@ struct broker_core::impl final : dispatcher_host {
   std::mt19937_64 rng{std::random_device{}()};
 
   stats_counters counters;
+  ack_timeline timeline;
+  ack_points commit_points;  ///< the timeline points of the batch being answered
   /// Jobs in the dead-letter queue now, as stored: counted at open(), then
   /// changed only by count_dead_letters() as commits land.
   int64_t dead_letters = 0;

@@ -78,6 +78,7 @@ void broker_core::impl::handle_request(const client_ref& c, protocol::request&& 
   p.id = req.id;
   p.op = req.operation;
   p.timeout_ms = req.timeout_ms;
+  p.received_us = steady_us();
   current.reqs.push_back(std::move(p));
 }
 

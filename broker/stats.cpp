@@ -156,6 +156,11 @@ json to_json(const broker_stats& s) {
                                 {"frames_received", s.cluster_link.frames_received},
                                 {"messages_received", s.cluster_link.messages_received}}}};
   lists_json(s, out);
+  json stages = json::object();
+  for (auto& [name, x] : s.ack_stages)
+    stages[name] = {{"n", x.n}, {"p50_us", x.p50_us}, {"p90_us", x.p90_us}, {"p99_us", x.p99_us},
+                    {"max_us", x.max_us}};
+  out["ack_timeline"] = stages;
   if (s.role) out["role"] = *s.role;
   if (s.broker_name) out["broker_name"] = *s.broker_name;
   return out;
@@ -184,6 +189,8 @@ broker_stats stats_from_json(const json& j) {
   const auto& st = sub(j, "store");
   s.store = {num(st, "commits"), num(st, "requests"), num(st, "updates"),
              static_cast<int64_t>(real(st, "commit_seconds") * 1e6 + 0.5)};
+  for (auto& [name, x] : sub(j, "ack_timeline").items())
+    s.ack_stages[name] = {num(x, "n"), num(x, "p50_us"), num(x, "p90_us"), num(x, "p99_us"), num(x, "max_us")};
   const auto& link = sub(j, "cluster_link");
   s.cluster_link = {num(link, "frames_sent"), num(link, "messages_sent"), num(link, "frames_received"),
                     num(link, "messages_received")};

@@ -17,6 +17,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "broker/ack_timeline.hpp"
+
 namespace klynaa::broker {
 
 /// Jobs of one function: live ones per state ("ready", "running", ...; a state
@@ -93,6 +95,8 @@ struct broker_stats {
   int64_t disk_free_mb = -1;
   store_totals store;
   link_totals cluster_link;
+  /// Accepted publishes since start, stage by stage (ack_timeline.hpp).
+  std::map<std::string, stage_summary> ack_stages;
   /// PostgreSQL only (docs/deployment.md, "HA brokers on PostgreSQL"): "active"
   /// or "standby", and the lease holder's name. A standby has no other stats:
   /// its document is {role, broker_name, lease_ms, message}.

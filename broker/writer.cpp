@@ -1,6 +1,6 @@
 #include "broker/writer.hpp"
 
-#include <chrono>
+#include "broker/ack_timeline.hpp"
 
 namespace klynaa::broker {
 
@@ -52,10 +52,10 @@ void commit_writer::loop() {
       in_ = nullptr;
     }
     result r;
-    auto t0 = std::chrono::steady_clock::now();
+    r.start_us = steady_us();
     r.outcome = store_.commit(*b, r.error);
-    r.commit_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                      std::chrono::steady_clock::now() - t0).count();
+    r.end_us = steady_us();
+    r.commit_us = r.end_us - r.start_us;
     {
       std::lock_guard<std::mutex> lk(mu_);
       out_ = std::move(r);

@@ -23,6 +23,7 @@ class commit_writer {
     std::optional<commit_outcome> outcome;  ///< nullopt: the commit failed, see error
     store_error error;
     int64_t commit_us = 0;
+    int64_t start_us = 0, end_us = 0;  ///< steady clock (ack_timeline.hpp)
   };
 
   /// `notify_endpoint`: an inproc endpoint the loop has bound a PULL socket to.

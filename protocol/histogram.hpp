@@ -1,4 +1,5 @@
-// A small HdrHistogram-style latency histogram for the benchmarks (there is no
+// A small HdrHistogram-style latency histogram for the benchmarks and the
+// broker's ack timeline (there is no
 // Debian package of HdrHistogram_c): log-bucketed, fixed memory, O(1) record,
 // mergeable, ~0.4% worst-case relative error on any recorded value.
 //
@@ -19,7 +20,7 @@
 #include <limits>
 #include <memory>
 
-namespace klynaa::bench {
+namespace klynaa::protocol {
 
 class histogram {
  public:
@@ -128,4 +129,4 @@ static_assert(histogram::lowest_of(histogram::index_of(1000003)) <= 1000003 &&
 static_assert(histogram::index_of(~uint64_t{0}) == histogram::bucket_count - 1);
 static_assert(histogram::lowest_of(histogram::bucket_count - 1) == (uint64_t{255} << 56));
 
-}  // namespace klynaa::bench
+}  // namespace klynaa::protocol

@@ -33,6 +33,7 @@ broker_stats full() {
   s.disk_free_mb = 1234;
   s.store = {7, 10, 20, 1500000};
   s.cluster_link = {1, 2, 3, 4};
+  s.ack_stages["commit"] = {9, 400, 700, 900, 950};
   return s;
 }
 
@@ -42,7 +43,8 @@ TEST_CASE("the /stats document has exactly the documented keys and values", "[st
   auto j = to_json(full());
   const std::set<std::string> keys = {"ts_ms", "version", "commit", "pending", "functions", "nodes", "ingress",
                                       "dead_total", "dead_letters", "durations", "recent_failures", "retrying",
-                                      "history", "draining", "disk_free_mb", "store", "cluster_link"};
+                                      "history", "draining", "disk_free_mb", "store", "cluster_link",
+                                      "ack_timeline"};
   std::set<std::string> got;
   for (auto& [k, v] : j.items()) got.insert(k);
   CHECK(got == keys);
@@ -63,6 +65,8 @@ TEST_CASE("the /stats document has exactly the documented keys and values", "[st
   CHECK(j["store"] == json::parse(R"({"commits": 7, "requests": 10, "updates": 20, "commit_seconds": 1.5})"));
   CHECK(j["cluster_link"] == json::parse(R"({"frames_sent": 1, "messages_sent": 2, "frames_received": 3,
     "messages_received": 4})"));
+  CHECK(j["ack_timeline"] == json::parse(R"({"commit": {"n": 9, "p50_us": 400, "p90_us": 700, "p99_us": 900,
+    "max_us": 950}})"));
   CHECK(j["ingress"] == json{{"accepted", 10}, {"rejected", 2}});
   CHECK(j["draining"] == true);
   CHECK(j["disk_free_mb"] == 1234);
@@ -150,4 +154,34 @@ TEST_CASE("durations are published as the Prometheus buckets they fell in", "[st
   CHECK(sum == 2);
   CHECK(d.count == 3);
   CHECK(d.sum == Approx(100.0205));
+}
+
+TEST_CASE("the ack timeline splits each request into its stages, and total is received to sent", "[stats]") {
+  ack_timeline t;
+  for (int64_t i = 0; i < 100; ++i)  // received 0.1 ms before the batch left; 1 ms commit
+    t.observe({1000, 1100, 1150, 2150 + i, 2200 + i, 2300 + i});
+  t.observe({0, 0, 5000, 5400, 5410, 5500});  // an internal request: no receive point
+  auto s = t.summary(6000);
+  REQUIRE(s.count("total"));
+  CHECK(s["queued"].n == 100);
+  CHECK(s["queued"].p50_us == 100);
+  CHECK(s["handoff"].p99_us == 50);
+  CHECK(s["commit"].n == 101);
+  CHECK(s["commit"].max_us == 1099);
+  CHECK(s["commit"].p50_us >= 1000);
+  CHECK(s["wakeup"].p50_us == 50);
+  CHECK(s["reply"].max_us == 100);
+  CHECK(s["total"].n == 100);
+  CHECK(s["total"].max_us == 1399);
+  CHECK(ack_timeline{}.summary(1).empty());
+}
+
+TEST_CASE("the ack timeline covers the last 10 to 20 seconds", "[stats]") {
+  constexpr int64_t w = ack_timeline::window_us;
+  ack_timeline t;
+  t.observe({1, 2, 3, 4, 5, 1000});              // the first window, [0, w)
+  t.observe({w, w + 1, w + 2, w + 3, w + 4, w + 2000});  // the next window
+  CHECK(t.summary(w + 3000)["total"].n == 2);    // both windows
+  CHECK(t.summary(2 * w + 2500)["total"].n == 1);  // the first one is gone
+  CHECK(t.summary(4 * w).empty());               // nothing for over a window
 }

@@ -1,4 +1,4 @@
-// bench/histogram.hpp: the benchmarks' log-bucketed latency histogram.
+// protocol/histogram.hpp: the log-bucketed latency histogram of the benchmarks and the broker.
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -7,9 +7,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "bench/histogram.hpp"
+#include "protocol/histogram.hpp"
 
-using klynaa::bench::histogram;
+using klynaa::protocol::histogram;
 
 TEST_CASE("histogram buckets are contiguous and within 1/128 of their lower bound") {
   for (size_t i = 0; i + 1 < histogram::bucket_count; ++i) {
