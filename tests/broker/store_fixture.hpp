@@ -1,9 +1,11 @@
 // What the store's tests share (store_test.cpp, store_jobs_test.cpp,
-// store_durability_test.cpp): a store of either backend in a fresh place
+// store_durability_test.cpp): a store of any backend in a fresh place
 // (store_at, KLYNAA_EACH_BACKEND), requests and jobs to commit, and raw SQL on
-// the database beside the store.
+// the database beside the store (or, for the journal, its equivalent on the
+// files).
 #pragma once
 
+#include "broker/journal_store.hpp"
 #include "broker/pg_store.hpp"
 #include "broker/store.hpp"
 
@@ -11,10 +13,12 @@
 #include <sqlite3.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "journal_fault_fs.hpp"
 #include "pg_server.hpp"
 #include "tests/support/temp_dir.hpp"
 
@@ -35,14 +39,16 @@ inline std::unique_ptr<store> open_store(const std::string& path, bool read_only
 }
 
 /// Every backend-independent test runs once per backend.
-#define KLYNAA_EACH_BACKEND GENERATE(as<std::string>{}, "sqlite", "postgres")
+#define KLYNAA_EACH_BACKEND GENERATE(as<std::string>{}, "sqlite", "postgres", "journal")
 
-/// Where one test's store lives: a SQLite file in a temp dir, or a fresh
-/// database on the test process's PostgreSQL server.
+/// Where one test's store lives: a SQLite file in a temp dir, a fresh database
+/// on the test process's PostgreSQL server, or a journal in a temp dir (on a
+/// fault-injecting file system: journal_fault_fs.hpp).
 struct store_at {
   std::string backend;
   temp_dir dir;
   std::string database;  ///< postgres
+  std::shared_ptr<klynaa::test::fault_fs> fs = std::make_shared<klynaa::test::fault_fs>();  ///< journal
 
   explicit store_at(std::string b) : backend(std::move(b)) {
     if (backend == "postgres") database = klynaa::test::pg_server::get().fresh_database();
@@ -50,7 +56,16 @@ struct store_at {
   std::string url() const { return klynaa::test::pg_server::get().url(database); }
   std::string shown_url() const { return mask_pg_url(url()); }
 
+  std::string journal_dir() const { return dir / "journal"; }
+
   std::unique_ptr<store> try_open(bool read_only, store_error& err) {
+    if (backend == "journal") {
+      journal_options o;
+      o.dir = journal_dir();
+      o.read_only = read_only;
+      o.fs = fs;
+      return open_journal_store(o, err);
+    }
     if (backend == "sqlite") {
       sqlite_options o;
       o.path = dir / "klynaa.db";
@@ -71,8 +86,10 @@ struct store_at {
     return s;
   }
   /// Runs SQL on the store's database through a separate connection, in the
-  /// backend's own dialect.
-  void sql(const std::string& sqlite_sql, const std::string& pg_sql);
+  /// backend's own dialect; for the journal, runs `journal` instead (a test with
+  /// no journal equivalent fails there).
+  void sql(const std::string& sqlite_sql, const std::string& pg_sql,
+           const std::function<void(store_at&)>& journal = nullptr);
 };
 
 inline int64_t wall_ms() {
@@ -200,11 +217,17 @@ inline int64_t raw_count(const std::string& path, const std::string& sql) {
   return v;
 }
 
-inline void store_at::sql(const std::string& sqlite_sql, const std::string& pg_sql) {
-  if (backend == "sqlite")
+inline void store_at::sql(const std::string& sqlite_sql, const std::string& pg_sql,
+                          const std::function<void(store_at&)>& journal) {
+  if (backend == "journal") {
+    INFO("no journal equivalent of: " << sqlite_sql);
+    REQUIRE(journal);
+    journal(*this);
+  } else if (backend == "sqlite") {
     raw_sql(dir / "klynaa.db", sqlite_sql);
-  else
+  } else {
     klynaa::test::pg_server::get().sql(database, pg_sql);
+  }
 }
 
 }  // namespace store_fixture
