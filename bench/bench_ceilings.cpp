@@ -15,10 +15,12 @@
 #include <thread>
 #include <vector>
 
+#include <malloc.h>
 #include <sqlite3.h>
 #include <zmq.hpp>
 
 #include "bench/bench_common.hpp"
+#include "broker/journal_store.hpp"
 #include "broker/store.hpp"
 
 namespace klynaa::bench {
@@ -56,6 +58,13 @@ json fsync_json(const histogram& h) {
 }
 
 namespace {
+
+/// Bytes malloc has handed out and not had back (glibc's mallinfo2), the
+/// large blocks it mmaps (hash tables' bucket arrays) included.
+size_t heap_bytes() {
+  const auto m = mallinfo2();
+  return m.uordblks + m.hblkhd;
+}
 
 void sql(sqlite3* db, const char* s) {
   char* err = nullptr;
@@ -117,17 +126,33 @@ json measure_sqlite(const std::string& dir) {
   return out;
 }
 
-/// Klynaa's own store (broker/sqlite_store.cpp, durable): what its one writer
-/// thread can do with nothing else running. `n` worker.location requests (one
-/// job each, ids from 4 interleaved clients) accepted in batches of 256, then
-/// each job's end recorded in batches of 256: the writer's work for one job.
-json measure_store(const std::string& dir, int n) {
+/// Klynaa's own store (broker/sqlite_store.cpp or broker/journal_store.cpp,
+/// durable): what its one writer thread can do with nothing else running. `n`
+/// worker.location requests (one job each, ids from 4 interleaved clients)
+/// accepted in batches of 256, then each job's end recorded in batches of 256:
+/// the writer's work for one job. For the journal, also the heap each retained
+/// dedup key costs once its one job is done (malloc's count, before and after).
+json measure_store(const std::string& dir, const std::string& backend, int n) {
   const std::string path = dir + "/klynaa-bench-store.db";
-  for (auto suffix : {"", "-wal", "-shm"}) ::unlink((path + suffix).c_str());
-  klynaa::broker::sqlite_options so;
-  so.path = path;
+  const std::string jdir = dir + "/klynaa-bench-journal";
+  auto clean = [&] {
+    for (auto suffix : {"", "-wal", "-shm"}) ::unlink((path + suffix).c_str());
+    std::error_code ec;
+    std::filesystem::remove_all(jdir, ec);
+  };
+  clean();
   klynaa::broker::store_error err;
-  auto st = klynaa::broker::open_sqlite_store(so, err);
+  const size_t heap_before = heap_bytes();
+  std::unique_ptr<klynaa::broker::store> st;
+  if (backend == "journal") {
+    klynaa::broker::journal_options jo;
+    jo.dir = jdir;
+    st = klynaa::broker::open_journal_store(jo, err);
+  } else {
+    klynaa::broker::sqlite_options so;
+    so.path = path;
+    st = klynaa::broker::open_sqlite_store(so, err);
+  }
   if (!st) return {{"error", err.message}};
   const std::string prefix = "kbstore" + std::to_string(wall_ms()) + "-";
   auto id_of = [&](int i) { return prefix + std::to_string(i % 4) + "-" + std::to_string(i); };
@@ -168,13 +193,20 @@ json measure_store(const std::string& dir, int n) {
     u.outcome = "ok";
     b.updates.push_back(std::move(u));
   });
+  json out = {{"requests", n}};
+  if (backend == "journal" && accept_s >= 0 && done_s >= 0) {
+    const auto js = static_cast<klynaa::broker::journal_store&>(*st).stats();
+    out["retained_keys"] = js.requests;
+    out["bytes_per_retained_key"] = std::round(static_cast<double>(heap_bytes() - heap_before) / n);
+    out["checkpoints"] = js.checkpoints;
+  }
   st.reset();
-  for (auto suffix : {"", "-wal", "-shm"}) ::unlink((path + suffix).c_str());
+  clean();
   if (accept_s < 0 || done_s < 0) return {{"error", err.message}};
-  return {{"requests", n},
-          {"accepts_per_s", std::round(n / accept_s)},
-          {"ends_per_s", std::round(n / done_s)},
-          {"jobs_per_s", std::round(n / (accept_s + done_s))}};
+  out["accepts_per_s"] = std::round(n / accept_s);
+  out["ends_per_s"] = std::round(n / done_s);
+  out["jobs_per_s"] = std::round(n / (accept_s + done_s));
+  return out;
 }
 
 /// DEALER -> ROUTER (echo) over tcp://127.0.0.1, `window` requests in flight.
@@ -241,7 +273,8 @@ int run_ceilings(options& o) {
   out["machine"] = machine();
   out["fsync_ms"] = fsync_json(measure_fsync(dir, o.fsync_samples ? o.fsync_samples : 500));
   out["sqlite_wal_full"] = measure_sqlite(dir);
-  out["klynaa_store"] = measure_store(dir, 50000);
+  out["klynaa_store"] = measure_store(dir, "sqlite", 50000);
+  out["klynaa_journal"] = measure_store(dir, "journal", 50000);
   out["zmq_dealer_router"] = measure_zmq(o.zmq_messages, 1000);
   out["machine"]["loadavg_after"] = loadavg();
   std::cout << out.dump() << std::endl;

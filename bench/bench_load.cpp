@@ -240,6 +240,7 @@ void add_broker_figures(json& out, const stats_view& base, const stats_view& las
 json run_description(const options& o, const std::string& function) {
   json out;
   out["system"] = "klynaa";
+  out["store"] = o.store.empty() ? json(nullptr) : json(o.store);  // --store (null: the broker's config)
   out["type"] = o.type;
   out["wait_function"] = o.wait ? json(function) : json(nullptr);
   out["count"] = o.count;

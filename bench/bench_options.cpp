@@ -23,6 +23,8 @@ where the broker is:
   --broker-only        with --start: spawn `klynaa broker` (no node) instead of `klynaa run`:
                        the ingress alone, nothing runs the jobs; implies --no-wait
   --config F           passed to `klynaa run --config F` with --start
+  --store B            with --start: the store backend, sqlite | postgres | journal
+                       (sets KLYNAA_STORE_BACKEND for it; default: the config's)
   --tmp-dir DIR        where --start makes its data dir (default $TMPDIR or /tmp)
   --keep               keep the --start data dir (its klynaa.log) afterwards
   --data-dir D         an already running broker's data dir: reads D/broker.json
@@ -81,6 +83,7 @@ options parse(int argc, char** argv) {
     else if (a == "--data-dir") o.data_dir = need(i);
     else if (a == "--klynaa") o.klynaa = need(i);
     else if (a == "--config") o.config = need(i);
+    else if (a == "--store") o.store = need(i);
     else if (a == "--tmp-dir") o.tmp_dir = need(i);
     else if (a == "--pid") o.pid = static_cast<int>(num(i));
     else if (a == "--connections") o.connections = static_cast<int>(num(i));
@@ -106,6 +109,9 @@ options parse(int argc, char** argv) {
   if (o.keys < 1) fail(2, "--keys must be at least 1");
   if (o.timeout_s <= 0) fail(2, "--timeout must be positive");
   if (o.fsync_samples < 0) fail(2, "--fsync-samples must be >= 0");
+  if (!o.store.empty() && o.store != "sqlite" && o.store != "postgres" && o.store != "journal")
+    fail(2, "--store must be sqlite, postgres or journal, got '" + o.store + "'");
+  if (!o.store.empty() && !o.start) fail(2, "--store needs --start (it sets the spawned broker's store)");
   if (o.tmp_dir.empty()) {
     const char* t = std::getenv("TMPDIR");
     o.tmp_dir = t && *t ? t : "/tmp";

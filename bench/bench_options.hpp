@@ -14,6 +14,7 @@ struct options {
   bool keep = false;
   bool wait = true;
   std::string ingress, admin, data_dir, klynaa, config, tmp_dir;
+  std::string store;  ///< --start: store.backend of the spawned klynaa (empty: its default)
   int pid = 0;
   int connections = 4;
   int window = 256;

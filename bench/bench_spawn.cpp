@@ -93,6 +93,7 @@ void start_klynaa(options& o) {
     ::setenv("KLYNAA_ADMIN_BIND", "127.0.0.1:0", 1);
     // geo/scheduler-only workloads never call Django; any URL satisfies the check.
     ::setenv("DJANGO_API_URL", "http://127.0.0.1:9", 0);
+    if (!o.store.empty()) ::setenv("KLYNAA_STORE_BACKEND", o.store.c_str(), 1);  // --store
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);

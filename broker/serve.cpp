@@ -16,6 +16,7 @@
 
 #include "broker/admin.hpp"
 #include "broker/dlq.hpp"
+#include "broker/journal_store.hpp"
 #include "broker/lease_keeper.hpp"
 #include "broker/pg_store.hpp"
 #include "broker/standby.hpp"
@@ -262,6 +263,15 @@ std::unique_ptr<store> open_store(const protocol::config::store_section& cfg, co
     po.read_only = read_only;
     po.application_name = read_only ? "klynaa dlq reader" : "klynaa broker";
     return open_pg_store(po, err);
+  }
+  if (cfg.backend == "journal") {
+    // A read-only open while this process writes the journal is a view onto
+    // the writer's state (journal_store.hpp): the dead-letter reader's case.
+    journal_options jo;
+    jo.dir = data_dir + "/journal";
+    jo.synchronous_full = cfg.synchronous != "normal";
+    jo.read_only = read_only;
+    return open_journal_store(jo, err);
   }
   sqlite_options so;
   so.path = data_dir + "/broker.db";

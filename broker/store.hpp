@@ -1,6 +1,7 @@
 // The durable store behind the broker: a narrow interface, so that SQLite (the
-// embedded default, sqlite_store.cpp) and PostgreSQL (for standby brokers) are
-// interchangeable and one test suite runs over both.
+// embedded default, sqlite_store.cpp), PostgreSQL (for standby brokers) and the
+// journal (a log with the state in memory, journal_store.hpp, which says where
+// it answers differently) are interchangeable and one test suite runs over all.
 //
 // The broker keeps the live queue in memory (broker/core.cpp) and uses the store
 // as its write-ahead record: every change is applied through commit(), one
@@ -9,7 +10,8 @@
 // the commit that holds it returned.
 //
 // Thread-safety: one store object is used by one thread at a time (the broker's
-// writer thread). Readers in other threads (admin) open their own instance.
+// writer thread). Readers in other threads (admin) open their own instance
+// (read-only; for the journal, a view onto the writer's: journal_store.hpp).
 #pragma once
 
 #include <cstdint>

@@ -4,8 +4,9 @@
 // PostgreSQL transaction (all or nothing). The lease is not copied: the first
 // `klynaa broker` started on the target takes it.
 //
-// Refuses (exit 2, naming what) a target that holds any request, job, attempt or
-// closed pickup, or whose lease a live broker holds; refuses (exit 1) while a
+// Refuses (exit 2, naming what) a data dir that holds a journal store
+// (store.backend = "journal": SQLite stores only), a target that holds any
+// request, job, attempt or closed pickup, or whose lease a live broker holds; refuses (exit 1) while a
 // broker holds D's lock (broker/serve.hpp lock_data_dir). Exit 0 with the counts.
 #include <fcntl.h>
 #include <sqlite3.h>
@@ -142,6 +143,10 @@ int64_t copy_table(sqlite3* db, pg_conn& pg, const table_copy& t) {
 
 int migrate(const std::string& data_dir, const std::string& url) {
   const std::string db_path = data_dir + "/broker.db";
+  if (std::filesystem::exists(data_dir + "/journal"))
+    throw migrate_error(2, "the data dir " + data_dir + " holds a journal store (" + data_dir +
+                               "/journal, store.backend = \"journal\"): klynaa store migrate copies a "
+                               "SQLite store (broker.db) only (--data-dir)");
   if (!std::filesystem::exists(db_path))
     throw migrate_error(2, "no SQLite store at " + db_path + " (--data-dir)");
   // The broker's own lock: a running broker would keep writing what we copy.

@@ -119,9 +119,9 @@ struct config {
   } log;
 
   struct store_section {
-    std::string backend = "sqlite";  ///< sqlite | postgres
+    std::string backend = "sqlite";  ///< sqlite | postgres | journal (docs/operations.md, "The journal store")
     std::string url;                 ///< postgres connection URL
-    std::string synchronous = "full";  ///< sqlite: full | normal (normal is not durable on power loss)
+    std::string synchronous = "full";  ///< sqlite, journal: full | normal (normal is not durable on power loss)
     int64_t dedup_retention_days = 7;
     /// postgres: how long the brokers' lease (docs/deployment.md) lasts without
     /// renewal; the holder renews it every lease_ms / 3. At least 1000.

@@ -83,7 +83,7 @@ std::string service_name(const value& v) {
 }
 
 std::string backend_name(const value& v) {
-  static constexpr std::string_view names[] = {"sqlite", "postgres"};
+  static constexpr std::string_view names[] = {"sqlite", "postgres", "journal"};
   return contains(names, std::get<std::string>(v)) ? "" : "must be one of " + join(names);
 }
 
@@ -163,9 +163,11 @@ const key_spec key_table[] = {
     KLYNAA_KEY(circuit_breaker, max_open_seconds, at_least_one,
                "the longest it stays open when probes keep failing (the time doubles)"),
     KLYNAA_KEY(log, level, log_level, "trace | debug | info | warning | error"),
-    KLYNAA_KEY(store, backend, backend_name, "sqlite | postgres"),
+    KLYNAA_KEY(store, backend, backend_name,
+               "sqlite | postgres | journal (a log in DATA_DIR/journal with its state in memory, docs/operations.md)"),
     KLYNAA_KEY(store, url, any_value, "postgres connection URL"),
-    KLYNAA_KEY(store, synchronous, synchronous_mode, "sqlite: full | normal (normal is not durable on power loss)"),
+    KLYNAA_KEY(store, synchronous, synchronous_mode,
+               "sqlite, journal: full | normal (normal is not durable on power loss)"),
     KLYNAA_KEY(store, dedup_retention_days, dedup_days, "how long accepted ids and finished jobs are kept"),
     KLYNAA_KEY(store, lease_ms, lease_range,
                "postgres: how long the active broker's lease lasts unrenewed (renewed every lease_ms/3); "

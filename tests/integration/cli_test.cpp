@@ -232,3 +232,13 @@ TEST_CASE("klynaa --version names the version and commit that pong, /stats and k
   CHECK(metrics->body.find("klynaa_build_info{version=\"" + version + "\",commit=\"" + commit + "\"} 1\n") !=
         std::string::npos);
 }
+
+TEST_CASE("store migrate refuses a journal data dir, naming it: it copies SQLite stores only", "[cli][migrate]") {
+  temp_dir d;
+  std::filesystem::create_directories(d / "data/journal");
+  auto [code, out] = run_cli({"store", "migrate", "--data-dir", d / "data", "--to", "postgresql://klynaa@127.0.0.1:9/x"});
+  INFO(out);
+  CHECK(code == 2);
+  CHECK(out.find("holds a journal store") != std::string::npos);
+  CHECK(out.find(d / "data/journal") != std::string::npos);
+}

@@ -204,7 +204,7 @@ TEST_CASE("invalid values are errors naming the key and the rule", "[config]") {
   CHECK_THAT(parse_error("[notifications]\nservice = \"pigeon\"\n"),
              Catch::Contains("[notifications] service: must be one of log, webhook, firebase, sns, got \"pigeon\""));
   CHECK_THAT(parse_error("[store]\nbackend = \"mysql\"\n"),
-             Catch::Contains("[store] backend: must be one of sqlite, postgres"));
+             Catch::Contains("[store] backend: must be one of sqlite, postgres, journal"));
   CHECK_THAT(parse_error("[log]\nlevel = \"loud\"\n"), Catch::Contains("[log] level: must be one of"));
   CHECK_THAT(parse_error("[ingress]\nmax_bytes = 0\n"), Catch::Contains("[ingress] max_bytes"));
   CHECK_THAT(parse_error("[geo]\nradius_km = 0\n"), Catch::Contains("[geo] radius_km"));
@@ -354,4 +354,11 @@ TEST_CASE("effective schedules add the defaults for functions no entry names", "
   std::set<std::string> names;
   for (const auto& s : effective) names.insert(s.name);
   CHECK(names.size() == 3);  // the default "cleanup" was renamed, names stay unique
+}
+
+TEST_CASE("store.backend = \"journal\" is the journal store, with store.synchronous", "[config]") {
+  auto c = parse_ok("[store]\nbackend = \"journal\"\nsynchronous = \"normal\"\n");
+  CHECK(c.store.backend == "journal");
+  CHECK(c.store.synchronous == "normal");
+  CHECK(parse_ok("").store.backend == "sqlite");  // the default, for now
 }
