@@ -20,7 +20,8 @@ bool valid_state(uint64_t s) { return s <= static_cast<uint64_t>(job_state::canc
 
 // --- the job body, shared by request and job entries ---
 
-void write_job(writer& w, const job_record& j, const std::string* request_id) {
+/// `now`: the created time of a job that has none (the store's).
+void write_job(writer& w, const job_record& j, const std::string* request_id, int64_t now) {
   const size_t at = w.out().size();
   w.out().append(2, '\0');
   w.str(j.id);
@@ -33,7 +34,7 @@ void write_job(writer& w, const job_record& j, const std::string* request_id) {
   w.svar(j.due_ms);
   w.svar(j.attempts);
   w.svar(j.ts_ms);
-  w.svar(j.created_ms);
+  w.svar(j.created_ms ? j.created_ms : now);
   w.u8(j.auto_release ? 1 : 0);
   w.svar(j.attempt_base);
   w.str(j.last_error_json);
@@ -78,16 +79,11 @@ job_record read_job(reader& outer, const std::string* request_id) {
 // --- the changes, shared by record_builder (live) and apply_record (recovery) ---
 
 std::optional<std::string> do_request(state& s, const std::string& id, int op, int64_t accepted,
-                                      std::vector<job_record>&& jobs, int64_t now) {
-  std::vector<std::string> ids;
-  ids.reserve(jobs.size());
-  for (auto& j : jobs) ids.push_back(j.id);
-  auto* r = s.add_request(id, op, accepted, ids);
+                                      const std::vector<const job_record*>& jobs, int64_t now) {
+  auto* r = s.add_request(id, op, accepted, jobs);
   if (!r) return "request " + id + " is stored twice";
-  for (auto& j : jobs) {
-    std::string jid = j.id;
-    if (!s.add_job(std::move(j), r, op == invoke_op, now)) return "job " + jid + " is stored twice";
-  }
+  for (auto* j : jobs)
+    if (!s.add_job(*j, r, op == invoke_op, now)) return "job " + j->id + " is stored twice";
   s.settle(*r);
   return std::nullopt;
 }
@@ -161,15 +157,19 @@ void apply_entry(state& s, uint8_t k, reader& r, int64_t now) {
       const int op = static_cast<int>(r.uvar());
       const int64_t accepted = r.svar();
       std::vector<job_record> jobs(r.uvar());
-      for (auto& j : jobs) j = read_job(r, &id);
-      if (auto e = do_request(s, id, op, accepted, std::move(jobs), now)) throw decode_error(*e);
+      std::vector<const job_record*> created;
+      for (auto& j : jobs) {
+        j = read_job(r, &id);
+        created.push_back(&j);
+      }
+      if (auto e = do_request(s, id, op, accepted, created, now)) throw decode_error(*e);
       return;
     }
     case k_job: {
       auto j = read_job(r, nullptr);
       const std::string id = j.id;
       auto* owner = j.request_id.empty() ? nullptr : s.request(j.request_id);
-      if (!s.add_job(std::move(j), owner, false, now)) throw decode_error("job " + id + " is stored twice");
+      if (!s.add_job(j, owner, false, now)) throw decode_error("job " + id + " is stored twice");
       return;
     }
     case k_update: {
@@ -245,27 +245,23 @@ request_entry* record_builder::request(const new_request& r, const std::vector<u
   w_.uvar(static_cast<uint64_t>(r.op));
   w_.svar(r.accepted_ms);
   w_.uvar(created.size());
-  std::vector<job_record> jobs;
-  jobs.reserve(created.size());
+  jobs_.clear();
   for (auto k : created) {
-    jobs.push_back(r.jobs[k]);
-    if (!jobs.back().created_ms) jobs.back().created_ms = now_;
-    write_job(w_, jobs.back(), &r.id);
+    jobs_.push_back(&r.jobs[k]);
+    write_job(w_, r.jobs[k], &r.id, now_);
   }
   close_entry(at);
-  do_request(s_, r.id, r.op, r.accepted_ms, std::move(jobs), now_);
+  do_request(s_, r.id, r.op, r.accepted_ms, jobs_, now_);
   return s_.request(r.id);
 }
 
 job_entry* record_builder::child(const job_record& j) {
   const size_t at = open_entry(k_job);
-  job_record copy = j;
-  if (!copy.created_ms) copy.created_ms = now_;
-  write_job(w_, copy, nullptr);
+  write_job(w_, j, nullptr, now_);
   close_entry(at);
   // Its request keeps its dedup key while it is stored (journal_state.hpp).
-  auto* owner = copy.request_id.empty() ? nullptr : s_.request(copy.request_id);
-  return s_.add_job(std::move(copy), owner, false, now_);
+  auto* owner = j.request_id.empty() ? nullptr : s_.request(j.request_id);
+  return s_.add_job(j, owner, false, now_);
 }
 
 void record_builder::update(job_entry& j, const job_update& u) {

@@ -70,6 +70,7 @@ class record_builder {
   std::string& buf_;
   writer w_;
   int64_t now_;
+  std::vector<const job_record*> jobs_;  ///< request()'s, reused
 };
 
 /// Applies one commit record (recovery): the problem, or nothing.

@@ -124,12 +124,15 @@ request_entry* state::add_request(const std::string& id, int op, int64_t accepte
 }
 
 request_entry* state::add_request(const std::string& id, int op, int64_t accepted_ms,
-                                  const std::vector<std::string>& ids) {
-  auto* r = add_request(id, op, accepted_ms, static_cast<uint32_t>(ids.size()));
+                                  const std::vector<const job_record*>& jobs) {
+  auto* r = add_request(id, op, accepted_ms, static_cast<uint32_t>(jobs.size()));
   if (!r) return nullptr;
   bool pattern = true;
-  for (size_t i = 0; pattern && i < ids.size(); ++i) pattern = is_child_id(ids[i], id, i + 1);
-  if (!pattern) r->job_ids = std::make_unique<std::vector<std::string>>(ids);
+  for (size_t i = 0; pattern && i < jobs.size(); ++i) pattern = is_child_id(jobs[i]->id, id, i + 1);
+  if (pattern) return r;
+  r->job_ids = std::make_unique<std::vector<std::string>>();
+  r->job_ids->reserve(jobs.size());
+  for (auto* j : jobs) r->job_ids->push_back(j->id);
   return r;
 }
 
@@ -166,8 +169,8 @@ void state::settle_all() {
   for (auto& [id, r] : requests_) settle(r);
 }
 
-job_entry* state::add_job(job_record&& r, request_entry* owner, bool keep_result, int64_t now) {
-  auto* j = insert_job(std::move(r.id), owner);
+job_entry* state::add_job(const job_record& r, request_entry* owner, bool keep_result, int64_t now) {
+  auto* j = insert_job(std::string(r.id), owner);
   if (!j) return nullptr;
   j->function = function_id(r.function);
   j->seq = r.seq;
@@ -176,11 +179,11 @@ job_entry* state::add_job(job_record&& r, request_entry* owner, bool keep_result
   j->state = r.state;
   j->keep_result = keep_result;
   auto d = std::make_unique<job_detail>();
-  if (!owner || r.request_id != *owner->id) d->request_id = std::move(r.request_id);
-  d->data_json = std::move(r.data_json);
-  d->ordering_key = std::move(r.ordering_key);
-  d->last_error_json = std::move(r.last_error_json);
-  d->result_json = std::move(r.result_json);
+  if (!owner || r.request_id != *owner->id) d->request_id = r.request_id;
+  d->data_json = r.data_json;
+  d->ordering_key = r.ordering_key;
+  d->last_error_json = r.last_error_json;
+  d->result_json = r.result_json;
   d->due_ms = r.due_ms;
   d->ts_ms = r.ts_ms;
   d->created_ms = r.created_ms ? r.created_ms : now;

@@ -119,16 +119,17 @@ class state {
   // --- changes (journal_codec.cpp calls them, live and in recovery alike) ---
   void set_now(int64_t now) { last_now_ = std::max(last_now_, now); }
   void set_max_seq(int64_t seq) { max_seq_ = std::max(max_seq_, seq); }
-  /// Adds a request; `ids` are its jobs' ids (stored as a count when they follow
-  /// the pattern). nullptr when the id is there already.
-  request_entry* add_request(const std::string& id, int op, int64_t accepted_ms, const std::vector<std::string>& ids);
+  /// Adds a request; `jobs` are the jobs it created (their ids are stored as a
+  /// count when they follow the pattern). nullptr when the id is there already.
+  request_entry* add_request(const std::string& id, int op, int64_t accepted_ms,
+                              const std::vector<const job_record*>& jobs);
   /// The same with `jobs` ids "<id>#1" .. "#jobs" (set job_ids after for others).
   request_entry* add_request(const std::string& id, int op, int64_t accepted_ms, uint32_t jobs);
   /// After a request's jobs were added (or a checkpoint loaded): orphaned when none is left.
   void settle(request_entry& r);
   /// Adds a job as `r` says, updated at `now`. `owner` counts it among its jobs.
   /// nullptr when the id is there already.
-  job_entry* add_job(job_record&& r, request_entry* owner, bool keep_result, int64_t now);
+  job_entry* add_job(const job_record& r, request_entry* owner, bool keep_result, int64_t now);
   /// A job filled in by the caller (a checkpoint's image): insert_job, fill it,
   /// then attach_job. insert_job returns nullptr when the id is there already.
   job_entry* insert_job(std::string&& id, request_entry* owner);

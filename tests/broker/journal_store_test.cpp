@@ -8,10 +8,12 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -270,6 +272,43 @@ TEST_CASE("journal store: a read-only open beside a writer in this process is a 
   CHECK(view->find_job("b#1"));  // the writer gone: the view keeps what it saw
   auto again = at.open();  // and the journal can be opened for writing again
   CHECK(again->find_job("b#1"));
+}
+
+TEST_CASE("journal store: a view reads while the writer commits, from another thread", "[journal][store]") {
+  journal_at at;
+  at.opts.synchronous_full = false;  // many commits, quickly
+  auto w = at.open();
+  auto view = at.open(/*read_only=*/true);
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> reads{0};
+  std::thread reader([&] {
+    while (!stop.load()) {
+      auto dead = view->list_jobs(job_state::dead, 10);
+      for (auto& j : dead) CHECK(view->history_json(j.id) != "[]");
+      int64_t n = 0;
+      for (auto& [fn, st, c] : view->count_by_function()) n += c;
+      CHECK(n <= view->max_seq());
+      reads.fetch_add(1);
+    }
+  });
+  for (int i = 1; i <= 300; ++i) {
+    auto id = "v" + std::to_string(i);
+    batch b;
+    b.requests.push_back(make_request(id, {make_job(id + "#1", i)}));
+    if (i > 1) {
+      auto prev = "v" + std::to_string(i - 1) + "#1";
+      b.updates.push_back(i % 3 ? ended(prev, job_state::done, 1, i - 1, "ok")
+                                : ended(prev, job_state::dead, 1, i - 1, "dead", R"({"code":"x"})"));
+    }
+    if (i % 50 == 0) b.prune_before_ms = wall_ms() + 1000;
+    commit_ok(*w, b);
+  }
+  store_error err;
+  REQUIRE(w->checkpoint(err));
+  stop = true;
+  reader.join();
+  CHECK(reads.load() > 0);
+  CHECK(view->list_jobs(job_state::dead, 1000).size() == 100);  // every third
 }
 
 TEST_CASE("journal store: a read-only open with no writer reads the files and changes none of them",
