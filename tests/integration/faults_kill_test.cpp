@@ -3,18 +3,33 @@
 // broker, a node or `klynaa run` killed with SIGKILL mid-burst, and the broker
 // frozen past its heartbeats. The same invariants hold (faults_support.hpp): no
 // accepted job lost, nothing run again after its success was recorded, no
-// sanitizer report. Each prints a line "FIGURES {scenario} {...}".
+// sanitizer report. Each prints a line "FIGURES {scenario} {...}". The
+// scenarios that kill the broker run on both embedded stores, SQLite and the
+// journal (store.backend; the journal's figures are "{scenario}/journal").
 #include "faults_harness.hpp"
 
 using namespace klynaa::test;
 using namespace klynaa::test::faults;
 
+namespace {
+
+/// The store of a broker-kill scenario: each runs once per embedded backend.
+#define KLYNAA_EMBEDDED_BACKEND GENERATE(as<std::string>{}, "sqlite", "journal")
+
+std::string figures_name(const std::string& scenario, const std::string& backend) {
+  return backend == "sqlite" ? scenario : scenario + "/" + backend;
+}
+
+}  // namespace
+
 // 7a. Django down, and the broker killed with SIGKILL in the middle of the
 // burst, replies still in flight: what was accepted before the kill is a
 // duplicate after it, the nodes re-register, and everything completes once.
 TEST_CASE("faults: Django down and kill -9 of the broker mid-burst, with two nodes", "[faults][kill]") {
+  const std::string backend = KLYNAA_EMBEDDED_BACKEND;
+  INFO("store.backend = " << backend);
   const auto t0 = clock_type::now();
-  cluster_harness h;
+  cluster_harness h({{"KLYNAA_STORE_BACKEND", backend}});
   h.add_node("node-a");
   h.add_node("node-b");
   REQUIRE(h.nodes_registered(2));
@@ -40,7 +55,7 @@ TEST_CASE("faults: Django down and kill -9 of the broker mid-burst, with two nod
   auto f = h.check(b, false);
   CHECK(f.retry_codes["http_503"] > 0);
   h.stop_nodes();
-  print_figures("down+kill-broker", t0, f, {{"accepted_before_kill", accepted_before}});
+  print_figures(figures_name("down+kill-broker", backend), t0, f, {{"accepted_before_kill", accepted_before}});
 }
 
 // 7b. Django slow, and a node killed with SIGKILL while its escrow calls sleep
@@ -80,8 +95,10 @@ TEST_CASE("faults: Django slow and kill -9 of a node with escrow calls in flight
 // killed with SIGKILL in the middle: the jobs it was running are lost with it
 // and run again after the restart (their pushes at least once).
 TEST_CASE("faults: garbage answers and kill -9 of klynaa run mid-burst", "[faults][kill]") {
+  const std::string backend = KLYNAA_EMBEDDED_BACKEND;
+  INFO("store.backend = " << backend);
   const auto t0 = clock_type::now();
-  run_harness h;
+  run_harness h({{"KLYNAA_STORE_BACKEND", backend}});
   auto b = make_burst(*h.django, 20, "gk-");
   h.fault({{"mode", "garbage"}});
   publish_all(h.ingress(), b.slice(0, b.events.size() / 2));
@@ -95,7 +112,7 @@ TEST_CASE("faults: garbage answers and kill -9 of klynaa run mid-burst", "[fault
   auto f = h.check(b, false);
   CHECK(f.retry_codes["bad_response"] > 0);
   CHECK(broker_stats(*h.klynaa).value("dead_letters", -1) == 0);
-  print_figures("garbage+kill-run", t0, f);
+  print_figures(figures_name("garbage+kill-run", backend), t0, f);
 }
 
 // 7d. 429 with Retry-After 3 s on the escrow releases, and the broker killed
@@ -104,9 +121,12 @@ TEST_CASE("faults: garbage answers and kill -9 of klynaa run mid-burst", "[fault
 // Retry-After. (Django's circuit breaker is kept closed here, so that every
 // release meets its 429 at once.)
 TEST_CASE("faults: 429 with Retry-After and kill -9 of the broker while the retries wait", "[faults][kill]") {
+  const std::string backend = KLYNAA_EMBEDDED_BACKEND;
+  INFO("store.backend = " << backend);
   const auto t0 = clock_type::now();
   cluster_harness h(std::map<std::string, std::string>{{"KLYNAA_RETRY_MAX_DELAY_MS", "4000"},
-                                                       {"KLYNAA_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1000"}});
+                                                       {"KLYNAA_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "1000"},
+                                                       {"KLYNAA_STORE_BACKEND", backend}});
   h.add_node("node-a");
   REQUIRE(h.nodes_registered(1));
   auto b = make_burst(*h.django, 10, "rk-");
@@ -121,7 +141,8 @@ TEST_CASE("faults: 429 with Retry-After and kill -9 of the broker while the retr
   auto f = h.check(b, false);
 
   // For each release whose 429 the store recorded, Django saw the next call at
-  // least Retry-After later, across the restart.
+  // least Retry-After later, across the restart. (The journal's record of a
+  // retry stays in its segments: store_reader reads it there.)
   store_reader st(h.broker->data_dir() + "/broker.db");
   std::set<int> recorded;  // pickups whose release has a recorded 429 attempt
   for (auto& a : st.attempts())
@@ -147,7 +168,7 @@ TEST_CASE("faults: 429 with Retry-After and kill -9 of the broker while the retr
   }
   CHECK(recorded.size() >= 5);
   h.stop_nodes();
-  print_figures("429+kill-broker", t0, f,
+  print_figures(figures_name("429+kill-broker", backend), t0, f,
                 {{"releases_with_recorded_429", recorded.size()}, {"min_gap_ms_seen_by_django", min_gap}});
 }
 

@@ -23,8 +23,12 @@
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <set>
 
+#include "broker/journal_codec.hpp"
+#include "broker/journal_log.hpp"
+#include "broker/journal_store.hpp"
 #include "django_support.hpp"
 
 namespace klynaa::test::faults {
@@ -183,9 +187,22 @@ struct attempt_row {
   int64_t duration_ms = 0, at_ms = 0;
 };
 
+/// The broker's store, read beside it: the SQLite file `db_path` (its
+/// data dir's broker.db), or, when that data dir holds a journal instead
+/// (store.backend = "journal"), the journal, opened read-only.
 class store_reader {
  public:
   explicit store_reader(const std::string& db_path) {
+    const std::string journal_dir = std::filesystem::path(db_path).parent_path().string() + "/journal";
+    if (std::filesystem::exists(journal_dir)) {
+      journal_dir_ = journal_dir;
+      broker::journal_options o;
+      o.dir = journal_dir;
+      o.read_only = true;
+      broker::store_error err;
+      journal_ = broker::open_journal_store(o, err);  // null while it cannot be read (a checkpoint under way)
+      return;
+    }
     REQUIRE(sqlite3_open_v2(db_path.c_str(), &db_, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
     sqlite3_busy_timeout(db_, 5000);
   }
@@ -195,6 +212,13 @@ class store_reader {
 
   std::map<std::string, job_row> jobs() {
     std::map<std::string, job_row> out;
+    if (!journal_dir_.empty()) {
+      for (int s = 0; s <= 5 && journal_; ++s)
+        for (auto& j : journal_->list_jobs(static_cast<broker::job_state>(s), SIZE_MAX))
+          out[j.id] = job_row{j.id, j.request_id, j.function, j.last_error_json, s, static_cast<int>(j.attempts),
+                              j.updated_ms};
+      return out;
+    }
     query("SELECT id, request_id, function, state, attempts, updated_ms, last_error FROM jobs", [&](sqlite3_stmt* s) {
       job_row r;
       r.id = text(s, 0);
@@ -211,6 +235,7 @@ class store_reader {
 
   std::vector<attempt_row> attempts() {
     std::vector<attempt_row> out;
+    if (!journal_dir_.empty()) return journal_attempts();
     // The successful attempt is kept on its job's row (store schema 3).
     query("SELECT job_id, attempt, node, outcome, error, duration_ms, at_ms FROM attempts UNION ALL "
           "SELECT id, attempts, ok_node, 'ok', '', ok_duration_ms, ok_at_ms FROM jobs WHERE ok_at_ms > 0 "
@@ -232,11 +257,43 @@ class store_reader {
   /// Jobs not finished (ready, running, retry_wait); -1 when the store cannot be read.
   int64_t unfinished() {
     int64_t n = -1;
+    if (!journal_dir_.empty()) {
+      if (!journal_) return -1;
+      n = 0;
+      for (auto& [fn, st, count] : journal_->count_by_function())
+        if (!broker::finished(st)) n += count;
+      return n;
+    }
     query("SELECT COUNT(*) FROM jobs WHERE state < 3", [&](sqlite3_stmt* s) { n = sqlite3_column_int64(s, 0); });
     return n;
   }
 
  private:
+  /// The journal keeps no history of a done job: its attempts are read from the
+  /// records of the segments (every one since the start while no checkpoint
+  /// replaced them: a test's log stays far below one), its successful one from
+  /// the job itself.
+  std::vector<attempt_row> journal_attempts() {
+    std::vector<attempt_row> out;
+    broker::journal_log_options o;
+    o.dir = journal_dir_;
+    o.read_only = true;
+    broker::journal_log log(o);
+    auto none = [](const broker::journal::record_view&) { return std::optional<std::string>(); };
+    auto record = [&](const broker::journal::record_view& r) {
+      return broker::journal::attempts_of(r.payload, [&](const std::string& id, const broker::journal::attempt_entry& e) {
+        out.push_back({id, e.node, e.outcome, json::parse(e.error, nullptr, false), static_cast<int>(e.attempt),
+                       e.duration_ms, e.at_ms});
+      });
+    };
+    std::string err;
+    if (!log.recover(none, record, err)) return {};
+    CHECK(log.checkpoint_bytes() == 0);  // else the attempts before it are gone from the segments
+    for (auto& [id, j] : jobs())
+      if (j.state == 3) out.push_back({id, "", "ok", json(), j.attempts, 0, j.updated_ms});
+    std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return std::tie(a.job_id, a.attempt) < std::tie(b.job_id, b.attempt); });
+    return out;
+  }
   static std::string text(sqlite3_stmt* s, int col) {
     auto* t = sqlite3_column_text(s, col);
     return t ? reinterpret_cast<const char*>(t) : "";
@@ -248,6 +305,8 @@ class store_reader {
     sqlite3_finalize(s);
   }
   sqlite3* db_ = nullptr;
+  std::string journal_dir_;
+  std::unique_ptr<broker::store> journal_;
 };
 
 /// Waits until every job of `b` is in the store and the store holds no
