@@ -17,6 +17,9 @@
 #   KLYNAA_BENCH_ARGS   extra klynaa-bench arguments for the throughput run
 #                       (default: --type worker.location, i.e. updateWorkerLocation jobs)
 #   KLYNAA_PACED=0      skip the paced latency runs (5,000 req/s acks; 1,000 jobs/s e2e)
+#   STORE=B             the store backend of every Klynaa run: sqlite (the default), journal,
+#                       or postgres (then KLYNAA_STORE_URL names the database); passed as
+#                       klynaa-bench --store B and written in the summary as "store"
 #   ANCHOR_TIMEOUT      seconds per anchor run (default 1200)
 #   SKIP_BUILD=1        use build/ as it is
 # Exit status: 0 when Klynaa's throughput run succeeded, 1 otherwise (anchor failures are
@@ -81,19 +84,21 @@ run() {
 }
 
 # ---- 3. the runs, one after the other
+STORE_ARGS=()
+[ -z "${STORE:-}" ] || STORE_ARGS=(--store "$STORE")
 run ceilings "$BENCH" --ceilings --data-dir "$OUT"
 # shellcheck disable=SC2086
-run klynaa "$BENCH" --start --count "$N" --timeout 600 ${KLYNAA_BENCH_ARGS:-}
+run klynaa "$BENCH" --start "${STORE_ARGS[@]}" --count "$N" --timeout 600 ${KLYNAA_BENCH_ARGS:-}
 KRC=$?
 if [ "${KLYNAA_PACED:-1}" != 0 ]; then
   # issue 8: ack latency at a paced 5,000 req/s (5 s), e2e latency at a paced 1,000 jobs/s
   # (5 s, every request an invoke, so every job is a latency sample)
-  run klynaa_paced_ack "$BENCH" --start --rate 5000 --count 25000 --connections 2 --e2e-every 0 --timeout 300
-  run klynaa_paced_e2e "$BENCH" --start --rate 1000 --count 5000 --connections 2 --e2e-every 1 --timeout 300
+  run klynaa_paced_ack "$BENCH" --start "${STORE_ARGS[@]}" --rate 5000 --count 25000 --connections 2 --e2e-every 0 --timeout 300
+  run klynaa_paced_e2e "$BENCH" --start "${STORE_ARGS[@]}" --rate 1000 --count 5000 --connections 2 --e2e-every 1 --timeout 300
 fi
 # issue 8's ack target on the ingress alone: `klynaa broker` with no node, so no job
 # runs on the same two cores while it accepts
-run klynaa_ingress_only "$BENCH" --start --broker-only --count "$N" --timeout 300
+run klynaa_ingress_only "$BENCH" --start "${STORE_ARGS[@]}" --broker-only --count "$N" --timeout 300
 ANAMES=()
 for d in "$ANCHORS"/*/; do
   [ -f "$d/run.sh" ] || continue
@@ -102,9 +107,9 @@ for d in "$ANCHORS"/*/; do
 done
 
 # ---- 4. the summary: one JSON line
-$PY - "$OUT" "$N" "${ANAMES[@]}" <<'PY'
+$PY - "$OUT" "$N" "${STORE:-sqlite}" "${ANAMES[@]}" <<'PY'
 import json, os, sys
-out, n, anchors = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, n, store, anchors = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 
 def result(name):
     def read(ext):
@@ -127,7 +132,7 @@ def result(name):
     return {"error": f"exit {rc or '?'}" + ("" if line is not None else ", no JSON line"),
             "output_tail": err[-12:]}
 
-s = {"n": n, "ceilings": result("ceilings"), "klynaa": result("klynaa")}
+s = {"n": n, "store": store, "ceilings": result("ceilings"), "klynaa": result("klynaa")}
 for k in ("klynaa_paced_ack", "klynaa_paced_e2e", "klynaa_ingress_only"):
     if os.path.exists(os.path.join(out, f"{k}.rc")):
         s[k] = result(k)
@@ -156,7 +161,7 @@ def g(r, *path):
             return "-"
         r = r[p]
     return r
-print("\n--- summary (N=%d, load average %s)" % (n, open("/proc/loadavg").read().split()[:3]), file=sys.stderr)
+print("\n--- summary (N=%d, store %s, load average %s)" % (n, store, open("/proc/loadavg").read().split()[:3]), file=sys.stderr)
 print("ceilings: klynaa store alone %s jobs/s (%s accepts/s, %s ends/s), sqlite %s rows/s in batches, fsync p99 %s ms" % (
     g(s["ceilings"], "klynaa_store", "jobs_per_s"), g(s["ceilings"], "klynaa_store", "accepts_per_s"),
     g(s["ceilings"], "klynaa_store", "ends_per_s"), g(s["ceilings"], "sqlite_wal_full", "batch256_rows_per_s"),
