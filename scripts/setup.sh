@@ -12,6 +12,7 @@ PACKAGES=(
   libjwt-dev libssl-dev libcpp-httplib-dev libpq-dev postgresql
   libnghttp2-dev
   clang libclang-rt-dev prometheus
+  dpkg-dev lintian
   python3 python3-venv python3-setuptools python3-wheel python3-zmq python3-msgpack python3-django python3-botocore python3-jwt python3-cryptography python3-yaml systemd curl
 )
 
