@@ -23,6 +23,11 @@ int64_t now_ms() {
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
 }
 
+int64_t mono_ns() {
+  using namespace std::chrono;
+  return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
 /// As sqlite_store's pickup_of: the pickup of "pickup:N", else -1.
 int64_t pickup_of(const std::string& okey) {
   constexpr const char prefix[] = "pickup:";
@@ -106,6 +111,9 @@ void pg_store::impl::queue_batch(const batch& b, int64_t now, commit_outcome& ou
   if (!b.replay_ids.empty() || b.replay_all) queue_replay(b, now, out, q);
   if (!b.purge_ids.empty() || b.purge_all) queue_purge(b, out, q);
   if (b.probe) send("probe", params().add(now), {}, q);
+  // The server sends the results so far before it commits, so that the
+  // client sees how long COMMIT (the WAL flush) took on its own (commit_stats).
+  if (!PQsendFlushRequest(conn)) throw pg_failure(one_line(PQerrorMessage(conn)));
   send_sql("COMMIT", q);
 }
 
@@ -184,7 +192,7 @@ void pg_store::impl::queue_purge(const batch& b, commit_outcome& out, std::vecto
 
 /// Reads the results of the queued statements up to the sync. Returns the
 /// first error (empty when every statement succeeded and COMMIT returned).
-std::string pg_store::impl::read_pipeline(const std::vector<handler>& q) {
+std::string pg_store::impl::read_pipeline(const std::vector<handler>& q, int64_t& results_before_commit_ns) {
   std::string error;
   size_t idx = 0;
   for (;;) {
@@ -192,6 +200,7 @@ std::string pg_store::impl::read_pipeline(const std::vector<handler>& q) {
     if (!r) {
       if (PQstatus(conn) != CONNECTION_OK) break;
       if (++idx > q.size()) break;  // cannot happen: no sync after the last statement
+      if (idx + 1 == q.size()) results_before_commit_ns = mono_ns();  // COMMIT's is next
       continue;
     }
     auto st = PQresultStatus(r.get());
@@ -216,15 +225,18 @@ std::string pg_store::impl::read_pipeline(const std::vector<handler>& q) {
 }
 
 std::optional<commit_outcome> pg_store::impl::commit(const batch& b, store_error& err) {
+  const int64_t t0 = mono_ns();
   if (!ensure_connected(&err)) return std::nullopt;
   commit_outcome out;
   std::vector<handler> q;
   std::string error;
+  int64_t t_sent = 0, t_results = 0;
   try {
     if (!PQenterPipelineMode(conn)) throw pg_failure(one_line(PQerrorMessage(conn)));
     queue_batch(b, now_ms(), out, q);
     if (!PQpipelineSync(conn)) throw pg_failure(one_line(PQerrorMessage(conn)));
-    error = read_pipeline(q);
+    t_sent = mono_ns();
+    error = read_pipeline(q, t_results);
   } catch (const std::exception& e) {
     // A send failed half-way: the pipeline's state is unknown, drop the connection.
     err.message = message(std::string("commit failed: ") + e.what());
@@ -247,6 +259,14 @@ std::optional<commit_outcome> pg_store::impl::commit(const batch& b, store_error
     err.message = message(error);
     return std::nullopt;
   }
+  const int64_t t_end = mono_ns();
+  if (t_results == 0) t_results = t_end;
+  stats.commits += 1;
+  stats.statements += static_cast<int64_t>(q.size());
+  stats.encode_ns += t_sent - t0;
+  stats.execute_ns += t_results - t_sent;
+  stats.commit_ns += t_end - t_results;
+  stats.total_ns += t_end - t0;
   return out;
 }
 

@@ -26,7 +26,9 @@
 // then duplicates if it did commit); the next call reconnects.
 //
 // Blocking libpq is fine in pipeline mode: when a send would block, libpq reads
-// the server's pending results into its buffer, so a large batch cannot//
+// the server's pending results into its buffer, so a large batch cannot
+// deadlock the connection.
+//
 // The parts: pg_store_impl.hpp declares the state they share; pg_sql.cpp holds
 // the schema and the statements, pg_commit.cpp the commit pipeline; this file
 // connects, checks the schema and answers the reads and the lease calls.
@@ -274,6 +276,8 @@ std::unique_ptr<pg_store> pg_store::open(const pg_options& opts, store_error& er
 std::optional<commit_outcome> pg_store::commit(const batch& b, store_error& err) {
   return impl_->commit(b, err);
 }
+
+pg_commit_stats pg_store::commit_stats() const { return impl_->stats; }
 
 bool pg_store::load_unfinished(const std::function<void(job_record&&)>& sink, store_error& err) {
   auto& d = *impl_;

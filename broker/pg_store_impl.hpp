@@ -93,6 +93,7 @@ struct pg_store::impl {
   PGconn* conn = nullptr;
   std::string holder;     ///< of the last lease acquired
   std::optional<int64_t> fence_token;
+  pg_commit_stats stats;
   explicit impl(pg_options o);
   ~impl() { disconnect(); }
 
@@ -134,7 +135,7 @@ struct pg_store::impl {
   void queue_purge(const batch& b, commit_outcome& out, std::vector<handler>& q);
   /// Reads the results of the queued statements up to the sync. Returns the
   /// first error (empty when every statement succeeded and COMMIT returned).
-  std::string read_pipeline(const std::vector<handler>& q);
+  std::string read_pipeline(const std::vector<handler>& q, int64_t& results_before_commit_ns);
   /// The batch in one transaction, one round trip (pg_store.cpp's comment).
   std::optional<commit_outcome> commit(const batch& b, store_error& err);
 };
