@@ -61,69 +61,107 @@ constexpr const char* job_columns =
 // The statements, prepared on every connection. Parameters are sent as text and
 // cast in the SQL.
 const std::vector<std::pair<const char*, std::string>> all_statements = {
-    // The jobs a request stored, as stored now (a duplicate's `existing`). Sent
-    // before apply_request, so it finds only a request accepted earlier.
-    {"request_jobs",
-     std::string("SELECT ") + job_columns +
-         " FROM jsonb_array_elements_text((SELECT jobs FROM klynaa.requests WHERE id = $1::text))"
-         " WITH ORDINALITY AS u(id, n) JOIN klynaa.jobs j ON j.id = u.id ORDER BY u.n"},
-    // One request: sqlite_store's apply_request in one statement. Returns the
-    // first request's op and job ids (null unless a duplicate), the ordinals in
-    // $8 of the jobs inserted, and the auto-releases cancelled.
-    {"apply_request", R"sql(
-WITH dup AS (SELECT op, jobs FROM klynaa.requests WHERE id = $1::text),
+    // Requests of one commit, set-based (pg_commit.cpp, queue_requests): what
+    // sqlite_store's apply_request does one request at a time, for every
+    // request of the arrays at once. The client hands over only requests that
+    // do not depend on one another (no shared request id, job id or pickup),
+    // because every part of one statement sees the database as it was before
+    // the statement. $1-$6: the requests (id, op, type, ts_ms, accepted_ms,
+    // closes_pickup or null); $7: now; $8-$25: their candidate jobs, one array
+    // per column: the request's ordinal in $1 (1-based), the job's in its
+    // request, the jobs columns, and for an auto-release its pickup (else null).
+    // One row per request, in order: its ordinal; for a duplicate the first
+    // request's op, job ids and jobs as stored now (JSON); else the ordinals of
+    // the jobs inserted (an int[], null for none) and the auto-releases
+    // cancelled (JSON, null for none).
+    {"apply_requests", R"sql(
+WITH r AS (
+  SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+                WITH ORDINALITY AS r(id, op, type, ts_ms, accepted_ms, closes, n)),
+dup AS (SELECT r.n, q.op, q.jobs FROM r JOIN klynaa.requests q ON q.id = r.id),
+fresh AS (SELECT * FROM r WHERE r.n NOT IN (SELECT n FROM dup)),
 cancel AS (
-  UPDATE klynaa.jobs SET state = 5, updated_ms = $7::bigint
-   WHERE $6::bigint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dup)
-     AND okey = 'pickup:' || $6::bigint AND auto_release AND state < 3 AND state <> 1
-  RETURNING id),
+  UPDATE klynaa.jobs x SET state = 5, updated_ms = $7::bigint
+    FROM fresh f
+   WHERE f.closes IS NOT NULL AND x.okey = 'pickup:' || f.closes
+     AND x.auto_release AND x.state < 3 AND x.state <> 1
+  RETURNING f.n, x.id),
 closing AS (
   INSERT INTO klynaa.closed_pickups(pickup_id, closed_ms)
-  SELECT $6::bigint, $7::bigint WHERE $6::bigint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dup)
+  SELECT f.closes, $7::bigint FROM fresh f WHERE f.closes IS NOT NULL
   ON CONFLICT DO NOTHING),
 cand AS (
-  SELECT e.n, e.j FROM jsonb_array_elements($8::jsonb) WITH ORDINALITY AS e(j, n)
-   WHERE NOT EXISTS (SELECT 1 FROM dup)
-     AND NOT ((e.j->>'pickup') IS NOT NULL AND
-              ((e.j->>'pickup')::bigint IS NOT DISTINCT FROM $6::bigint OR
-               EXISTS (SELECT 1 FROM klynaa.closed_pickups p
-                        WHERE p.pickup_id = (e.j->>'pickup')::bigint)))),
+  SELECT c.* FROM unnest($8::int[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                         $15::bigint[], $16::int[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[],
+                         $21::boolean[], $22::text[], $23::text[], $24::bigint[], $25::bigint[])
+                  WITH ORDINALITY AS c(rn, k, id, request_id, function, data, okey, seq, state, due_ms,
+                                       attempts, ts_ms, created_ms, auto_release, last_error, result,
+                                       attempt_base, pickup, o)
+    JOIN fresh f ON f.n = c.rn
+   WHERE c.pickup IS NULL OR (c.pickup IS DISTINCT FROM f.closes AND NOT EXISTS (
+           SELECT 1 FROM klynaa.closed_pickups p WHERE p.pickup_id = c.pickup))),
 ins AS (
   INSERT INTO klynaa.jobs(id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms,
                           created_ms, updated_ms, auto_release, last_error, result, attempt_base)
-  SELECT j->>'id', j->>'request_id', j->>'function', j->>'data', j->>'okey', (j->>'seq')::bigint,
-         (j->>'state')::int, (j->>'due_ms')::bigint, (j->>'attempts')::bigint,
-         (j->>'ts_ms')::bigint, (j->>'created_ms')::bigint, $7::bigint,
-         (j->>'auto_release')::boolean, j->>'last_error', j->>'result',
-         (j->>'attempt_base')::bigint
-    FROM cand ORDER BY n
+  SELECT id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms, created_ms, $7::bigint,
+         auto_release, last_error, result, attempt_base
+    FROM cand ORDER BY o
   ON CONFLICT (id) DO NOTHING
   RETURNING id),
-created AS (SELECT i.id, (SELECT min(c.n) FROM cand c WHERE c.j->>'id' = i.id) AS n FROM ins i),
+created AS (  -- a job id repeated within one request was inserted the first time
+  SELECT c.rn, jsonb_agg(c.id ORDER BY c.k) AS jobs, array_agg(c.k ORDER BY c.k) AS ks
+    FROM cand c
+   WHERE c.o IN (SELECT min(x.o) FROM cand x JOIN ins ON ins.id = x.id GROUP BY x.id)
+   GROUP BY c.rn),
 req AS (
   INSERT INTO klynaa.requests(id, op, type, ts_ms, accepted_ms, jobs)
-  SELECT $1::text, $2::int, $3::text, $4::bigint, $5::bigint,
-         COALESCE((SELECT jsonb_agg(id ORDER BY n) FROM created), '[]'::jsonb)
-   WHERE NOT EXISTS (SELECT 1 FROM dup))
-SELECT (SELECT op FROM dup), (SELECT jobs::text FROM dup),
-       COALESCE((SELECT jsonb_agg(n ORDER BY n) FROM created), '[]'::jsonb)::text,
-       COALESCE((SELECT jsonb_agg(id ORDER BY id) FROM cancel), '[]'::jsonb)::text
+  SELECT f.id, f.op, f.type, f.ts_ms, f.accepted_ms, COALESCE(cr.jobs, '[]'::jsonb)
+    FROM fresh f LEFT JOIN created cr ON cr.rn = f.n ORDER BY f.n),
+cancelled AS (SELECT n, jsonb_agg(id ORDER BY id) AS ids FROM cancel GROUP BY n)
+SELECT r.n, d.op, d.jobs::text,
+       CASE WHEN d.n IS NOT NULL THEN (
+         SELECT COALESCE(jsonb_agg(to_jsonb(j) ORDER BY u.k), '[]'::jsonb)::text
+           FROM jsonb_array_elements_text(d.jobs) WITH ORDINALITY AS u(id, k)
+           JOIN klynaa.jobs j ON j.id = u.id) END,
+       cr.ks::text, ca.ids::text
+  FROM r LEFT JOIN dup d ON d.n = r.n LEFT JOIN created cr ON cr.rn = r.n
+         LEFT JOIN cancelled ca ON ca.n = r.n
+ ORDER BY r.n
 )sql"},
-    {"update_job",
-     "UPDATE klynaa.jobs SET state = $2::int, attempts = $3::bigint, due_ms = $4::bigint, "
-     "seq = $5::bigint, last_error = $6::text, result = $7::text, updated_ms = $8::bigint "
-     "WHERE id = $1::text"},
-    {"insert_attempt",
-     "INSERT INTO klynaa.attempts(job_id, attempt, node, outcome, error, duration_ms, at_ms) "
-     "VALUES($1::text, $2::bigint, $3::text, $4::text, $5::text, $6::bigint, $7::bigint) "
-     "ON CONFLICT (job_id, attempt) DO UPDATE SET node = EXCLUDED.node, outcome = EXCLUDED.outcome, "
-     "error = EXCLUDED.error, duration_ms = EXCLUDED.duration_ms, at_ms = EXCLUDED.at_ms"},
-    {"insert_job",
-     "INSERT INTO klynaa.jobs(id, request_id, function, data, okey, seq, state, due_ms, attempts, "
-     "ts_ms, created_ms, updated_ms, auto_release, last_error, result, attempt_base) "
-     "VALUES($1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint, $7::int, $8::bigint, "
-     "$9::bigint, $10::bigint, $11::bigint, $12::bigint, $13::boolean, $14::text, $15::text, "
-     "$16::bigint) ON CONFLICT (id) DO NOTHING"},
+    // Job state changes of one commit, at most one per job (the client keeps
+    // the last): $1-$7 id, state, attempts, due_ms, seq, last_error, result.
+    {"update_jobs", R"sql(
+UPDATE klynaa.jobs x SET state = u.state, attempts = u.attempts, due_ms = u.due_ms, seq = u.seq,
+                         last_error = u.last_error, result = u.result, updated_ms = $8::bigint
+  FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[])
+       AS u(id, state, attempts, due_ms, seq, last_error, result)
+ WHERE x.id = u.id
+)sql"},
+    // Attempt history of one commit, at most one row per (job, attempt).
+    {"insert_attempts", R"sql(
+INSERT INTO klynaa.attempts(job_id, attempt, node, outcome, error, duration_ms, at_ms)
+SELECT u.job_id, u.attempt, u.node, u.outcome, u.error, u.duration_ms, $7::bigint
+  FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+       AS u(job_id, attempt, node, outcome, error, duration_ms)
+ON CONFLICT (job_id, attempt) DO UPDATE SET node = EXCLUDED.node, outcome = EXCLUDED.outcome,
+  error = EXCLUDED.error, duration_ms = EXCLUDED.duration_ms, at_ms = EXCLUDED.at_ms
+)sql"},
+    // Jobs created by jobs, each id at most once (the client drops repeats):
+    // inserted unless the id exists; returns the ids inserted.
+    {"insert_children", R"sql(
+INSERT INTO klynaa.jobs(id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms,
+                        created_ms, updated_ms, auto_release, last_error, result, attempt_base)
+SELECT c.id, c.request_id, c.function, c.data, c.okey, c.seq, c.state, c.due_ms, c.attempts, c.ts_ms,
+       c.created_ms, $16::bigint, c.auto_release, c.last_error, c.result, c.attempt_base
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[],
+              $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::boolean[], $13::text[],
+              $14::text[], $15::bigint[]) WITH ORDINALITY
+       AS c(id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms, created_ms,
+            auto_release, last_error, result, attempt_base, o)
+ ORDER BY c.o
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+)sql"},
     // Retention, one chunk: finished jobs with their history, then (next
     // statement, so it sees them gone) old requests none of whose jobs is left.
     {"prune_jobs", R"sql(

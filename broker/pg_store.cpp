@@ -6,15 +6,22 @@
 // once), and a version newer than this code refuses to open.
 //
 // One round trip per commit: commit() sends the whole batch in libpq pipeline
-// mode (libpq >= 14) — BEGIN, one prepared statement per item, COMMIT, then a
-// single sync — and only then reads the results. No statement may therefore
-// depend on a result the client has not seen yet, so each step's logic runs in
-// the server: a request is one statement (data-modifying CTEs: dedup against
-// requests, cancel the pending auto-release of the pickup it closes, record the
-// closure, insert its jobs unless the pickup is closed or the id exists, record
-// the request with the ids actually inserted); statements of a pipeline run in
-// order in one transaction, so a later request of the same batch sees the
-// earlier ones (a repeated id is a duplicate, a closed pickup is closed).
+// mode (libpq >= 14) — BEGIN, a few prepared statements, COMMIT, then a single
+// sync — and only then reads the results. No statement may therefore depend on
+// a result the client has not seen yet, so each step's logic runs in the
+// server. The statements are set-based (issue 22; docs/performance.md, "The
+// PostgreSQL store"): each takes one array per column and reads them with
+// unnest(), so a commit costs a few statements whatever its size. The
+// requests are one statement (data-modifying CTEs: dedup against requests,
+// cancel the pending auto-releases of the pickups they close, record the
+// closures, insert their jobs unless the pickup is closed or the id exists,
+// record each request with the ids actually inserted); the job state changes
+// one UPDATE ... FROM unnest, their attempt history one INSERT, the jobs made
+// by jobs one INSERT. Every part of one statement sees the database as it was
+// before it, so the client cuts the requests into runs none of whose requests
+// could see another's effect (a repeated request id, job id or pickup); each
+// run is one statement, and a later statement of the pipeline sees the earlier
+// ones, as the SQLite store's request-at-a-time order would.
 // The fence is a PL/pgSQL function that raises, because a statement returning
 // 0 rows could not stop the statements already sent behind it. On any error the
 // server skips everything up to the sync; the client then rolls back.

@@ -52,6 +52,7 @@ using result_ptr = std::unique_ptr<PGresult, result_deleter>;
 class params {
  public:
   params& add(const std::string& v) { values_.emplace_back(v); return *this; }
+  params& add(std::string&& v) { values_.emplace_back(std::move(v)); return *this; }
   params& add(const char* v) { values_.emplace_back(std::string(v)); return *this; }
   params& add(int64_t v) { values_.emplace_back(std::to_string(v)); return *this; }
   params& add(int v) { return add(static_cast<int64_t>(v)); }
@@ -69,6 +70,54 @@ class params {
 
  private:
   std::vector<std::optional<std::string>> values_;
+};
+
+/// A PostgreSQL array in text form ('{"a","b\\"c",NULL}'), built element by
+/// element: one parameter of a set-based statement that reads it with
+/// unnest($n::text[], ...) (pg_sql.cpp). Elements of one array share a type.
+class array_param {
+ public:
+  array_param() : s_("{") {}
+  array_param& text(const std::string& v) {
+    sep();
+    s_ += '"';
+    if (v.find_first_of("\"\\") == std::string::npos) {
+      s_ += v;
+    } else {
+      for (char c : v) {
+        if (c == '"' || c == '\\') s_ += '\\';
+        s_ += c;
+      }
+    }
+    s_ += '"';
+    return *this;
+  }
+  array_param& i64(int64_t v) {
+    sep();
+    s_ += std::to_string(v);
+    return *this;
+  }
+  array_param& boolean(bool v) {
+    sep();
+    s_ += v ? 't' : 'f';
+    return *this;
+  }
+  array_param& null() {
+    sep();
+    s_ += "NULL";
+    return *this;
+  }
+  /// The literal; the builder is spent.
+  std::string done() {
+    s_ += '}';
+    return std::move(s_);
+  }
+
+ private:
+  void sep() {
+    if (s_.size() > 1) s_ += ',';
+  }
+  std::string s_;
 };
 
 inline int64_t i64(const PGresult* r, int row, int col) {
@@ -129,7 +178,12 @@ struct pg_store::impl {
   void send(const char* name, const params& p, handler h, std::vector<handler>& queue);
   void send_sql(const char* sql, std::vector<handler>& queue);
   void queue_batch(const batch& b, int64_t now, commit_outcome& out, std::vector<handler>& q);
-  void queue_request(const new_request& r, int64_t now, request_outcome& out, std::vector<handler>& q);
+  /// Requests [first, last) of the batch, none of which depends on another:
+  /// one set-based statement (apply_requests in pg_sql.cpp).
+  void queue_requests(const batch& b, size_t first, size_t last, int64_t now, commit_outcome& out,
+                      std::vector<handler>& q);
+  void queue_updates(const batch& b, int64_t now, std::vector<handler>& q);
+  void queue_children(const batch& b, int64_t now, commit_outcome& out, std::vector<handler>& q);
   void queue_prune(int64_t before_ms, int64_t limit, commit_outcome& out, std::vector<handler>& q);
   void queue_replay(const batch& b, int64_t now, commit_outcome& out, std::vector<handler>& q);
   void queue_purge(const batch& b, commit_outcome& out, std::vector<handler>& q);

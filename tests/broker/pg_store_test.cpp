@@ -338,3 +338,79 @@ TEST_CASE("a renewal never waits for a commit in flight, a takeover does", "[sto
   CHECK(*taken == *token + 1);
   CHECK(!renewer->acquire_or_renew_lease("broker-a", 60000, &err));  // lost: another holder
 }
+
+TEST_CASE("a commit is a few set-based statements whatever its size (issue 22)", "[store][postgres][batch]") {
+  auto& server = pg_server::get();
+  auto s = open_ok(options(server.url(server.fresh_database())));
+  store_error err;
+  auto statements_of = [&](const batch& b) {
+    const auto before = s->commit_stats();
+    auto out = s->commit(b, err);
+    INFO("commit: " << err.message);
+    REQUIRE(out);
+    const auto after = s->commit_stats();
+    CHECK(after.commits == before.commits + 1);
+    CHECK(after.total_ns > before.total_ns);
+    return after.statements - before.statements;
+  };
+  batch accept;
+  for (int i = 0; i < 300; ++i) accept.requests.push_back(request("r" + std::to_string(i), i + 1));
+  CHECK(statements_of(accept) == 3);  // BEGIN, apply_requests, COMMIT
+
+  batch mixed;
+  for (int i = 0; i < 300; ++i) {
+    mixed.requests.push_back(request("m" + std::to_string(i), 1000 + i));
+    job_update u;
+    u.id = "r" + std::to_string(i) + "#1";
+    u.state = job_state::done;
+    u.attempts = 1;
+    u.seq = i + 1;
+    u.node = "n";
+    u.outcome = "ok";
+    mixed.updates.push_back(u);
+  }
+  job_record child;
+  child.id = "child#1";
+  child.function = "sendPickupNotification";
+  child.data_json = "{}";
+  mixed.children = {child};
+  // BEGIN, apply_requests, update_jobs, insert_attempts, insert_children, COMMIT
+  CHECK(statements_of(mixed) == 6);
+  CHECK(s->find_job("r299#1")->state == job_state::done);
+  CHECK(s->find_job("m299#1"));
+
+  // A repeated request id starts a second run: one more statement.
+  batch repeat;
+  repeat.requests.push_back(request("x", 5000));
+  repeat.requests.push_back(request("y", 5001));
+  repeat.requests.push_back(request("x", 5002));
+  CHECK(statements_of(repeat) == 4);
+}
+
+TEST_CASE("a set-based statement that fails applies nothing of the batch and says why", "[store][postgres][batch]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  auto s = open_ok(options(server.url(db)));
+  store_error err;
+  REQUIRE(s->commit(one_request("first", 1), err));
+  // A job state the table refuses: the UPDATE fails after apply_requests ran.
+  server.sql(db, "ALTER TABLE klynaa.jobs ADD CONSTRAINT no_seven CHECK (state <> 7)");
+  batch b;
+  for (int i = 0; i < 20; ++i) b.requests.push_back(request("b" + std::to_string(i), 10 + i));
+  job_update u;
+  u.id = "first#1";
+  u.state = static_cast<job_state>(7);
+  b.updates.push_back(u);
+  store_error failed;
+  CHECK(!s->commit(b, failed));
+  INFO(failed.message);
+  CHECK(failed.message.find("no_seven") != std::string::npos);
+  CHECK(!s->find_job("b0#1"));
+  CHECK(s->find_job("first#1")->state == job_state::ready);
+  // The connection is usable: the same requests commit once the cause is gone.
+  b.updates.clear();
+  auto out = s->commit(b, err);
+  INFO(err.message);
+  REQUIRE(out);
+  CHECK(!out->requests.at(19).duplicate);
+}
