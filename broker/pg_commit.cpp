@@ -119,6 +119,18 @@ std::vector<size_t> independent_runs(const std::vector<new_request>& requests) {
   return ends;
 }
 
+/// Whether the batch may finish jobs (done or cancelled): then they move to
+/// klynaa.jobs_done in the same commit (pg_sql.cpp, move_finished).
+bool ends_jobs(const batch& b) {
+  for (auto& u : b.updates)
+    if (u.state == job_state::done || u.state == job_state::cancelled) return true;
+  for (auto& r : b.requests)
+    if (r.closes_pickup) return true;
+  for (auto& c : b.children)
+    if (c.state == job_state::done || c.state == job_state::cancelled) return true;
+  return false;
+}
+
 std::vector<std::string> string_array(const std::string& json_text) {
   std::vector<std::string> out;
   auto v = nlohmann::json::parse(json_text, nullptr, false);
@@ -154,6 +166,7 @@ void pg_store::impl::queue_batch(const batch& b, int64_t now, commit_outcome& ou
   }
   queue_updates(b, now, q);
   queue_children(b, now, out, q);
+  if (ends_jobs(b)) send("move_finished", params().add(move_limit), {}, q);
   if (b.prune_before_ms) queue_prune(*b.prune_before_ms, b.prune_limit, out, q);
   if (!b.replay_ids.empty() || b.replay_all) queue_replay(b, now, out, q);
   if (!b.purge_ids.empty() || b.purge_all) queue_purge(b, out, q);

@@ -12,6 +12,16 @@ namespace klynaa::broker::pg_detail {
 // Any constant: serialises first-time schema creation between brokers.
 const char* const init_lock = "SELECT pg_advisory_xact_lock(7236982611093125)";
 
+// Version 2 (issue 22): finished jobs (done, cancelled) leave the hot table
+// klynaa.jobs for klynaa.jobs_done in the commit that ends them (move_finished),
+// so that klynaa.jobs holds only the live jobs and the dead letters, whatever
+// the retention (docs/performance.md, "The PostgreSQL store").
+const char* const upgrade_to_2_sql = R"sql(
+CREATE TABLE IF NOT EXISTS klynaa.jobs_done(LIKE klynaa.jobs INCLUDING DEFAULTS, PRIMARY KEY (id));
+CREATE INDEX IF NOT EXISTS jobs_done_updated ON klynaa.jobs_done(updated_ms);
+UPDATE klynaa.meta SET value = '2' WHERE key = 'schema_version';
+)sql";
+
 const char* const schema_sql = R"sql(
 CREATE TABLE IF NOT EXISTS klynaa.meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS klynaa.requests(
@@ -29,6 +39,8 @@ CREATE INDEX IF NOT EXISTS jobs_dead ON klynaa.jobs(updated_ms) WHERE state = 4;
 CREATE INDEX IF NOT EXISTS jobs_finished ON klynaa.jobs(updated_ms) WHERE state IN (3, 5);
 CREATE INDEX IF NOT EXISTS requests_accepted ON klynaa.requests(accepted_ms);
 CREATE INDEX IF NOT EXISTS jobs_auto_release ON klynaa.jobs(okey) WHERE auto_release AND state < 3;
+CREATE TABLE IF NOT EXISTS klynaa.jobs_done(LIKE klynaa.jobs INCLUDING DEFAULTS, PRIMARY KEY (id));
+CREATE INDEX IF NOT EXISTS jobs_done_updated ON klynaa.jobs_done(updated_ms);
 CREATE TABLE IF NOT EXISTS klynaa.closed_pickups(pickup_id BIGINT PRIMARY KEY, closed_ms BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS klynaa.attempts(
   job_id TEXT NOT NULL, attempt BIGINT NOT NULL, node TEXT NOT NULL, outcome TEXT NOT NULL,
@@ -53,6 +65,9 @@ $fence$;
 )sql";
 
 namespace {
+
+/// Every job, live or finished (for reads): `FROM ` all_jobs ` j`.
+constexpr const char* all_jobs = "(SELECT * FROM klynaa.jobs UNION ALL SELECT * FROM klynaa.jobs_done)";
 
 constexpr const char* job_columns =
     "j.id, j.request_id, j.function, j.data, j.okey, j.seq, j.state, j.due_ms, j.attempts, "
@@ -98,8 +113,9 @@ cand AS (
                                        attempts, ts_ms, created_ms, auto_release, last_error, result,
                                        attempt_base, pickup, o)
     JOIN fresh f ON f.n = c.rn
-   WHERE c.pickup IS NULL OR (c.pickup IS DISTINCT FROM f.closes AND NOT EXISTS (
-           SELECT 1 FROM klynaa.closed_pickups p WHERE p.pickup_id = c.pickup))),
+   WHERE (c.pickup IS NULL OR (c.pickup IS DISTINCT FROM f.closes AND NOT EXISTS (
+            SELECT 1 FROM klynaa.closed_pickups p WHERE p.pickup_id = c.pickup)))
+     AND NOT EXISTS (SELECT 1 FROM klynaa.jobs_done d WHERE d.id = c.id)),
 ins AS (
   INSERT INTO klynaa.jobs(id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms,
                           created_ms, updated_ms, auto_release, last_error, result, attempt_base)
@@ -122,7 +138,7 @@ SELECT r.n, d.op, d.jobs::text,
        CASE WHEN d.n IS NOT NULL THEN (
          SELECT COALESCE(jsonb_agg(to_jsonb(j) ORDER BY u.k), '[]'::jsonb)::text
            FROM jsonb_array_elements_text(d.jobs) WITH ORDINALITY AS u(id, k)
-           JOIN klynaa.jobs j ON j.id = u.id) END,
+           JOIN (SELECT * FROM klynaa.jobs UNION ALL SELECT * FROM klynaa.jobs_done) j ON j.id = u.id) END,
        cr.ks::text, ca.ids::text
   FROM r LEFT JOIN dup d ON d.n = r.n LEFT JOIN created cr ON cr.rn = r.n
          LEFT JOIN cancelled ca ON ca.n = r.n
@@ -158,24 +174,41 @@ SELECT c.id, c.request_id, c.function, c.data, c.okey, c.seq, c.state, c.due_ms,
               $14::text[], $15::bigint[]) WITH ORDINALITY
        AS c(id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms, created_ms,
             auto_release, last_error, result, attempt_base, o)
+ WHERE NOT EXISTS (SELECT 1 FROM klynaa.jobs_done d WHERE d.id = c.id)
  ORDER BY c.o
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 )sql"},
+    // Finished jobs (done, cancelled) leave the hot table, at most $1 per
+    // commit (upgrade_to_2_sql): sent after the statements that end jobs.
+    {"move_finished", R"sql(
+WITH m AS (SELECT id FROM klynaa.jobs WHERE state IN (3, 5) LIMIT $1::bigint),
+d AS (DELETE FROM klynaa.jobs x USING m WHERE x.id = m.id RETURNING x.*)
+INSERT INTO klynaa.jobs_done SELECT * FROM d
+ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempts = EXCLUDED.attempts,
+  due_ms = EXCLUDED.due_ms, seq = EXCLUDED.seq, last_error = EXCLUDED.last_error,
+  result = EXCLUDED.result, updated_ms = EXCLUDED.updated_ms, attempt_base = EXCLUDED.attempt_base
+)sql"},
     // Retention, one chunk: finished jobs with their history, then (next
     // statement, so it sees them gone) old requests none of whose jobs is left.
     {"prune_jobs", R"sql(
-WITH victims AS (SELECT id FROM klynaa.jobs WHERE state IN (3, 5) AND updated_ms < $1::bigint
-                  ORDER BY updated_ms LIMIT $2::bigint),
+WITH victims AS (
+  SELECT id FROM (SELECT id, updated_ms FROM klynaa.jobs_done WHERE updated_ms < $1::bigint
+                  UNION ALL
+                  SELECT id, updated_ms FROM klynaa.jobs WHERE state IN (3, 5) AND updated_ms < $1::bigint) v
+   ORDER BY updated_ms LIMIT $2::bigint),
 gone_attempts AS (DELETE FROM klynaa.attempts WHERE job_id IN (SELECT id FROM victims)),
-gone AS (DELETE FROM klynaa.jobs WHERE id IN (SELECT id FROM victims) RETURNING 1)
-SELECT count(*) FROM gone
+gone_done AS (DELETE FROM klynaa.jobs_done WHERE id IN (SELECT id FROM victims) RETURNING 1),
+gone_hot AS (DELETE FROM klynaa.jobs WHERE id IN (SELECT id FROM victims) RETURNING 1)
+SELECT (SELECT count(*) FROM gone_done) + (SELECT count(*) FROM gone_hot)
 )sql"},
     {"prune_requests", R"sql(
 WITH gone AS (
   DELETE FROM klynaa.requests WHERE id IN (
     SELECT r.id FROM klynaa.requests r WHERE r.accepted_ms < $1::bigint AND NOT EXISTS (
-      SELECT 1 FROM jsonb_array_elements_text(r.jobs) e(id) JOIN klynaa.jobs j ON j.id = e.id)
+      SELECT 1 FROM jsonb_array_elements_text(r.jobs) e(id)
+       WHERE EXISTS (SELECT 1 FROM klynaa.jobs j WHERE j.id = e.id)
+          OR EXISTS (SELECT 1 FROM klynaa.jobs_done d WHERE d.id = e.id))
     ORDER BY r.accepted_ms LIMIT $2::bigint)
   RETURNING 1)
 SELECT count(*) FROM gone
@@ -220,15 +253,17 @@ RETURNING token
     {"lease_holder", "SELECT COALESCE(holder, ''), token FROM klynaa.lease WHERE name = 'broker'"},
     {"release_lease",
      "UPDATE klynaa.lease SET expires_at = now() WHERE name = 'broker' AND holder = $1::text AND token = $2::bigint"},
-    {"find_job", std::string("SELECT ") + job_columns + " FROM klynaa.jobs j WHERE j.id = $1::text"},
+    {"find_job", std::string("SELECT ") + job_columns + " FROM klynaa.jobs j WHERE j.id = $1::text UNION ALL " +
+                     "SELECT " + job_columns + " FROM klynaa.jobs_done j WHERE j.id = $1::text LIMIT 1"},
     {"load", std::string("SELECT ") + job_columns + " FROM klynaa.jobs j WHERE j.state < 3 ORDER BY j.seq"},
-    {"max_seq", "SELECT COALESCE(MAX(seq), 0) FROM klynaa.jobs"},
-    {"list_jobs", std::string("SELECT ") + job_columns +
-                      " FROM klynaa.jobs j WHERE j.state = $1::int ORDER BY j.updated_ms DESC LIMIT $2::bigint"},
+    {"max_seq", "SELECT GREATEST((SELECT COALESCE(MAX(seq), 0) FROM klynaa.jobs), "
+                "(SELECT COALESCE(MAX(seq), 0) FROM klynaa.jobs_done))"},
+    {"list_jobs", std::string("SELECT ") + job_columns + " FROM " + all_jobs +
+                      " j WHERE j.state = $1::int ORDER BY j.updated_ms DESC LIMIT $2::bigint"},
     {"history",
      "SELECT attempt, node, outcome, error, duration_ms, at_ms FROM klynaa.attempts "
      "WHERE job_id = $1::text ORDER BY attempt"},
-    {"count", "SELECT function, state, COUNT(*) FROM klynaa.jobs GROUP BY function, state"},
+    {"count", std::string("SELECT function, state, COUNT(*) FROM ") + all_jobs + " j GROUP BY function, state"},
 };
 
 }  // namespace

@@ -228,7 +228,8 @@ void pg_store::impl::create_or_check_schema() {
     exec("BEGIN");
     exec(init_lock);
     if (auto v = stored_version()) {
-      refuse_newer(*v);  // older versions: none yet (1 is the first)
+      refuse_newer(*v);
+      if (*v < 2) exec(upgrade_to_2_sql);
     } else {
       // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
       // schema exists: only ask for it the first time.
@@ -249,6 +250,9 @@ void pg_store::impl::check_version_read_only() {
   auto v = stored_version();
   if (!v) throw pg_failure("no klynaa store there yet (a broker creates it on its first start)");
   refuse_newer(*v);
+  if (*v < schema_version)
+    throw pg_failure("the store has schema version " + std::to_string(*v) +
+                     "; a broker of this version upgrades it when it starts (then open it again)");
 }
 
 /// One prepared statement outside the pipeline. Throws pg_failure (a

@@ -24,12 +24,17 @@ namespace klynaa::broker {
 namespace pg_detail {
 
 // 1: first layout (the SQLite store's version 2, plus lease).
-constexpr int schema_version = 1;
+// 2: finished jobs move to klynaa.jobs_done (issue 22).
+constexpr int schema_version = 2;
 
 /// Serialises first-time schema creation between brokers (pg_sql.cpp).
 extern const char* const init_lock;
 /// The schema of version schema_version, run once under init_lock (pg_sql.cpp).
 extern const char* const schema_sql;
+/// From version 1 to 2, run under init_lock (pg_sql.cpp).
+extern const char* const upgrade_to_2_sql;
+/// At most this many finished jobs move to klynaa.jobs_done per commit.
+constexpr int64_t move_limit = 20000;
 /// The statements prepared on every connection: name and SQL (pg_sql.cpp).
 const std::vector<std::pair<const char*, std::string>>& statements();
 

@@ -374,8 +374,9 @@ TEST_CASE("a commit is a few set-based statements whatever its size (issue 22)",
   child.function = "sendPickupNotification";
   child.data_json = "{}";
   mixed.children = {child};
-  // BEGIN, apply_requests, update_jobs, insert_attempts, insert_children, COMMIT
-  CHECK(statements_of(mixed) == 6);
+  // BEGIN, apply_requests, update_jobs, insert_attempts, insert_children,
+  // move_finished, COMMIT
+  CHECK(statements_of(mixed) == 7);
   CHECK(s->find_job("r299#1")->state == job_state::done);
   CHECK(s->find_job("m299#1"));
 
@@ -413,4 +414,93 @@ TEST_CASE("a set-based statement that fails applies nothing of the batch and say
   INFO(err.message);
   REQUIRE(out);
   CHECK(!out->requests.at(19).duplicate);
+}
+
+TEST_CASE("finished jobs leave klynaa.jobs for klynaa.jobs_done in the commit that ends them (issue 22)",
+          "[store][postgres][batch]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  auto s = open_ok(options(server.url(db)));
+  store_error err;
+  batch accept;
+  for (int i = 0; i < 10; ++i) accept.requests.push_back(request("r" + std::to_string(i), i + 1));
+  REQUIRE(s->commit(accept, err));
+  batch end;
+  for (int i = 0; i < 6; ++i) {
+    job_update u;
+    u.id = "r" + std::to_string(i) + "#1";
+    u.state = i < 4 ? job_state::done : (i == 4 ? job_state::dead : job_state::running);
+    u.attempts = 1;
+    u.seq = i + 1;
+    u.result_json = R"({"ok":true})";
+    u.node = "n";
+    u.outcome = i < 4 ? "ok" : (i == 4 ? "dead" : "");
+    end.updates.push_back(u);
+  }
+  REQUIRE(s->commit(end, err));
+  // The hot table keeps the live jobs and the dead letter; the done ones moved.
+  CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs") == "6");
+  CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs_done WHERE state = 3") == "4");
+  auto done = s->find_job("r0#1");
+  REQUIRE(done);
+  CHECK(done->state == job_state::done);
+  CHECK(done->result_json == R"({"ok":true})");
+  CHECK(s->list_jobs(job_state::done, 10).size() == 4);
+  CHECK(s->list_jobs(job_state::dead, 10).size() == 1);
+  CHECK(s->max_seq() == 10);
+  // A done job's id is still taken: by a request's job, by a job's child.
+  batch again;
+  again.requests.push_back(request("other", 20));
+  again.requests.back().jobs[0].id = "r1#1";
+  job_record child;
+  child.id = "r2#1";
+  child.function = "sendPickupNotification";
+  child.data_json = "{}";
+  again.children = {child};
+  auto out = s->commit(again, err);
+  REQUIRE(out);
+  CHECK(out->requests[0].created.empty());
+  CHECK(out->children_inserted == std::vector<bool>{false});
+  CHECK(s->find_job("r1#1")->seq == 2);
+  // A duplicate of a request whose job is done sees it done.
+  out = s->commit(one_request("r3", 30), err);
+  REQUIRE(out);
+  REQUIRE(out->requests[0].existing.size() == 1);
+  CHECK(out->requests[0].existing[0].state == job_state::done);
+}
+
+TEST_CASE("a version 1 postgres store is upgraded in place: its done jobs move out as jobs end",
+          "[store][postgres]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  {
+    auto s = open_ok(options(server.url(db)));
+    store_error err;
+    REQUIRE(s->commit(one_request("a", 1), err));
+    REQUIRE(s->commit(one_request("b", 2), err));
+  }
+  // Version 1: no jobs_done, finished jobs in klynaa.jobs.
+  server.sql(db, "DROP TABLE klynaa.jobs_done; UPDATE klynaa.meta SET value = '1' WHERE key = 'schema_version'; "
+                 "UPDATE klynaa.jobs SET state = 3 WHERE id = 'a#1'");
+  {
+    store_error err;
+    pg_options ro = options(server.url(db));
+    ro.read_only = true;
+    CHECK(!pg_store::open(ro, err));
+    CHECK(err.message.find("schema version 1") != std::string::npos);
+  }
+  auto s = open_ok(options(server.url(db)));
+  CHECK(server.sql(db, "SELECT value FROM klynaa.meta WHERE key = 'schema_version'") == "2");
+  CHECK(s->find_job("a#1")->state == job_state::done);
+  batch end;
+  job_update u;
+  u.id = "b#1";
+  u.state = job_state::done;
+  u.attempts = 1;
+  u.seq = 2;
+  end.updates.push_back(u);
+  store_error err;
+  REQUIRE(s->commit(end, err));
+  CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs") == "0");
+  CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs_done") == "2");
 }
