@@ -119,16 +119,18 @@ std::vector<size_t> independent_runs(const std::vector<new_request>& requests) {
   return ends;
 }
 
-/// Whether the batch may finish jobs (done or cancelled): then they move to
-/// klynaa.jobs_done in the same commit (pg_sql.cpp, move_finished).
-bool ends_jobs(const batch& b) {
+/// The ids of the jobs the batch ends (done or cancelled): they move to
+/// klynaa.jobs_done in the same commit (pg_sql.cpp, move_finished). Empty
+/// when none does.
+std::string ended_ids(const batch& b) {
+  array_param ids;
+  bool any = false;
+  auto ends = [](job_state s) { return s == job_state::done || s == job_state::cancelled; };
   for (auto& u : b.updates)
-    if (u.state == job_state::done || u.state == job_state::cancelled) return true;
-  for (auto& r : b.requests)
-    if (r.closes_pickup) return true;
+    if (ends(u.state)) ids.text(u.id), any = true;
   for (auto& c : b.children)
-    if (c.state == job_state::done || c.state == job_state::cancelled) return true;
-  return false;
+    if (ends(c.state)) ids.text(c.id), any = true;
+  return any ? ids.done() : std::string();
 }
 
 std::vector<std::string> string_array(const std::string& json_text) {
@@ -166,7 +168,7 @@ void pg_store::impl::queue_batch(const batch& b, int64_t now, commit_outcome& ou
   }
   queue_updates(b, now, q);
   queue_children(b, now, out, q);
-  if (ends_jobs(b)) send("move_finished", params().add(move_limit), {}, q);
+  if (auto ids = ended_ids(b); !ids.empty()) send("move_finished", params().add(std::move(ids)), {}, q);
   if (b.prune_before_ms) queue_prune(*b.prune_before_ms, b.prune_limit, out, q);
   if (!b.replay_ids.empty() || b.replay_all) queue_replay(b, now, out, q);
   if (!b.purge_ids.empty() || b.purge_all) queue_purge(b, out, q);

@@ -12,8 +12,8 @@ namespace klynaa::broker::pg_detail {
 // Any constant: serialises first-time schema creation between brokers.
 const char* const init_lock = "SELECT pg_advisory_xact_lock(7236982611093125)";
 
-// Version 2 (issue 22): finished jobs (done, cancelled) leave the hot table
-// klynaa.jobs for klynaa.jobs_done in the commit that ends them (move_finished),
+// Version 2 (issue 22): done jobs leave the hot table klynaa.jobs for
+// klynaa.jobs_done in the commit that ends them (move_finished),
 // so that klynaa.jobs holds only the live jobs and the dead letters, whatever
 // the retention (docs/performance.md, "The PostgreSQL store").
 const char* const upgrade_to_2_sql = R"sql(
@@ -179,11 +179,12 @@ SELECT c.id, c.request_id, c.function, c.data, c.okey, c.seq, c.state, c.due_ms,
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 )sql"},
-    // Finished jobs (done, cancelled) leave the hot table, at most $1 per
-    // commit (upgrade_to_2_sql): sent after the statements that end jobs.
+    // The jobs this commit ended (done, or a job made by a job that was
+    // already finished), $1 their ids, leave the hot table (upgrade_to_2_sql):
+    // found by primary key, sent after the statements that end them. An
+    // auto-release cancelled by a closed pickup (rare) stays until pruned.
     {"move_finished", R"sql(
-WITH m AS (SELECT id FROM klynaa.jobs WHERE state IN (3, 5) LIMIT $1::bigint),
-d AS (DELETE FROM klynaa.jobs x USING m WHERE x.id = m.id RETURNING x.*)
+WITH d AS (DELETE FROM klynaa.jobs x WHERE x.id = ANY($1::text[]) AND x.state IN (3, 5) RETURNING x.*)
 INSERT INTO klynaa.jobs_done SELECT * FROM d
 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempts = EXCLUDED.attempts,
   due_ms = EXCLUDED.due_ms, seq = EXCLUDED.seq, last_error = EXCLUDED.last_error,

@@ -33,8 +33,7 @@ extern const char* const init_lock;
 extern const char* const schema_sql;
 /// From version 1 to 2, run under init_lock (pg_sql.cpp).
 extern const char* const upgrade_to_2_sql;
-/// At most this many finished jobs move to klynaa.jobs_done per commit.
-constexpr int64_t move_limit = 20000;
+
 /// The statements prepared on every connection: name and SQL (pg_sql.cpp).
 const std::vector<std::pair<const char*, std::string>>& statements();
 

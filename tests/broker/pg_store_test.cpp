@@ -469,7 +469,7 @@ TEST_CASE("finished jobs leave klynaa.jobs for klynaa.jobs_done in the commit th
   CHECK(out->requests[0].existing[0].state == job_state::done);
 }
 
-TEST_CASE("a version 1 postgres store is upgraded in place: its done jobs move out as jobs end",
+TEST_CASE("a version 1 postgres store is upgraded in place: its done jobs stay, new ones move out",
           "[store][postgres]") {
   auto& server = pg_server::get();
   const std::string db = server.fresh_database();
@@ -501,6 +501,9 @@ TEST_CASE("a version 1 postgres store is upgraded in place: its done jobs move o
   end.updates.push_back(u);
   store_error err;
   REQUIRE(s->commit(end, err));
+  CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs") == "1");  // a#1, until pruned
+  CHECK(server.sql(db, "SELECT id FROM klynaa.jobs_done") == "b#1");
+  CHECK(s->list_jobs(job_state::done, 10).size() == 2);
+  CHECK(s->prune(wall_ms() + 1000) == 4);  // both jobs and both dedup keys
   CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs") == "0");
-  CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs_done") == "2");
 }
