@@ -440,6 +440,9 @@ TEST_CASE("finished jobs leave klynaa.jobs for klynaa.jobs_done in the commit th
   REQUIRE(s->commit(end, err));
   // The hot table keeps the live jobs and the dead letter; the done ones moved.
   CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs") == "6");
+  // ... and autovacuum comes after a fixed number of dead rows, unthrottled.
+  CHECK(server.sql(db, "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'klynaa.jobs'::regclass") ==
+        "autovacuum_vacuum_scale_factor=0,autovacuum_vacuum_threshold=20000,autovacuum_vacuum_cost_delay=0");
   CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs_done WHERE state = 3") == "4");
   auto done = s->find_job("r0#1");
   REQUIRE(done);
@@ -491,6 +494,8 @@ TEST_CASE("a version 1 postgres store is upgraded in place: its done jobs stay, 
   }
   auto s = open_ok(options(server.url(db)));
   CHECK(server.sql(db, "SELECT value FROM klynaa.meta WHERE key = 'schema_version'") == "2");
+  CHECK(server.sql(db, "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'klynaa.jobs'::regclass")
+            .find("autovacuum_vacuum_threshold=20000") != std::string::npos);
   CHECK(s->find_job("a#1")->state == job_state::done);
   batch end;
   job_update u;
