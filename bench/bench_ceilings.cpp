@@ -21,6 +21,7 @@
 
 #include "bench/bench_common.hpp"
 #include "broker/journal_store.hpp"
+#include "broker/pg_store.hpp"
 #include "broker/store.hpp"
 
 namespace klynaa::bench {
@@ -126,13 +127,27 @@ json measure_sqlite(const std::string& dir) {
   return out;
 }
 
+/// The average commit of the PostgreSQL store between two readings of its
+/// commit_stats, split into its phases (pg_store.hpp, pg_commit_stats).
+json pg_phases(const klynaa::broker::pg_commit_stats& a, const klynaa::broker::pg_commit_stats& b) {
+  const double commits = static_cast<double>(std::max<int64_t>(1, b.commits - a.commits));
+  auto avg = [&](int64_t x, int64_t y) { return std::round(static_cast<double>(y - x) / commits / 1e3) / 1e3; };
+  return {{"commits", b.commits - a.commits},
+          {"statements_per_commit", std::round(static_cast<double>(b.statements - a.statements) / commits * 10) / 10},
+          {"encode", avg(a.encode_ns, b.encode_ns)},
+          {"execute", avg(a.execute_ns, b.execute_ns)},
+          {"commit", avg(a.commit_ns, b.commit_ns)},
+          {"total", avg(a.total_ns, b.total_ns)}};
+}
+
 /// Klynaa's own store (broker/sqlite_store.cpp or broker/journal_store.cpp,
 /// durable): what its one writer thread can do with nothing else running. `n`
 /// worker.location requests (one job each, ids from 4 interleaved clients)
 /// accepted in batches of 256, then each job's end recorded in batches of 256:
 /// the writer's work for one job. For the journal, also the heap each retained
 /// dedup key costs once its one job is done (malloc's count, before and after).
-json measure_store(const std::string& dir, const std::string& backend, int n) {
+json measure_store(const std::string& dir, const std::string& backend, int n,
+                   const std::string& pg_url = "") {
   const std::string path = dir + "/klynaa-bench-store.db";
   const std::string jdir = dir + "/klynaa-bench-journal";
   auto clean = [&] {
@@ -148,6 +163,11 @@ json measure_store(const std::string& dir, const std::string& backend, int n) {
     klynaa::broker::journal_options jo;
     jo.dir = jdir;
     st = klynaa::broker::open_journal_store(jo, err);
+  } else if (backend == "postgres") {
+    klynaa::broker::pg_options po;
+    po.url = pg_url;
+    po.application_name = "klynaa-bench";
+    st = klynaa::broker::open_pg_store(po, err);
   } else {
     klynaa::broker::sqlite_options so;
     so.path = path;
@@ -157,13 +177,18 @@ json measure_store(const std::string& dir, const std::string& backend, int n) {
   const std::string prefix = "kbstore" + std::to_string(wall_ms()) + "-";
   auto id_of = [&](int i) { return prefix + std::to_string(i % 4) + "-" + std::to_string(i); };
   const int64_t now = wall_ms();
-  auto timed = [&](auto fill) -> double {
+  json phases = json::object();  // postgres: where each stage's commit time went
+  auto timed = [&](auto fill, const char* stage) -> double {
+    const auto before = backend == "postgres"
+                            ? static_cast<klynaa::broker::pg_store&>(*st).commit_stats()
+                            : klynaa::broker::pg_commit_stats{};
     const int64_t t0 = mono_ns();
     for (int i = 0; i < n; i += 256) {
       klynaa::broker::batch b;
       for (int k = i; k < std::min(n, i + 256); ++k) fill(b, k);
       if (!st->commit(b, err)) return -1;
     }
+    if (backend == "postgres") phases[stage] = pg_phases(before, static_cast<klynaa::broker::pg_store&>(*st).commit_stats());
     return static_cast<double>(mono_ns() - t0) / 1e9;
   };
   const double accept_s = timed([&](klynaa::broker::batch& b, int k) {
@@ -181,7 +206,7 @@ json measure_store(const std::string& dir, const std::string& backend, int n) {
     j.due_ms = j.ts_ms = j.created_ms = now;
     r.jobs.push_back(std::move(j));
     b.requests.push_back(std::move(r));
-  });
+  }, "accept");
   const double done_s = timed([&](klynaa::broker::batch& b, int k) {
     klynaa::broker::job_update u;
     u.id = id_of(k) + "#1";
@@ -192,7 +217,7 @@ json measure_store(const std::string& dir, const std::string& backend, int n) {
     u.node = "bench";
     u.outcome = "ok";
     b.updates.push_back(std::move(u));
-  });
+  }, "end");
   json out = {{"requests", n}};
   if (backend == "journal" && accept_s >= 0 && done_s >= 0) {
     const auto js = static_cast<klynaa::broker::journal_store&>(*st).stats();
@@ -200,6 +225,7 @@ json measure_store(const std::string& dir, const std::string& backend, int n) {
     out["bytes_per_retained_key"] = std::round(static_cast<double>(heap_bytes() - heap_before) / n);
     out["checkpoints"] = js.checkpoints;
   }
+  if (backend == "postgres") out["commit_phases_ms"] = phases;
   st.reset();
   clean();
   if (accept_s < 0 || done_s < 0) return {{"error", err.message}};
@@ -275,6 +301,7 @@ int run_ceilings(options& o) {
   out["sqlite_wal_full"] = measure_sqlite(dir);
   out["klynaa_store"] = measure_store(dir, "sqlite", 50000);
   out["klynaa_journal"] = measure_store(dir, "journal", 50000);
+  if (!o.pg_url.empty()) out["klynaa_pg_store"] = measure_store(dir, "postgres", 50000, o.pg_url);
   out["zmq_dealer_router"] = measure_zmq(o.zmq_messages, 1000);
   out["machine"]["loadavg_after"] = loadavg();
   std::cout << out.dump() << std::endl;

@@ -14,7 +14,7 @@ namespace klynaa::bench {
 void usage(int code) {
   (code ? std::cerr : std::cout) << R"(usage:
   klynaa-bench [--start | --ingress E [--admin HOST:PORT] [--pid P] | --data-dir D] [load options]
-  klynaa-bench --ceilings [--data-dir D]
+  klynaa-bench --ceilings [--data-dir D] [--pg-url URL]
 
 where the broker is:
   --start              spawn `klynaa run` (next to this executable, or --klynaa PATH) on a
@@ -49,6 +49,9 @@ load options:
 
 ceilings options:
   --zmq-messages N     request+reply pairs for the ZeroMQ ceiling (default 1000000)
+  --pg-url URL         also measure the PostgreSQL store (broker/pg_store.cpp) on this
+                       database, as klynaa_pg_store: the same workload as klynaa_store,
+                       with each commit's time split into encode/execute/commit
 )";
   std::exit(code);
 }
@@ -98,6 +101,7 @@ options parse(int argc, char** argv) {
     else if (a == "--timeout") o.timeout_s = num(i);
     else if (a == "--fsync-samples") o.fsync_samples = static_cast<int>(num(i));
     else if (a == "--zmq-messages") o.zmq_messages = static_cast<uint64_t>(num(i));
+    else if (a == "--pg-url") o.pg_url = need(i);
     else {
       std::cerr << "klynaa-bench: unknown option " << a << "\n";
       usage(2);

@@ -28,6 +28,7 @@ struct options {
   double timeout_s = 300;
   int fsync_samples = 500;
   uint64_t zmq_messages = 1000000;
+  std::string pg_url;  ///< --ceilings: also measure the PostgreSQL store on this database
 };
 
 /// Prints the usage text (on stderr when `code` is not 0) and exits with `code`.

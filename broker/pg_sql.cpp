@@ -12,6 +12,21 @@ namespace klynaa::broker::pg_detail {
 // Any constant: serialises first-time schema creation between brokers.
 const char* const init_lock = "SELECT pg_advisory_xact_lock(7236982611093125)";
 
+// Version 2 (issue 22): done jobs leave the hot table klynaa.jobs for
+// klynaa.jobs_done in the commit that ends them (move_finished),
+// so that klynaa.jobs holds only the live jobs and the dead letters, whatever
+// the retention (docs/performance.md, "The PostgreSQL store").
+const char* const upgrade_to_2_sql = R"sql(
+CREATE TABLE IF NOT EXISTS klynaa.jobs_done(LIKE klynaa.jobs INCLUDING DEFAULTS, PRIMARY KEY (id));
+CREATE INDEX IF NOT EXISTS jobs_done_updated ON klynaa.jobs_done(updated_ms);
+-- The hot table sees every job inserted, updated and deleted: vacuum it after
+-- a fixed number of dead rows, unthrottled, not after a fraction of a table
+-- that stays small (docs/performance.md, "The PostgreSQL store").
+ALTER TABLE klynaa.jobs SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000,
+                             autovacuum_vacuum_cost_delay = 0);
+UPDATE klynaa.meta SET value = '2' WHERE key = 'schema_version';
+)sql";
+
 const char* const schema_sql = R"sql(
 CREATE TABLE IF NOT EXISTS klynaa.meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS klynaa.requests(
@@ -29,6 +44,13 @@ CREATE INDEX IF NOT EXISTS jobs_dead ON klynaa.jobs(updated_ms) WHERE state = 4;
 CREATE INDEX IF NOT EXISTS jobs_finished ON klynaa.jobs(updated_ms) WHERE state IN (3, 5);
 CREATE INDEX IF NOT EXISTS requests_accepted ON klynaa.requests(accepted_ms);
 CREATE INDEX IF NOT EXISTS jobs_auto_release ON klynaa.jobs(okey) WHERE auto_release AND state < 3;
+CREATE TABLE IF NOT EXISTS klynaa.jobs_done(LIKE klynaa.jobs INCLUDING DEFAULTS, PRIMARY KEY (id));
+CREATE INDEX IF NOT EXISTS jobs_done_updated ON klynaa.jobs_done(updated_ms);
+-- The hot table sees every job inserted, updated and deleted: vacuum it after
+-- a fixed number of dead rows, unthrottled, not after a fraction of a table
+-- that stays small (docs/performance.md, "The PostgreSQL store").
+ALTER TABLE klynaa.jobs SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000,
+                             autovacuum_vacuum_cost_delay = 0);
 CREATE TABLE IF NOT EXISTS klynaa.closed_pickups(pickup_id BIGINT PRIMARY KEY, closed_ms BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS klynaa.attempts(
   job_id TEXT NOT NULL, attempt BIGINT NOT NULL, node TEXT NOT NULL, outcome TEXT NOT NULL,
@@ -54,6 +76,9 @@ $fence$;
 
 namespace {
 
+/// Every job, live or finished (for reads): `FROM ` all_jobs ` j`.
+constexpr const char* all_jobs = "(SELECT * FROM klynaa.jobs UNION ALL SELECT * FROM klynaa.jobs_done)";
+
 constexpr const char* job_columns =
     "j.id, j.request_id, j.function, j.data, j.okey, j.seq, j.state, j.due_ms, j.attempts, "
     "j.ts_ms, j.created_ms, j.updated_ms, j.auto_release, j.last_error, j.result, j.attempt_base";
@@ -61,83 +86,140 @@ constexpr const char* job_columns =
 // The statements, prepared on every connection. Parameters are sent as text and
 // cast in the SQL.
 const std::vector<std::pair<const char*, std::string>> all_statements = {
-    // The jobs a request stored, as stored now (a duplicate's `existing`). Sent
-    // before apply_request, so it finds only a request accepted earlier.
-    {"request_jobs",
-     std::string("SELECT ") + job_columns +
-         " FROM jsonb_array_elements_text((SELECT jobs FROM klynaa.requests WHERE id = $1::text))"
-         " WITH ORDINALITY AS u(id, n) JOIN klynaa.jobs j ON j.id = u.id ORDER BY u.n"},
-    // One request: sqlite_store's apply_request in one statement. Returns the
-    // first request's op and job ids (null unless a duplicate), the ordinals in
-    // $8 of the jobs inserted, and the auto-releases cancelled.
-    {"apply_request", R"sql(
-WITH dup AS (SELECT op, jobs FROM klynaa.requests WHERE id = $1::text),
+    // Requests of one commit, set-based (pg_commit.cpp, queue_requests): what
+    // sqlite_store's apply_request does one request at a time, for every
+    // request of the arrays at once. The client hands over only requests that
+    // do not depend on one another (no shared request id, job id or pickup),
+    // because every part of one statement sees the database as it was before
+    // the statement. $1-$6: the requests (id, op, type, ts_ms, accepted_ms,
+    // closes_pickup or null); $7: now; $8-$25: their candidate jobs, one array
+    // per column: the request's ordinal in $1 (1-based), the job's in its
+    // request, the jobs columns, and for an auto-release its pickup (else null).
+    // One row per request, in order: its ordinal; for a duplicate the first
+    // request's op, job ids and jobs as stored now (JSON); else the ordinals of
+    // the jobs inserted (an int[], null for none) and the auto-releases
+    // cancelled (JSON, null for none).
+    {"apply_requests", R"sql(
+WITH r AS (
+  SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+                WITH ORDINALITY AS r(id, op, type, ts_ms, accepted_ms, closes, n)),
+dup AS (SELECT r.n, q.op, q.jobs FROM r JOIN klynaa.requests q ON q.id = r.id),
+fresh AS (SELECT * FROM r WHERE r.n NOT IN (SELECT n FROM dup)),
 cancel AS (
-  UPDATE klynaa.jobs SET state = 5, updated_ms = $7::bigint
-   WHERE $6::bigint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dup)
-     AND okey = 'pickup:' || $6::bigint AND auto_release AND state < 3 AND state <> 1
-  RETURNING id),
+  UPDATE klynaa.jobs x SET state = 5, updated_ms = $7::bigint
+    FROM fresh f
+   WHERE f.closes IS NOT NULL AND x.okey = 'pickup:' || f.closes
+     AND x.auto_release AND x.state < 3 AND x.state <> 1
+  RETURNING f.n, x.id),
 closing AS (
   INSERT INTO klynaa.closed_pickups(pickup_id, closed_ms)
-  SELECT $6::bigint, $7::bigint WHERE $6::bigint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dup)
+  SELECT f.closes, $7::bigint FROM fresh f WHERE f.closes IS NOT NULL
   ON CONFLICT DO NOTHING),
 cand AS (
-  SELECT e.n, e.j FROM jsonb_array_elements($8::jsonb) WITH ORDINALITY AS e(j, n)
-   WHERE NOT EXISTS (SELECT 1 FROM dup)
-     AND NOT ((e.j->>'pickup') IS NOT NULL AND
-              ((e.j->>'pickup')::bigint IS NOT DISTINCT FROM $6::bigint OR
-               EXISTS (SELECT 1 FROM klynaa.closed_pickups p
-                        WHERE p.pickup_id = (e.j->>'pickup')::bigint)))),
+  SELECT c.* FROM unnest($8::int[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                         $15::bigint[], $16::int[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[],
+                         $21::boolean[], $22::text[], $23::text[], $24::bigint[], $25::bigint[])
+                  WITH ORDINALITY AS c(rn, k, id, request_id, function, data, okey, seq, state, due_ms,
+                                       attempts, ts_ms, created_ms, auto_release, last_error, result,
+                                       attempt_base, pickup, o)
+    JOIN fresh f ON f.n = c.rn
+   WHERE (c.pickup IS NULL OR (c.pickup IS DISTINCT FROM f.closes AND NOT EXISTS (
+            SELECT 1 FROM klynaa.closed_pickups p WHERE p.pickup_id = c.pickup)))
+     AND NOT EXISTS (SELECT 1 FROM klynaa.jobs_done d WHERE d.id = c.id)),
 ins AS (
   INSERT INTO klynaa.jobs(id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms,
                           created_ms, updated_ms, auto_release, last_error, result, attempt_base)
-  SELECT j->>'id', j->>'request_id', j->>'function', j->>'data', j->>'okey', (j->>'seq')::bigint,
-         (j->>'state')::int, (j->>'due_ms')::bigint, (j->>'attempts')::bigint,
-         (j->>'ts_ms')::bigint, (j->>'created_ms')::bigint, $7::bigint,
-         (j->>'auto_release')::boolean, j->>'last_error', j->>'result',
-         (j->>'attempt_base')::bigint
-    FROM cand ORDER BY n
+  SELECT id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms, created_ms, $7::bigint,
+         auto_release, last_error, result, attempt_base
+    FROM cand ORDER BY o
   ON CONFLICT (id) DO NOTHING
   RETURNING id),
-created AS (SELECT i.id, (SELECT min(c.n) FROM cand c WHERE c.j->>'id' = i.id) AS n FROM ins i),
+created AS (  -- a job id repeated within one request was inserted the first time
+  SELECT c.rn, jsonb_agg(c.id ORDER BY c.k) AS jobs, array_agg(c.k ORDER BY c.k) AS ks
+    FROM cand c
+   WHERE c.o IN (SELECT min(x.o) FROM cand x JOIN ins ON ins.id = x.id GROUP BY x.id)
+   GROUP BY c.rn),
 req AS (
   INSERT INTO klynaa.requests(id, op, type, ts_ms, accepted_ms, jobs)
-  SELECT $1::text, $2::int, $3::text, $4::bigint, $5::bigint,
-         COALESCE((SELECT jsonb_agg(id ORDER BY n) FROM created), '[]'::jsonb)
-   WHERE NOT EXISTS (SELECT 1 FROM dup))
-SELECT (SELECT op FROM dup), (SELECT jobs::text FROM dup),
-       COALESCE((SELECT jsonb_agg(n ORDER BY n) FROM created), '[]'::jsonb)::text,
-       COALESCE((SELECT jsonb_agg(id ORDER BY id) FROM cancel), '[]'::jsonb)::text
+  SELECT f.id, f.op, f.type, f.ts_ms, f.accepted_ms, COALESCE(cr.jobs, '[]'::jsonb)
+    FROM fresh f LEFT JOIN created cr ON cr.rn = f.n ORDER BY f.n),
+cancelled AS (SELECT n, jsonb_agg(id ORDER BY id) AS ids FROM cancel GROUP BY n)
+SELECT r.n, d.op, d.jobs::text,
+       CASE WHEN d.n IS NOT NULL THEN (
+         SELECT COALESCE(jsonb_agg(to_jsonb(j) ORDER BY u.k), '[]'::jsonb)::text
+           FROM jsonb_array_elements_text(d.jobs) WITH ORDINALITY AS u(id, k)
+           JOIN (SELECT * FROM klynaa.jobs UNION ALL SELECT * FROM klynaa.jobs_done) j ON j.id = u.id) END,
+       cr.ks::text, ca.ids::text
+  FROM r LEFT JOIN dup d ON d.n = r.n LEFT JOIN created cr ON cr.rn = r.n
+         LEFT JOIN cancelled ca ON ca.n = r.n
+ ORDER BY r.n
 )sql"},
-    {"update_job",
-     "UPDATE klynaa.jobs SET state = $2::int, attempts = $3::bigint, due_ms = $4::bigint, "
-     "seq = $5::bigint, last_error = $6::text, result = $7::text, updated_ms = $8::bigint "
-     "WHERE id = $1::text"},
-    {"insert_attempt",
-     "INSERT INTO klynaa.attempts(job_id, attempt, node, outcome, error, duration_ms, at_ms) "
-     "VALUES($1::text, $2::bigint, $3::text, $4::text, $5::text, $6::bigint, $7::bigint) "
-     "ON CONFLICT (job_id, attempt) DO UPDATE SET node = EXCLUDED.node, outcome = EXCLUDED.outcome, "
-     "error = EXCLUDED.error, duration_ms = EXCLUDED.duration_ms, at_ms = EXCLUDED.at_ms"},
-    {"insert_job",
-     "INSERT INTO klynaa.jobs(id, request_id, function, data, okey, seq, state, due_ms, attempts, "
-     "ts_ms, created_ms, updated_ms, auto_release, last_error, result, attempt_base) "
-     "VALUES($1::text, $2::text, $3::text, $4::text, $5::text, $6::bigint, $7::int, $8::bigint, "
-     "$9::bigint, $10::bigint, $11::bigint, $12::bigint, $13::boolean, $14::text, $15::text, "
-     "$16::bigint) ON CONFLICT (id) DO NOTHING"},
+    // Job state changes of one commit, at most one per job (the client keeps
+    // the last): $1-$7 id, state, attempts, due_ms, seq, last_error, result.
+    {"update_jobs", R"sql(
+UPDATE klynaa.jobs x SET state = u.state, attempts = u.attempts, due_ms = u.due_ms, seq = u.seq,
+                         last_error = u.last_error, result = u.result, updated_ms = $8::bigint
+  FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[])
+       AS u(id, state, attempts, due_ms, seq, last_error, result)
+ WHERE x.id = u.id
+)sql"},
+    // Attempt history of one commit, at most one row per (job, attempt).
+    {"insert_attempts", R"sql(
+INSERT INTO klynaa.attempts(job_id, attempt, node, outcome, error, duration_ms, at_ms)
+SELECT u.job_id, u.attempt, u.node, u.outcome, u.error, u.duration_ms, $7::bigint
+  FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+       AS u(job_id, attempt, node, outcome, error, duration_ms)
+ON CONFLICT (job_id, attempt) DO UPDATE SET node = EXCLUDED.node, outcome = EXCLUDED.outcome,
+  error = EXCLUDED.error, duration_ms = EXCLUDED.duration_ms, at_ms = EXCLUDED.at_ms
+)sql"},
+    // Jobs created by jobs, each id at most once (the client drops repeats):
+    // inserted unless the id exists; returns the ids inserted.
+    {"insert_children", R"sql(
+INSERT INTO klynaa.jobs(id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms,
+                        created_ms, updated_ms, auto_release, last_error, result, attempt_base)
+SELECT c.id, c.request_id, c.function, c.data, c.okey, c.seq, c.state, c.due_ms, c.attempts, c.ts_ms,
+       c.created_ms, $16::bigint, c.auto_release, c.last_error, c.result, c.attempt_base
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::int[],
+              $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::boolean[], $13::text[],
+              $14::text[], $15::bigint[]) WITH ORDINALITY
+       AS c(id, request_id, function, data, okey, seq, state, due_ms, attempts, ts_ms, created_ms,
+            auto_release, last_error, result, attempt_base, o)
+ WHERE NOT EXISTS (SELECT 1 FROM klynaa.jobs_done d WHERE d.id = c.id)
+ ORDER BY c.o
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+)sql"},
+    // The jobs this commit ended (done, or a job made by a job that was
+    // already finished), $1 their ids, leave the hot table (upgrade_to_2_sql):
+    // found by primary key, sent after the statements that end them. An
+    // auto-release cancelled by a closed pickup (rare) stays until pruned.
+    {"move_finished", R"sql(
+WITH d AS (DELETE FROM klynaa.jobs x WHERE x.id = ANY($1::text[]) AND x.state IN (3, 5) RETURNING x.*)
+INSERT INTO klynaa.jobs_done SELECT * FROM d
+ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempts = EXCLUDED.attempts,
+  due_ms = EXCLUDED.due_ms, seq = EXCLUDED.seq, last_error = EXCLUDED.last_error,
+  result = EXCLUDED.result, updated_ms = EXCLUDED.updated_ms, attempt_base = EXCLUDED.attempt_base
+)sql"},
     // Retention, one chunk: finished jobs with their history, then (next
     // statement, so it sees them gone) old requests none of whose jobs is left.
     {"prune_jobs", R"sql(
-WITH victims AS (SELECT id FROM klynaa.jobs WHERE state IN (3, 5) AND updated_ms < $1::bigint
-                  ORDER BY updated_ms LIMIT $2::bigint),
+WITH victims AS (
+  SELECT id FROM (SELECT id, updated_ms FROM klynaa.jobs_done WHERE updated_ms < $1::bigint
+                  UNION ALL
+                  SELECT id, updated_ms FROM klynaa.jobs WHERE state IN (3, 5) AND updated_ms < $1::bigint) v
+   ORDER BY updated_ms LIMIT $2::bigint),
 gone_attempts AS (DELETE FROM klynaa.attempts WHERE job_id IN (SELECT id FROM victims)),
-gone AS (DELETE FROM klynaa.jobs WHERE id IN (SELECT id FROM victims) RETURNING 1)
-SELECT count(*) FROM gone
+gone_done AS (DELETE FROM klynaa.jobs_done WHERE id IN (SELECT id FROM victims) RETURNING 1),
+gone_hot AS (DELETE FROM klynaa.jobs WHERE id IN (SELECT id FROM victims) RETURNING 1)
+SELECT (SELECT count(*) FROM gone_done) + (SELECT count(*) FROM gone_hot)
 )sql"},
     {"prune_requests", R"sql(
 WITH gone AS (
   DELETE FROM klynaa.requests WHERE id IN (
     SELECT r.id FROM klynaa.requests r WHERE r.accepted_ms < $1::bigint AND NOT EXISTS (
-      SELECT 1 FROM jsonb_array_elements_text(r.jobs) e(id) JOIN klynaa.jobs j ON j.id = e.id)
+      SELECT 1 FROM jsonb_array_elements_text(r.jobs) e(id)
+       WHERE EXISTS (SELECT 1 FROM klynaa.jobs j WHERE j.id = e.id)
+          OR EXISTS (SELECT 1 FROM klynaa.jobs_done d WHERE d.id = e.id))
     ORDER BY r.accepted_ms LIMIT $2::bigint)
   RETURNING 1)
 SELECT count(*) FROM gone
@@ -182,15 +264,17 @@ RETURNING token
     {"lease_holder", "SELECT COALESCE(holder, ''), token FROM klynaa.lease WHERE name = 'broker'"},
     {"release_lease",
      "UPDATE klynaa.lease SET expires_at = now() WHERE name = 'broker' AND holder = $1::text AND token = $2::bigint"},
-    {"find_job", std::string("SELECT ") + job_columns + " FROM klynaa.jobs j WHERE j.id = $1::text"},
+    {"find_job", std::string("SELECT ") + job_columns + " FROM klynaa.jobs j WHERE j.id = $1::text UNION ALL " +
+                     "SELECT " + job_columns + " FROM klynaa.jobs_done j WHERE j.id = $1::text LIMIT 1"},
     {"load", std::string("SELECT ") + job_columns + " FROM klynaa.jobs j WHERE j.state < 3 ORDER BY j.seq"},
-    {"max_seq", "SELECT COALESCE(MAX(seq), 0) FROM klynaa.jobs"},
-    {"list_jobs", std::string("SELECT ") + job_columns +
-                      " FROM klynaa.jobs j WHERE j.state = $1::int ORDER BY j.updated_ms DESC LIMIT $2::bigint"},
+    {"max_seq", "SELECT GREATEST((SELECT COALESCE(MAX(seq), 0) FROM klynaa.jobs), "
+                "(SELECT COALESCE(MAX(seq), 0) FROM klynaa.jobs_done))"},
+    {"list_jobs", std::string("SELECT ") + job_columns + " FROM " + all_jobs +
+                      " j WHERE j.state = $1::int ORDER BY j.updated_ms DESC LIMIT $2::bigint"},
     {"history",
      "SELECT attempt, node, outcome, error, duration_ms, at_ms FROM klynaa.attempts "
      "WHERE job_id = $1::text ORDER BY attempt"},
-    {"count", "SELECT function, state, COUNT(*) FROM klynaa.jobs GROUP BY function, state"},
+    {"count", std::string("SELECT function, state, COUNT(*) FROM ") + all_jobs + " j GROUP BY function, state"},
 };
 
 }  // namespace

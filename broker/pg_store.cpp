@@ -6,15 +6,22 @@
 // once), and a version newer than this code refuses to open.
 //
 // One round trip per commit: commit() sends the whole batch in libpq pipeline
-// mode (libpq >= 14) — BEGIN, one prepared statement per item, COMMIT, then a
-// single sync — and only then reads the results. No statement may therefore
-// depend on a result the client has not seen yet, so each step's logic runs in
-// the server: a request is one statement (data-modifying CTEs: dedup against
-// requests, cancel the pending auto-release of the pickup it closes, record the
-// closure, insert its jobs unless the pickup is closed or the id exists, record
-// the request with the ids actually inserted); statements of a pipeline run in
-// order in one transaction, so a later request of the same batch sees the
-// earlier ones (a repeated id is a duplicate, a closed pickup is closed).
+// mode (libpq >= 14) — BEGIN, a few prepared statements, COMMIT, then a single
+// sync — and only then reads the results. No statement may therefore depend on
+// a result the client has not seen yet, so each step's logic runs in the
+// server. The statements are set-based (issue 22; docs/performance.md, "The
+// PostgreSQL store"): each takes one array per column and reads them with
+// unnest(), so a commit costs a few statements whatever its size. The
+// requests are one statement (data-modifying CTEs: dedup against requests,
+// cancel the pending auto-releases of the pickups they close, record the
+// closures, insert their jobs unless the pickup is closed or the id exists,
+// record each request with the ids actually inserted); the job state changes
+// one UPDATE ... FROM unnest, their attempt history one INSERT, the jobs made
+// by jobs one INSERT. Every part of one statement sees the database as it was
+// before it, so the client cuts the requests into runs none of whose requests
+// could see another's effect (a repeated request id, job id or pickup); each
+// run is one statement, and a later statement of the pipeline sees the earlier
+// ones, as the SQLite store's request-at-a-time order would.
 // The fence is a PL/pgSQL function that raises, because a statement returning
 // 0 rows could not stop the statements already sent behind it. On any error the
 // server skips everything up to the sync; the client then rolls back.
@@ -26,7 +33,9 @@
 // then duplicates if it did commit); the next call reconnects.
 //
 // Blocking libpq is fine in pipeline mode: when a send would block, libpq reads
-// the server's pending results into its buffer, so a large batch cannot//
+// the server's pending results into its buffer, so a large batch cannot
+// deadlock the connection.
+//
 // The parts: pg_store_impl.hpp declares the state they share; pg_sql.cpp holds
 // the schema and the statements, pg_commit.cpp the commit pipeline; this file
 // connects, checks the schema and answers the reads and the lease calls.
@@ -219,7 +228,8 @@ void pg_store::impl::create_or_check_schema() {
     exec("BEGIN");
     exec(init_lock);
     if (auto v = stored_version()) {
-      refuse_newer(*v);  // older versions: none yet (1 is the first)
+      refuse_newer(*v);
+      if (*v < 2) exec(upgrade_to_2_sql);
     } else {
       // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
       // schema exists: only ask for it the first time.
@@ -240,6 +250,9 @@ void pg_store::impl::check_version_read_only() {
   auto v = stored_version();
   if (!v) throw pg_failure("no klynaa store there yet (a broker creates it on its first start)");
   refuse_newer(*v);
+  if (*v < schema_version)
+    throw pg_failure("the store has schema version " + std::to_string(*v) +
+                     "; a broker of this version upgrades it when it starts (then open it again)");
 }
 
 /// One prepared statement outside the pipeline. Throws pg_failure (a
@@ -274,6 +287,8 @@ std::unique_ptr<pg_store> pg_store::open(const pg_options& opts, store_error& er
 std::optional<commit_outcome> pg_store::commit(const batch& b, store_error& err) {
   return impl_->commit(b, err);
 }
+
+pg_commit_stats pg_store::commit_stats() const { return impl_->stats; }
 
 bool pg_store::load_unfinished(const std::function<void(job_record&&)>& sink, store_error& err) {
   auto& d = *impl_;

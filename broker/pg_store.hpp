@@ -40,6 +40,18 @@ struct pg_options {
   bool durable_commits = true;
 };
 
+/// Where the commits' time went, summed since the store was opened
+/// (pg_store::commit_stats; docs/performance.md, "The PostgreSQL store").
+struct pg_commit_stats {
+  int64_t commits = 0;     ///< commits that succeeded
+  int64_t statements = 0;  ///< statements they sent, BEGIN and COMMIT included
+  int64_t encode_ns = 0;   ///< building the parameters and handing the statements to libpq
+  int64_t execute_ns = 0;  ///< from the sync to the results of the statements before COMMIT:
+                           ///< the network and the server's work on them
+  int64_t commit_ns = 0;   ///< from those results to COMMIT's: the WAL flush, mostly
+  int64_t total_ns = 0;    ///< the whole commit() call
+};
+
 /// `url` with any password replaced by "****" (URI user info, `password=` in a
 /// query or a key/value string). For messages and logs.
 std::string mask_pg_url(const std::string& url);
@@ -63,6 +75,10 @@ class pg_store final : public store {
   std::vector<job_record> list_jobs(job_state state, size_t limit) override;
   std::string history_json(const std::string& id) override;
   std::vector<std::tuple<std::string, job_state, int64_t>> count_by_function() override;
+
+  /// Where the successful commits' time went since open (not thread-safe: ask
+  /// from the thread that commits).
+  pg_commit_stats commit_stats() const;
 
   // --- Fencing (for standby brokers) ---------------------------------------
   // One row of klynaa.lease, name 'broker', says which broker may write and

@@ -24,12 +24,16 @@ namespace klynaa::broker {
 namespace pg_detail {
 
 // 1: first layout (the SQLite store's version 2, plus lease).
-constexpr int schema_version = 1;
+// 2: finished jobs move to klynaa.jobs_done (issue 22).
+constexpr int schema_version = 2;
 
 /// Serialises first-time schema creation between brokers (pg_sql.cpp).
 extern const char* const init_lock;
 /// The schema of version schema_version, run once under init_lock (pg_sql.cpp).
 extern const char* const schema_sql;
+/// From version 1 to 2, run under init_lock (pg_sql.cpp).
+extern const char* const upgrade_to_2_sql;
+
 /// The statements prepared on every connection: name and SQL (pg_sql.cpp).
 const std::vector<std::pair<const char*, std::string>>& statements();
 
@@ -52,6 +56,7 @@ using result_ptr = std::unique_ptr<PGresult, result_deleter>;
 class params {
  public:
   params& add(const std::string& v) { values_.emplace_back(v); return *this; }
+  params& add(std::string&& v) { values_.emplace_back(std::move(v)); return *this; }
   params& add(const char* v) { values_.emplace_back(std::string(v)); return *this; }
   params& add(int64_t v) { values_.emplace_back(std::to_string(v)); return *this; }
   params& add(int v) { return add(static_cast<int64_t>(v)); }
@@ -69,6 +74,54 @@ class params {
 
  private:
   std::vector<std::optional<std::string>> values_;
+};
+
+/// A PostgreSQL array in text form ('{"a","b\\"c",NULL}'), built element by
+/// element: one parameter of a set-based statement that reads it with
+/// unnest($n::text[], ...) (pg_sql.cpp). Elements of one array share a type.
+class array_param {
+ public:
+  array_param() : s_("{") {}
+  array_param& text(const std::string& v) {
+    sep();
+    s_ += '"';
+    if (v.find_first_of("\"\\") == std::string::npos) {
+      s_ += v;
+    } else {
+      for (char c : v) {
+        if (c == '"' || c == '\\') s_ += '\\';
+        s_ += c;
+      }
+    }
+    s_ += '"';
+    return *this;
+  }
+  array_param& i64(int64_t v) {
+    sep();
+    s_ += std::to_string(v);
+    return *this;
+  }
+  array_param& boolean(bool v) {
+    sep();
+    s_ += v ? 't' : 'f';
+    return *this;
+  }
+  array_param& null() {
+    sep();
+    s_ += "NULL";
+    return *this;
+  }
+  /// The literal; the builder is spent.
+  std::string done() {
+    s_ += '}';
+    return std::move(s_);
+  }
+
+ private:
+  void sep() {
+    if (s_.size() > 1) s_ += ',';
+  }
+  std::string s_;
 };
 
 inline int64_t i64(const PGresult* r, int row, int col) {
@@ -93,6 +146,7 @@ struct pg_store::impl {
   PGconn* conn = nullptr;
   std::string holder;     ///< of the last lease acquired
   std::optional<int64_t> fence_token;
+  pg_commit_stats stats;
   explicit impl(pg_options o);
   ~impl() { disconnect(); }
 
@@ -128,13 +182,18 @@ struct pg_store::impl {
   void send(const char* name, const params& p, handler h, std::vector<handler>& queue);
   void send_sql(const char* sql, std::vector<handler>& queue);
   void queue_batch(const batch& b, int64_t now, commit_outcome& out, std::vector<handler>& q);
-  void queue_request(const new_request& r, int64_t now, request_outcome& out, std::vector<handler>& q);
+  /// Requests [first, last) of the batch, none of which depends on another:
+  /// one set-based statement (apply_requests in pg_sql.cpp).
+  void queue_requests(const batch& b, size_t first, size_t last, int64_t now, commit_outcome& out,
+                      std::vector<handler>& q);
+  void queue_updates(const batch& b, int64_t now, std::vector<handler>& q);
+  void queue_children(const batch& b, int64_t now, commit_outcome& out, std::vector<handler>& q);
   void queue_prune(int64_t before_ms, int64_t limit, commit_outcome& out, std::vector<handler>& q);
   void queue_replay(const batch& b, int64_t now, commit_outcome& out, std::vector<handler>& q);
   void queue_purge(const batch& b, commit_outcome& out, std::vector<handler>& q);
   /// Reads the results of the queued statements up to the sync. Returns the
   /// first error (empty when every statement succeeded and COMMIT returned).
-  std::string read_pipeline(const std::vector<handler>& q);
+  std::string read_pipeline(const std::vector<handler>& q, int64_t& results_before_commit_ns);
   /// The batch in one transaction, one round trip (pg_store.cpp's comment).
   std::optional<commit_outcome> commit(const batch& b, store_error& err);
 };

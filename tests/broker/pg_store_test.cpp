@@ -338,3 +338,177 @@ TEST_CASE("a renewal never waits for a commit in flight, a takeover does", "[sto
   CHECK(*taken == *token + 1);
   CHECK(!renewer->acquire_or_renew_lease("broker-a", 60000, &err));  // lost: another holder
 }
+
+TEST_CASE("a commit is a few set-based statements whatever its size (issue 22)", "[store][postgres][batch]") {
+  auto& server = pg_server::get();
+  auto s = open_ok(options(server.url(server.fresh_database())));
+  store_error err;
+  auto statements_of = [&](const batch& b) {
+    const auto before = s->commit_stats();
+    auto out = s->commit(b, err);
+    INFO("commit: " << err.message);
+    REQUIRE(out);
+    const auto after = s->commit_stats();
+    CHECK(after.commits == before.commits + 1);
+    CHECK(after.total_ns > before.total_ns);
+    return after.statements - before.statements;
+  };
+  batch accept;
+  for (int i = 0; i < 300; ++i) accept.requests.push_back(request("r" + std::to_string(i), i + 1));
+  CHECK(statements_of(accept) == 3);  // BEGIN, apply_requests, COMMIT
+
+  batch mixed;
+  for (int i = 0; i < 300; ++i) {
+    mixed.requests.push_back(request("m" + std::to_string(i), 1000 + i));
+    job_update u;
+    u.id = "r" + std::to_string(i) + "#1";
+    u.state = job_state::done;
+    u.attempts = 1;
+    u.seq = i + 1;
+    u.node = "n";
+    u.outcome = "ok";
+    mixed.updates.push_back(u);
+  }
+  job_record child;
+  child.id = "child#1";
+  child.function = "sendPickupNotification";
+  child.data_json = "{}";
+  mixed.children = {child};
+  // BEGIN, apply_requests, update_jobs, insert_attempts, insert_children,
+  // move_finished, COMMIT
+  CHECK(statements_of(mixed) == 7);
+  CHECK(s->find_job("r299#1")->state == job_state::done);
+  CHECK(s->find_job("m299#1"));
+
+  // A repeated request id starts a second run: one more statement.
+  batch repeat;
+  repeat.requests.push_back(request("x", 5000));
+  repeat.requests.push_back(request("y", 5001));
+  repeat.requests.push_back(request("x", 5002));
+  CHECK(statements_of(repeat) == 4);
+}
+
+TEST_CASE("a set-based statement that fails applies nothing of the batch and says why", "[store][postgres][batch]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  auto s = open_ok(options(server.url(db)));
+  store_error err;
+  REQUIRE(s->commit(one_request("first", 1), err));
+  // A job state the table refuses: the UPDATE fails after apply_requests ran.
+  server.sql(db, "ALTER TABLE klynaa.jobs ADD CONSTRAINT no_seven CHECK (state <> 7)");
+  batch b;
+  for (int i = 0; i < 20; ++i) b.requests.push_back(request("b" + std::to_string(i), 10 + i));
+  job_update u;
+  u.id = "first#1";
+  u.state = static_cast<job_state>(7);
+  b.updates.push_back(u);
+  store_error failed;
+  CHECK(!s->commit(b, failed));
+  INFO(failed.message);
+  CHECK(failed.message.find("no_seven") != std::string::npos);
+  CHECK(!s->find_job("b0#1"));
+  CHECK(s->find_job("first#1")->state == job_state::ready);
+  // The connection is usable: the same requests commit once the cause is gone.
+  b.updates.clear();
+  auto out = s->commit(b, err);
+  INFO(err.message);
+  REQUIRE(out);
+  CHECK(!out->requests.at(19).duplicate);
+}
+
+TEST_CASE("finished jobs leave klynaa.jobs for klynaa.jobs_done in the commit that ends them (issue 22)",
+          "[store][postgres][batch]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  auto s = open_ok(options(server.url(db)));
+  store_error err;
+  batch accept;
+  for (int i = 0; i < 10; ++i) accept.requests.push_back(request("r" + std::to_string(i), i + 1));
+  REQUIRE(s->commit(accept, err));
+  batch end;
+  for (int i = 0; i < 6; ++i) {
+    job_update u;
+    u.id = "r" + std::to_string(i) + "#1";
+    u.state = i < 4 ? job_state::done : (i == 4 ? job_state::dead : job_state::running);
+    u.attempts = 1;
+    u.seq = i + 1;
+    u.result_json = R"({"ok":true})";
+    u.node = "n";
+    u.outcome = i < 4 ? "ok" : (i == 4 ? "dead" : "");
+    end.updates.push_back(u);
+  }
+  REQUIRE(s->commit(end, err));
+  // The hot table keeps the live jobs and the dead letter; the done ones moved.
+  CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs") == "6");
+  // ... and autovacuum comes after a fixed number of dead rows, unthrottled.
+  CHECK(server.sql(db, "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'klynaa.jobs'::regclass") ==
+        "autovacuum_vacuum_scale_factor=0,autovacuum_vacuum_threshold=20000,autovacuum_vacuum_cost_delay=0");
+  CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs_done WHERE state = 3") == "4");
+  auto done = s->find_job("r0#1");
+  REQUIRE(done);
+  CHECK(done->state == job_state::done);
+  CHECK(done->result_json == R"({"ok":true})");
+  CHECK(s->list_jobs(job_state::done, 10).size() == 4);
+  CHECK(s->list_jobs(job_state::dead, 10).size() == 1);
+  CHECK(s->max_seq() == 10);
+  // A done job's id is still taken: by a request's job, by a job's child.
+  batch again;
+  again.requests.push_back(request("other", 20));
+  again.requests.back().jobs[0].id = "r1#1";
+  job_record child;
+  child.id = "r2#1";
+  child.function = "sendPickupNotification";
+  child.data_json = "{}";
+  again.children = {child};
+  auto out = s->commit(again, err);
+  REQUIRE(out);
+  CHECK(out->requests[0].created.empty());
+  CHECK(out->children_inserted == std::vector<bool>{false});
+  CHECK(s->find_job("r1#1")->seq == 2);
+  // A duplicate of a request whose job is done sees it done.
+  out = s->commit(one_request("r3", 30), err);
+  REQUIRE(out);
+  REQUIRE(out->requests[0].existing.size() == 1);
+  CHECK(out->requests[0].existing[0].state == job_state::done);
+}
+
+TEST_CASE("a version 1 postgres store is upgraded in place: its done jobs stay, new ones move out",
+          "[store][postgres]") {
+  auto& server = pg_server::get();
+  const std::string db = server.fresh_database();
+  {
+    auto s = open_ok(options(server.url(db)));
+    store_error err;
+    REQUIRE(s->commit(one_request("a", 1), err));
+    REQUIRE(s->commit(one_request("b", 2), err));
+  }
+  // Version 1: no jobs_done, finished jobs in klynaa.jobs.
+  server.sql(db, "DROP TABLE klynaa.jobs_done; UPDATE klynaa.meta SET value = '1' WHERE key = 'schema_version'; "
+                 "UPDATE klynaa.jobs SET state = 3 WHERE id = 'a#1'");
+  {
+    store_error err;
+    pg_options ro = options(server.url(db));
+    ro.read_only = true;
+    CHECK(!pg_store::open(ro, err));
+    CHECK(err.message.find("schema version 1") != std::string::npos);
+  }
+  auto s = open_ok(options(server.url(db)));
+  CHECK(server.sql(db, "SELECT value FROM klynaa.meta WHERE key = 'schema_version'") == "2");
+  CHECK(server.sql(db, "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'klynaa.jobs'::regclass")
+            .find("autovacuum_vacuum_threshold=20000") != std::string::npos);
+  CHECK(s->find_job("a#1")->state == job_state::done);
+  batch end;
+  job_update u;
+  u.id = "b#1";
+  u.state = job_state::done;
+  u.attempts = 1;
+  u.seq = 2;
+  end.updates.push_back(u);
+  store_error err;
+  REQUIRE(s->commit(end, err));
+  CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs") == "1");  // a#1, until pruned
+  CHECK(server.sql(db, "SELECT id FROM klynaa.jobs_done") == "b#1");
+  CHECK(s->list_jobs(job_state::done, 10).size() == 2);
+  CHECK(s->prune(wall_ms() + 1000) == 4);  // both jobs and both dedup keys
+  CHECK(server.sql(db, "SELECT count(*) FROM klynaa.jobs") == "0");
+}

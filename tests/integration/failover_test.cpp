@@ -111,7 +111,8 @@ void check_pushes(const std::string& url, const temp_dir& nodes_dir, const std::
     for (auto& l : outbox(nodes_dir / ("node-" + std::to_string(i))))
       if (l.is_object()) pushed.insert(l.value("job_id", ""));
   const auto notifications =
-      pg_column(url, "SELECT id FROM klynaa.jobs WHERE function = 'sendPickupNotification' AND state = 3");
+      pg_column(url, "SELECT id FROM (SELECT * FROM klynaa.jobs UNION ALL SELECT * FROM klynaa.jobs_done) j "
+                     "WHERE function = 'sendPickupNotification' AND state = 3");
   CHECK(notifications.size() >= 60);  // accepted and delivered, per pickup
   for (auto& id : notifications) {
     INFO("notification job " << id);
@@ -211,7 +212,8 @@ TEST_CASE("failover under load: kill -9 of the active broker with three nodes an
   REQUIRE(done);
   CHECK(pg_count(url, "SELECT count(*) FROM klynaa.jobs WHERE state = 4") == 0);
   CHECK(pg_count(url, "SELECT count(*) FROM klynaa.requests") == static_cast<int64_t>(burst_.events.size()));
-  const auto jobs = pg_count(url, "SELECT count(*) FROM klynaa.jobs");
+  // Finished jobs live in klynaa.jobs_done (broker/pg_sql.cpp, move_finished).
+  const auto jobs = pg_count(url, "SELECT (SELECT count(*) FROM klynaa.jobs) + (SELECT count(*) FROM klynaa.jobs_done)");
   CHECK(jobs >= static_cast<int64_t>(burst_.events.size()));
 
   check_escrow_once(django, burst_.pickups);
