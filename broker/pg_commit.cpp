@@ -142,6 +142,36 @@ std::vector<std::string> string_array(const std::string& json_text) {
   return out;
 }
 
+/// The 15 columns of a job as parallel arrays, in the order apply_requests and
+/// insert_children read them (broker/pg_sql.cpp): one place that encodes a job.
+struct job_columns {
+  array_param id, request_id, function, data, okey, seq, state, due, attempts, ts, created, auto_rel,
+      last_error, result, attempt_base;
+  void add(const job_record& j, int64_t now) {
+    id.text(j.id);
+    request_id.text(j.request_id);
+    function.text(j.function);
+    data.text(j.data_json);
+    okey.text(j.ordering_key);
+    seq.i64(j.seq);
+    state.i64(static_cast<int>(j.state));
+    due.i64(j.due_ms);
+    attempts.i64(j.attempts);
+    ts.i64(j.ts_ms);
+    created.i64(j.created_ms ? j.created_ms : now);
+    auto_rel.boolean(j.auto_release);
+    last_error.text(j.last_error_json);
+    result.text(j.result_json);
+    attempt_base.i64(j.attempt_base);
+  }
+  params& into(params& p) {
+    return p.add(id.done()).add(request_id.done()).add(function.done()).add(data.done()).add(okey.done())
+        .add(seq.done()).add(state.done()).add(due.done()).add(attempts.done()).add(ts.done())
+        .add(created.done()).add(auto_rel.done()).add(last_error.done()).add(result.done())
+        .add(attempt_base.done());
+  }
+};
+
 }  // namespace
 
 void pg_store::impl::send(const char* name, const params& p, handler h, std::vector<handler>& queue) {
@@ -182,8 +212,8 @@ void pg_store::impl::queue_batch(const batch& b, int64_t now, commit_outcome& ou
 void pg_store::impl::queue_requests(const batch& b, size_t first, size_t last, int64_t now,
                                     commit_outcome& out, std::vector<handler>& q) {
   array_param id, op, type, ts, accepted, closes;
-  array_param rn, k, jid, request_id, function, data, okey, seq, state, due, attempts, jts, created,
-      auto_rel, last_error, result, attempt_base, pickup;
+  array_param rn, k, pickup;
+  job_columns jobs;
   for (size_t i = first; i < last; ++i) {
     auto& r = b.requests[i];
     id.text(r.id);
@@ -196,31 +226,15 @@ void pg_store::impl::queue_requests(const batch& b, size_t first, size_t last, i
       auto& j = r.jobs[n];
       rn.i64(static_cast<int64_t>(i - first + 1));
       k.i64(static_cast<int64_t>(n + 1));
-      jid.text(j.id);
-      request_id.text(j.request_id);
-      function.text(j.function);
-      data.text(j.data_json);
-      okey.text(j.ordering_key);
-      seq.i64(j.seq);
-      state.i64(static_cast<int>(j.state));
-      due.i64(j.due_ms);
-      attempts.i64(j.attempts);
-      jts.i64(j.ts_ms);
-      created.i64(j.created_ms ? j.created_ms : now);
-      auto_rel.boolean(j.auto_release);
-      last_error.text(j.last_error_json);
-      result.text(j.result_json);
-      attempt_base.i64(j.attempt_base);
+      jobs.add(j, now);
       // Only an auto-release checks whether its pickup is closed (as in SQLite).
       if (j.auto_release) pickup.i64(pickup_of(j.ordering_key)); else pickup.null();
     }
   }
   params p;
   p.add(id.done()).add(op.done()).add(type.done()).add(ts.done()).add(accepted.done()).add(closes.done())
-      .add(now).add(rn.done()).add(k.done()).add(jid.done()).add(request_id.done()).add(function.done())
-      .add(data.done()).add(okey.done()).add(seq.done()).add(state.done()).add(due.done())
-      .add(attempts.done()).add(jts.done()).add(created.done()).add(auto_rel.done()).add(last_error.done())
-      .add(result.done()).add(attempt_base.done()).add(pickup.done());
+      .add(now).add(rn.done()).add(k.done());
+  jobs.into(p).add(pickup.done());
   send("apply_requests", p, [&out, &b, first, last](const PGresult* res) {
     if (PQntuples(res) != static_cast<int>(last - first))
       throw std::runtime_error("apply_requests returned " + std::to_string(PQntuples(res)) + " rows for " +
@@ -300,32 +314,14 @@ void pg_store::impl::queue_children(const batch& b, int64_t now, commit_outcome&
   if (b.children.empty()) return;
   // A repeated id is inserted at most once, the first time: only that one is sent.
   auto first_of = std::make_shared<std::unordered_map<std::string, size_t>>();
-  array_param id, request_id, function, data, okey, seq, state, due, attempts, ts, created, auto_rel,
-      last_error, result, attempt_base;
+  job_columns jobs;
   for (size_t i = 0; i < b.children.size(); ++i) {
     auto& c = b.children[i];
     if (!first_of->emplace(c.id, i).second) continue;
-    id.text(c.id);
-    request_id.text(c.request_id);
-    function.text(c.function);
-    data.text(c.data_json);
-    okey.text(c.ordering_key);
-    seq.i64(c.seq);
-    state.i64(static_cast<int>(c.state));
-    due.i64(c.due_ms);
-    attempts.i64(c.attempts);
-    ts.i64(c.ts_ms);
-    created.i64(c.created_ms ? c.created_ms : now);
-    auto_rel.boolean(c.auto_release);
-    last_error.text(c.last_error_json);
-    result.text(c.result_json);
-    attempt_base.i64(c.attempt_base);
+    jobs.add(c, now);
   }
   params p;
-  p.add(id.done()).add(request_id.done()).add(function.done()).add(data.done()).add(okey.done())
-      .add(seq.done()).add(state.done()).add(due.done()).add(attempts.done()).add(ts.done())
-      .add(created.done()).add(auto_rel.done()).add(last_error.done()).add(result.done())
-      .add(attempt_base.done()).add(now);
+  jobs.into(p).add(now);
   send("insert_children", p, [&out, first_of](const PGresult* r) {
     for (int row = 0; row < PQntuples(r); ++row) out.children_inserted.at(first_of->at(text(r, row, 0))) = true;
   }, q);
