@@ -27,6 +27,7 @@ ALTER TABLE klynaa.jobs SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacu
 UPDATE klynaa.meta SET value = '2' WHERE key = 'schema_version';
 )sql";
 
+// Version 1's tables; a new store then runs upgrade_to_2_sql too (pg_store.cpp).
 const char* const schema_sql = R"sql(
 CREATE TABLE IF NOT EXISTS klynaa.meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS klynaa.requests(
@@ -44,13 +45,6 @@ CREATE INDEX IF NOT EXISTS jobs_dead ON klynaa.jobs(updated_ms) WHERE state = 4;
 CREATE INDEX IF NOT EXISTS jobs_finished ON klynaa.jobs(updated_ms) WHERE state IN (3, 5);
 CREATE INDEX IF NOT EXISTS requests_accepted ON klynaa.requests(accepted_ms);
 CREATE INDEX IF NOT EXISTS jobs_auto_release ON klynaa.jobs(okey) WHERE auto_release AND state < 3;
-CREATE TABLE IF NOT EXISTS klynaa.jobs_done(LIKE klynaa.jobs INCLUDING DEFAULTS, PRIMARY KEY (id));
-CREATE INDEX IF NOT EXISTS jobs_done_updated ON klynaa.jobs_done(updated_ms);
--- The hot table sees every job inserted, updated and deleted: vacuum it after
--- a fixed number of dead rows, unthrottled, not after a fraction of a table
--- that stays small (docs/performance.md, "The PostgreSQL store").
-ALTER TABLE klynaa.jobs SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000,
-                             autovacuum_vacuum_cost_delay = 0);
 CREATE TABLE IF NOT EXISTS klynaa.closed_pickups(pickup_id BIGINT PRIMARY KEY, closed_ms BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS klynaa.attempts(
   job_id TEXT NOT NULL, attempt BIGINT NOT NULL, node TEXT NOT NULL, outcome TEXT NOT NULL,

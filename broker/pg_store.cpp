@@ -236,6 +236,7 @@ void pg_store::impl::create_or_check_schema() {
       auto has = exec("SELECT 1 FROM pg_namespace WHERE nspname = 'klynaa'");
       if (PQntuples(has.get()) == 0) exec("CREATE SCHEMA klynaa");
       exec(schema_sql);
+      exec(upgrade_to_2_sql);  // one place for version 2's tables, new store or upgrade
       exec("INSERT INTO klynaa.meta(key, value) VALUES('schema_version', '" +
            std::to_string(schema_version) + "') ON CONFLICT (key) DO NOTHING");
     }
